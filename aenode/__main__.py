@@ -1,0 +1,5 @@
+"""Allow ``python -m aenode`` as well as the ``aenode`` console script."""
+
+from aenode.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,245 @@
+"""The node's one validated configuration.
+
+Everything configurable lives here, so a typo in a TOML file is caught at start-up with
+the key's dotted name instead of surfacing later as odd behaviour.  Sources, in order:
+``--config FILE``, ``$AENODE_CONFIG``, built-in defaults that run on one machine with no
+GPU and no PACS.  The models are frozen: nothing changes configuration at run time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+CONFIG_ENV = "AENODE_CONFIG"
+REPO_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE VR: no backslash
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "aenode"
+
+
+def _check_ae_title(value: str) -> str:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ValueError("must be 1-16 printable characters, no backslash, not all spaces")
+    return value.strip()
+
+
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSConfig(_Section):
+    """Optional TLS for the DICOM listener."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    verify_client: bool = False
+    handshake_timeout_seconds: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ca_needed_for_client_verification(self) -> "TLSConfig":
+        if self.verify_client and self.ca is None:
+            raise ValueError("verify_client = true needs 'ca' (the CA that signs client certificates)")
+        return self
+
+
+class NodeConfig(_Section):
+    ae_title: AETitle = "AENODE"
+    host: str = "127.0.0.1"
+    port: Port = 11112
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    name: str = "aenode"
+    max_associations: int = Field(16, ge=1, le=1024)
+    tls: TLSConfig | None = None
+
+
+class StabilityConfig(_Section):
+    """When a study counts as complete (see the receive/store stages)."""
+
+    quiet_seconds: float = Field(30.0, gt=0)
+    # Complete sooner once the sending association was released and none is still
+    # sending to the study; 0 disables the shortcut.
+    after_release_seconds: float = Field(2.0, ge=0)
+
+
+class SourceConfig(_Section):
+    ae_title: AETitle
+    host: str | None = None
+
+
+class DestinationConfig(_Section):
+    name: str = Field(min_length=1)
+    ae_title: AETitle
+    host: str
+    port: Port
+
+
+class ModelConfig(_Section):
+    # A folder of model packages (each with model.toml + model.onnx) or one package.
+    path: Path = REPO_MODELS_DIR
+    providers: list[Literal["cuda", "cpu"]] = Field(default_factory=lambda: ["cuda", "cpu"])
+    device_id: int = Field(0, ge=0)
+    enabled: list[str] | None = None  # model names; None = every package found
+
+
+class WebConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 8400
+    enabled: bool = True
+
+
+class WebhookConfig(_Section):
+    url: str = Field(pattern=r"^https?://")
+    secret: str | None = None
+    timeout_seconds: float = Field(10.0, gt=0)
+
+
+class SMTPConfig(_Section):
+    host: str
+    port: Port = 25
+    sender: str
+    recipients: list[str] = Field(min_length=1)
+    security: Literal["none", "starttls", "tls"] = "none"
+    username: str | None = None
+    password: str | None = None
+
+
+class HL7Config(_Section):
+    host: str
+    port: Port
+    timeout_seconds: float = Field(10.0, gt=0)
+
+
+class AlertsConfig(_Section):
+    webhook: WebhookConfig | None = None
+    smtp: SMTPConfig | None = None
+    hl7: HL7Config | None = None
+    include_patient_name: bool = False
+    include_birth_date: bool = False
+
+
+class Config(_Section):
+    node: NodeConfig = Field(default_factory=NodeConfig)
+    stability: StabilityConfig = Field(default_factory=StabilityConfig)
+    sources: list[SourceConfig] = Field(default_factory=list)  # empty = accept any caller
+    destinations: list[DestinationConfig] = Field(default_factory=list)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+
+    @model_validator(mode="after")
+    def _unique_destination_names(self) -> "Config":
+        names = [d.name for d in self.destinations]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destinations: duplicate name(s) {', '.join(dupes)}")
+        return self
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the operator (key: problem)."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def parse_config(data: dict, source: str = "<defaults>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = _dotted(err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+            problems.append(f"{loc}: {msg}")
+        raise ConfigError(source, problems) from None
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load from ``path``, else ``$AENODE_CONFIG``, else the built-in defaults."""
+    chosen = path if path is not None else os.environ.get(CONFIG_ENV) or None
+    if chosen is None:
+        return Config()
+    file = Path(chosen)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(file), [f"cannot read file: {exc.strerror}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(file), [f"not valid TOML: {exc}"]) from None
+    return parse_config(data, str(file))
+
+
+def render_toml(config: Config) -> str:
+    """The effective configuration as TOML, for ``aenode config check``.
+
+    Secrets are masked; ``None`` values are omitted because TOML has no null.
+    """
+    data = config.model_dump(mode="json")
+    lines: list[str] = []
+
+    def scalar(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    def table(name: str, body: dict, array: bool = False) -> None:
+        simple = {k: v for k, v in body.items() if v is not None and not isinstance(v, dict)
+                  and not (isinstance(v, list) and v and isinstance(v[0], dict))}
+        lines.append(f"[[{name}]]" if array else f"[{name}]")
+        for k, v in simple.items():
+            if k in {"password", "secret"}:
+                v = "********"
+            lines.append(f"{k} = {scalar(v)}")
+        lines.append("")
+        for k, v in body.items():
+            if isinstance(v, dict):
+                table(f"{name}.{k}", v)
+
+    for key, value in data.items():
+        if isinstance(value, list):
+            for item in value:
+                table(key, item, array=True)
+            if not value:
+                lines.append(f"# {key}: none configured")
+                lines.append("")
+        elif isinstance(value, dict):
+            table(key, value)
+    return "\n".join(lines).rstrip() + "\n"
