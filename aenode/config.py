@@ -140,6 +140,16 @@ class AlertsConfig(_Section):
     include_birth_date: bool = False
 
 
+class DeliveryConfig(_Section):
+    """Durable outbox for everything that leaves the node (C-STORE to PACS, later alerts)."""
+
+    max_attempts: int = Field(8, ge=1, le=1000)  # then the row is 'failed' until 'aenode retry'
+    backoff_base_seconds: float = Field(5.0, gt=0)  # delay after attempt n: base * 2**(n-1) ...
+    backoff_cap_seconds: float = Field(600.0, gt=0)  # ... but never more than this
+    poll_seconds: float = Field(1.0, gt=0)  # how often the worker looks for due rows
+    timeout_seconds: float = Field(30.0, gt=0)  # association / DIMSE / network timeout
+
+
 class Config(_Section):
     node: NodeConfig = Field(default_factory=NodeConfig)
     stability: StabilityConfig = Field(default_factory=StabilityConfig)
@@ -148,6 +158,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> "Config":
