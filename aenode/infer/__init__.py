@@ -1,0 +1,1 @@
+"""Inference: model packages (manifest + ONNX), preprocessing and the analysis step."""

@@ -1,0 +1,120 @@
+"""One study through selection, loading and every model: the node's analysis step.
+
+Used by the worker (studies from the store) and ``aenode predict`` (a folder).  Each model
+selects its own series; a series is loaded once even when several models choose it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aenode.infer.engine import Model, Prediction
+from aenode.load.volume import LoadError, Volume, load_series
+from aenode.logs import get_logger
+from aenode.select.rules import InstanceInfo, SelectionResult, select_series
+
+log = get_logger("aenode.infer")
+
+
+@dataclass
+class ModelOutcome:
+    model: str
+    version: str
+    state: str  # analysed | skipped | error
+    reason: str | None
+    selection: SelectionResult
+    prediction: Prediction | None = None
+    volume_warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def selected_series(self) -> str | None:
+        return self.selection.selected.series_uid if self.selection.selected else None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.model, "version": self.version, "state": self.state, "reason": self.reason,
+            "selection": self.selection.as_dict(), "volume_warnings": self.volume_warnings,
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+        if self.prediction is not None:
+            out.update({k: v for k, v in self.prediction.as_dict().items() if k not in ("model", "version")})
+        return out
+
+
+@dataclass
+class StudyAnalysis:
+    outcomes: list[ModelOutcome]
+    volumes: dict[str, Volume] = field(default_factory=dict, repr=False)
+
+    @property
+    def state(self) -> str:
+        """error if any model failed, else analysed if any model ran, else skipped."""
+        states = {o.state for o in self.outcomes}
+        if "error" in states:
+            return "error"
+        if "analysed" in states:
+            return "analysed"
+        return "skipped"
+
+    @property
+    def reason(self) -> str | None:
+        if not self.outcomes:
+            return "no models loaded"
+        wanted = "error" if self.state == "error" else ("skipped" if self.state == "skipped" else None)
+        if wanted is None:
+            return None
+        return "; ".join(f"{o.model}: {o.reason}" for o in self.outcomes if o.state == wanted)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "reason": self.reason, "models": [o.as_dict() for o in self.outcomes]}
+
+
+def analyse_instances(
+    instances: Sequence[InstanceInfo],
+    models: Iterable[Model],
+    *,
+    own_ae_titles: Iterable[str] = (),
+    own_series_uids: Iterable[str] = (),
+    keep_volumes: bool = False,
+) -> StudyAnalysis:
+    own_ae = tuple(own_ae_titles)
+    own_series = tuple(own_series_uids)
+    volumes: dict[tuple[str, str, float], Volume | LoadError] = {}
+    outcomes: list[ModelOutcome] = []
+    for model in models:
+        m = model.manifest
+        rules = m.selection
+        sel = select_series(instances, rules, own_ae_titles=own_ae, own_series_uids=own_series)
+        if sel.selected is None:
+            outcomes.append(ModelOutcome(m.name, m.version, "skipped", sel.reason, sel))
+            continue
+        key = (sel.selected.series_uid, rules.tilt, rules.max_tilt_deg)
+        t0 = time.perf_counter()
+        if key not in volumes:
+            try:
+                volumes[key] = load_series(list(sel.selected.instances), tilt=rules.tilt,
+                                           max_tilt_deg=rules.max_tilt_deg)
+            except LoadError as exc:
+                volumes[key] = exc
+        t_load = time.perf_counter() - t0
+        vol = volumes[key]
+        if isinstance(vol, LoadError):
+            outcomes.append(ModelOutcome(m.name, m.version, "error",
+                                         f"series {sel.selected.description or sel.selected.series_uid}: {vol.reason}",
+                                         sel))
+            continue
+        try:
+            pred = model.predict(vol)
+        except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the others
+            log.error("inference failed", model=m.name, error=type(exc).__name__)
+            outcomes.append(ModelOutcome(m.name, m.version, "error", f"inference failed: {type(exc).__name__}: {exc}", sel))
+            continue
+        timings = {"load": t_load, **pred.timings}
+        timings["total"] = sum(timings.values())
+        outcomes.append(ModelOutcome(m.name, m.version, "analysed", None, sel, pred, list(vol.warnings), timings))
+    kept = {k[0]: v for k, v in volumes.items() if isinstance(v, Volume)} if keep_volumes else {}
+    return StudyAnalysis(outcomes, kept)

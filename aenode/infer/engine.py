@@ -1,0 +1,174 @@
+"""ONNX Runtime models: one warm session per model package, and its predictions."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aenode.infer.manifest import Manifest, ManifestError, load_manifest, verify_onnx
+from aenode.infer.preprocess import ModelGrid, map_to_series, preprocess
+from aenode.load.volume import Volume
+from aenode.logs import get_logger
+
+log = get_logger("aenode.infer")
+
+_PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+def resolve_providers(wanted: list[str], device_id: int = 0) -> list[Any]:
+    """ONNX Runtime provider list for configured names, dropping (with a warning) those
+    this installation lacks; CPU is always the last resort."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    out: list[Any] = []
+    for name in wanted:
+        ort_name = _PROVIDER_NAMES[name]
+        if ort_name not in available:
+            log.warning("execution provider unavailable, falling back", provider=name,
+                        fallback="cpu", available=sorted(available))
+            continue
+        out.append((ort_name, {"device_id": device_id}) if name == "cuda" else ort_name)
+    if "CPUExecutionProvider" not in out:
+        out.append("CPUExecutionProvider")
+    return out
+
+
+@dataclass
+class Prediction:
+    model: str
+    version: str
+    category: str
+    probabilities: dict[str, float]
+    alerts: list[str]
+    involvement_percent: float | None
+    lesion_volume_ml: float | None
+    lung_volume_ml: float | None
+    lesion_prob: np.ndarray | None = field(default=None, repr=False)  # model grid, z y x
+    grid: ModelGrid | None = field(default=None, repr=False)
+    timings: dict[str, float] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def lesion_mask_on_series(self, volume: Volume, threshold: float = 0.5) -> np.ndarray | None:
+        """The lesion map as a uint8 mask on the series grid (for overlays), computed on demand."""
+        if self.lesion_prob is None or self.grid is None:
+            return None
+        return map_to_series(self.lesion_prob, self.grid, volume, threshold)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "version": self.version, "category": self.category,
+            "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()},
+            "alerts": self.alerts,
+            "involvement_percent": None if self.involvement_percent is None else round(self.involvement_percent, 2),
+            "lesion_volume_ml": None if self.lesion_volume_ml is None else round(self.lesion_volume_ml, 1),
+            "lung_volume_ml": None if self.lung_volume_ml is None else round(self.lung_volume_ml, 1),
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+
+class Model:
+    """A model package with its ONNX Runtime session, created once and kept warm."""
+
+    def __init__(self, package_dir: str | Path, providers: list[str] | None = None, device_id: int = 0):
+        import onnxruntime as ort
+
+        self.package_dir = Path(package_dir)
+        self.manifest: Manifest = load_manifest(self.package_dir)
+        onnx_path = verify_onnx(self.package_dir, self.manifest)
+        wanted = providers or ["cpu"]
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(onnx_path), sess_options=opts, providers=resolve_providers(wanted, device_id))
+        except Exception as exc:  # noqa: BLE001
+            raise ManifestError(str(onnx_path), [f"onnx: ONNX Runtime cannot load the model ({exc})"]) from None
+        self.providers = self.session.get_providers()
+        if "cuda" in wanted and "CUDAExecutionProvider" not in self.providers:
+            if "CUDAExecutionProvider" in {p if isinstance(p, str) else p[0] for p in resolve_providers(["cuda"], device_id)}:
+                log.warning("CUDA provider could not start for this model; running on CPU",
+                            model=self.manifest.name)
+        self._check_io()
+        log.info("model loaded", model=self.manifest.name, version=self.manifest.version,
+                 providers=self.providers)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def _check_io(self) -> None:
+        m = self.manifest
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        where = str(self.package_dir / "model.toml")
+        if m.input.name not in inputs:
+            raise ManifestError(where, [f"input.name: the ONNX model has no input {m.input.name!r} "
+                                        f"(it has {', '.join(sorted(inputs))})"])
+        declared = inputs[m.input.name].shape
+        for axis, (want, have) in enumerate(zip(m.input.shape[1:], declared[1:]), start=1):
+            if isinstance(have, int) and have != want:
+                raise ManifestError(where, [f"input.shape: axis {axis} is {want} in the manifest, {have} in the model"])
+        for key, name in [("outputs.probabilities", m.outputs.probabilities),
+                          ("outputs.lesion_map.name", m.outputs.lesion_map.name if m.outputs.lesion_map else None),
+                          ("outputs.lung_map.name", m.outputs.lung_map.name if m.outputs.lung_map else None)]:
+            if name is not None and name not in outputs:
+                raise ManifestError(where, [f"{key}: the ONNX model has no output {name!r} "
+                                            f"(it has {', '.join(sorted(outputs))})"])
+
+    def prepare(self, volume: Volume) -> tuple[np.ndarray, ModelGrid]:
+        m = self.manifest
+        x, grid = preprocess(volume, m.preprocessing, m.input.size_zyx)
+        if m.input.dtype == "float16":
+            x = x.astype(np.float16)
+        return x, grid
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        m = self.manifest
+        names = [m.outputs.probabilities]
+        if m.outputs.lesion_map:
+            names.append(m.outputs.lesion_map.name)
+        if m.outputs.lung_map:
+            names.append(m.outputs.lung_map.name)
+        values = self.session.run(names, {m.input.name: x})
+        return dict(zip(names, values))
+
+    def predict(self, volume: Volume) -> Prediction:
+        t0 = time.perf_counter()
+        x, grid = self.prepare(volume)
+        t1 = time.perf_counter()
+        out = self.run(x)
+        t2 = time.perf_counter()
+        return self.interpret(out, grid, timings={"preprocess": t1 - t0, "inference": t2 - t1})
+
+    def interpret(self, out: dict[str, np.ndarray], grid: ModelGrid, timings: dict[str, float]) -> Prediction:
+        m = self.manifest
+        probs = np.asarray(out[m.outputs.probabilities], dtype=np.float64).reshape(-1)
+        if probs.shape[0] != len(m.outputs.classes):
+            raise ValueError(f"model {m.name} returned {probs.shape[0]} probabilities for "
+                             f"{len(m.outputs.classes)} classes")
+        probabilities = {c.name: float(p) for c, p in zip(m.outputs.classes, probs)}
+        category = m.outputs.classes[int(np.argmax(probs))].name
+        alerts = [c.name for c in m.outputs.classes if c.alert and probabilities[c.name] >= c.alert_threshold]
+        lesion_prob = involvement = lesion_ml = lung_ml = None
+        if m.outputs.lesion_map:
+            lesion_prob = np.asarray(out[m.outputs.lesion_map.name], dtype=np.float32)[0, 0]
+            lesion = lesion_prob >= m.outputs.lesion_map.threshold
+            if m.outputs.lung_map:
+                lung = np.asarray(out[m.outputs.lung_map.name])[0, 0] >= m.outputs.lung_map.threshold
+                lung |= lesion  # consolidated lung is lung too
+                lung_ml = float(lung.sum()) * grid.voxel_volume_ml
+                lesion_ml = float((lesion & lung).sum()) * grid.voxel_volume_ml
+                involvement = 100.0 * lesion_ml / lung_ml if lung_ml > 0 else 0.0
+            else:
+                lesion_ml = float(lesion.sum()) * grid.voxel_volume_ml
+        return Prediction(
+            model=m.name, version=m.version, category=category, probabilities=probabilities, alerts=alerts,
+            involvement_percent=involvement, lesion_volume_ml=lesion_ml, lung_volume_ml=lung_ml,
+            lesion_prob=lesion_prob, grid=grid, timings=timings,
+        )
