@@ -114,6 +114,9 @@ class WebhookConfig(_Section):
     url: str = Field(pattern=r"^https?://")
     secret: str | None = None
     timeout_seconds: float = Field(10.0, gt=0)
+    ca_file: Path | None = None  # CA bundle to verify an https receiver; None = system CAs
+    # Alert only for these classes on this channel; None = the model manifest's alert classes.
+    categories: list[str] | None = None
 
 
 class SMTPConfig(_Section):
@@ -124,12 +127,20 @@ class SMTPConfig(_Section):
     security: Literal["none", "starttls", "tls"] = "none"
     username: str | None = None
     password: str | None = None
+    timeout_seconds: float = Field(30.0, gt=0)
+    ca_file: Path | None = None  # CA bundle to verify the server's certificate; None = system CAs
+    # Alert only for these classes on this channel; None = the model manifest's alert classes.
+    categories: list[str] | None = None
 
 
 class HL7Config(_Section):
     host: str
     port: Port
     timeout_seconds: float = Field(10.0, gt=0)
+    receiving_application: str = ""  # MSH-5
+    receiving_facility: str = ""  # MSH-6
+    # Alert only for these classes on this channel; None = the model manifest's alert classes.
+    categories: list[str] | None = None
 
 
 class AlertsConfig(_Section):
@@ -138,6 +149,8 @@ class AlertsConfig(_Section):
     hl7: HL7Config | None = None
     include_patient_name: bool = False
     include_birth_date: bool = False
+    # Base of the study link in alerts; None = http://{web.host}:{web.port}
+    dashboard_url: str | None = Field(None, pattern=r"^https?://")
 
 
 class DeliveryConfig(_Section):
