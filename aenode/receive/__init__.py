@@ -1,0 +1,1 @@
+"""DICOM receive stage: the Storage SCP behind ``aenode serve`` (issue 3)."""

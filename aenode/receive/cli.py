@@ -1,0 +1,123 @@
+"""``aenode serve`` and ``aenode status``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from aenode.config import ConfigError, load_config
+
+
+def _load(args: argparse.Namespace):
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(f"configuration error in {exc.source}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 2
+    from aenode.pipeline import run_node
+
+    try:
+        run_node(config)
+    except OSError as exc:
+        from aenode.logs import get_logger
+
+        get_logger("aenode.receive").error("serve_failed", error=type(exc).__name__, errno=exc.errno)
+        return 1
+    return 0
+
+
+def _pick(detail: dict | None, *keys: str) -> Any:
+    if not detail:
+        return None
+    for k in keys:
+        if k in detail:
+            return detail[k]
+    return None
+
+
+def study_status(data_dir: Path) -> list[dict[str, Any]]:
+    """One dict per study for ``aenode status`` (no patient data: UIDs and states only)."""
+    from aenode.store.index import Index
+
+    db = Path(data_dir) / "index.sqlite"
+    if not db.exists():
+        return []
+    index = Index(db, data_dir)
+    try:
+        out = []
+        for s in index.studies():
+            results = [r for r in index.results(s.study_uid)]
+            latest = [r for r in results if r.revision == max(x.revision for x in results)] if results else []
+            r = latest[-1] if latest else None
+            detail = r.detail if r else None
+            out.append({
+                "study_uid": s.study_uid,
+                "state": s.state,
+                "revision": s.revision,
+                "instances": s.instance_count,
+                "reason": s.reason,
+                "selected_series": r.selected_series if r else None,
+                "model": r.model if r else None,
+                "result_revision": r.revision if r else None,
+                "category": r.category if r else None,
+                "probabilities": r.probabilities if r else None,
+                "involvement": r.involvement if r else None,
+                "result_uids": _pick(detail, "result_uids"),
+                "delivery": _pick(detail, "delivery", "delivery_state"),
+                "alert": _pick(detail, "alert", "alert_state"),
+            })
+        return out
+    finally:
+        index.close()
+
+
+def _status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 2
+    rows = study_status(config.node.data_dir)
+    if args.json:
+        print(json.dumps({"studies": rows}, indent=2))
+        return 0
+    if not rows:
+        print("no studies")
+        return 0
+    cols = ["study_uid", "state", "revision", "instances", "selected_series", "category",
+            "probabilities", "result_uids", "delivery", "alert"]
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, dict):
+            return ",".join(f"{k}={x:.2f}" if isinstance(x, float) else f"{k}={x}" for k, x in v.items())
+        if isinstance(v, list):
+            return ",".join(map(str, v))
+        return str(v)
+
+    table = [cols] + [[cell(r[c]) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    serve = subparsers.add_parser("serve", help="run the node (DICOM listener, stabiliser, workers)")
+    serve.add_argument("--config", help="TOML file (default: $AENODE_CONFIG, else built-in defaults)")
+    serve.set_defaults(func=_serve)
+
+    status = subparsers.add_parser("status", help="list received studies and their processing state")
+    status.add_argument("--config", help="TOML file (default: $AENODE_CONFIG, else built-in defaults)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_status)

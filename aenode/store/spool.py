@@ -1,0 +1,150 @@
+"""The durable spool: one DICOM file per SOP instance under the data directory.
+
+Layout: ``<data_dir>/spool/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``, built only
+from validated UIDs.  Incoming data is written to ``<data_dir>/spool/.tmp`` first and
+made durable with fsync(file), rename (atomic replace of an earlier copy of the same
+instance) and fsync(directory) before the sender hears "success".
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from aenode.store.uids import is_valid_uid
+
+TMP_NAME = ".tmp"
+
+# Test hook: called with the path about to be committed; may raise OSError (e.g. ENOSPC).
+write_hook = None
+
+
+class UnsafePath(ValueError):
+    """A UID that is not a valid UID was about to become a path."""
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir).resolve()
+        self.root = self.data_dir / "spool"
+        self.tmp_dir = self.root / TMP_NAME
+        self._known_dirs: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def prepare(self) -> None:
+        """Create the folders and remove temporary files left by a crash."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp_dir.iterdir():
+            try:
+                leftover.unlink()
+            except OSError:
+                pass
+        fsync_dir(self.root)
+        fsync_dir(self.data_dir)
+
+    def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        for uid in (study_uid, series_uid, sop_uid):
+            if not is_valid_uid(uid):
+                raise UnsafePath("invalid UID")
+        return self.root / study_uid / series_uid / f"{sop_uid}.dcm"
+
+    def relative(self, path: Path) -> str:
+        return str(Path(path).relative_to(self.data_dir))
+
+    def absolute(self, rel: str) -> Path:
+        return self.data_dir / rel
+
+    def _ensure_dir(self, directory: Path) -> None:
+        if directory in self._known_dirs:
+            return
+        with self._lock:
+            created = []
+            d = directory
+            while not d.exists():
+                created.append(d)
+                d = d.parent
+            for c in reversed(created):
+                try:
+                    c.mkdir()
+                except FileExistsError:
+                    pass
+                fsync_dir(c.parent)
+            self._known_dirs.add(directory)
+
+    def commit(self, tmp_path: Path, study_uid: str, series_uid: str, sop_uid: str,
+               fd: int | None = None) -> Path:
+        """Make ``tmp_path`` durable as the instance's spool file and return its path.
+
+        ``fd``: an open descriptor of ``tmp_path`` to fsync (else the file is opened).
+        Raises OSError (ENOSPC and friends) or UnsafePath; the temporary file is left
+        for the caller to remove.
+        """
+        final = self.path_for(study_uid, series_uid, sop_uid)
+        if write_hook is not None:
+            write_hook(final)
+        if fd is None:
+            fd2 = os.open(tmp_path, os.O_RDONLY)
+            try:
+                os.fsync(fd2)
+            finally:
+                os.close(fd2)
+        else:
+            os.fsync(fd)
+        self._ensure_dir(final.parent)
+        try:
+            os.replace(tmp_path, final)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # The temporary file lives on another file system: copy next to the target.
+            staged = final.with_name(final.name + ".part")
+            shutil.copyfile(tmp_path, staged)
+            fd3 = os.open(staged, os.O_RDONLY)
+            try:
+                os.fsync(fd3)
+            finally:
+                os.close(fd3)
+            os.replace(staged, final)
+            os.unlink(tmp_path)
+        fsync_dir(final.parent)
+        return final
+
+    def write_bytes(self, data: bytes, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """Durably store an instance given as bytes (DICOM file format)."""
+        self.path_for(study_uid, series_uid, sop_uid)  # validate before anything is written
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp_dir / f"{sop_uid}.{threading.get_ident()}.part"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                return self.commit(tmp, study_uid, series_uid, sop_uid, fd=fh.fileno())
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def files(self) -> Iterator[Path]:
+        """Every committed spool file (for start-up reconciliation)."""
+        if not self.root.exists():
+            return
+        for study in self.root.iterdir():
+            if study.name == TMP_NAME or not study.is_dir():
+                continue
+            for series in study.iterdir():
+                if not series.is_dir():
+                    continue
+                for f in series.iterdir():
+                    if f.suffix == ".dcm":
+                        yield f

@@ -1,0 +1,114 @@
+"""Study completion ("stabilisation") and start-up reconciliation.
+
+A ``receiving`` study becomes ``complete`` when no instance has arrived for
+``stability.quiet_seconds`` (measured from the persisted last-arrival time, so the rule
+survives a restart), or ``stability.after_release_seconds`` after the association that
+sent it was released while no other association is still sending to it (in memory: after
+a restart only the quiet timer applies).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+
+from aenode.logs import get_logger
+from aenode.store.index import Index
+from aenode.store.meta import BadInstance, read_meta
+from aenode.store.spool import Spool
+
+log = get_logger("aenode.store")
+
+
+class ActivityTracker:
+    """Which open associations are sending to which study (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_assoc: dict[object, set[str]] = defaultdict(set)
+        self._senders: dict[str, int] = defaultdict(int)
+        self._released_at: dict[str, float] = {}
+
+    def instance(self, assoc_key: object, study_uid: str) -> None:
+        with self._lock:
+            studies = self._by_assoc[assoc_key]
+            if study_uid not in studies:
+                studies.add(study_uid)
+                self._senders[study_uid] += 1
+
+    def ended(self, assoc_key: object) -> None:
+        now = time.time()
+        with self._lock:
+            for study in self._by_assoc.pop(assoc_key, ()):
+                self._senders[study] -= 1
+                if self._senders[study] <= 0:
+                    del self._senders[study]
+                self._released_at[study] = now
+
+    def state(self, study_uid: str) -> tuple[bool, float | None]:
+        """(someone is sending now, time of the last release)."""
+        with self._lock:
+            return self._senders.get(study_uid, 0) > 0, self._released_at.get(study_uid)
+
+    def forget(self, study_uid: str) -> None:
+        with self._lock:
+            self._released_at.pop(study_uid, None)
+
+
+class Stabiliser:
+    def __init__(self, index: Index, tracker: ActivityTracker, quiet_seconds: float,
+                 after_release_seconds: float, interval: float | None = None):
+        self.index = index
+        self.tracker = tracker
+        self.quiet = quiet_seconds
+        self.after_release = after_release_seconds
+        self.interval = interval or max(0.05, min(0.5, min(quiet_seconds, after_release_seconds or quiet_seconds) / 5))
+
+    def due(self, study_uid: str, last_arrival: float, now: float) -> bool:
+        if now - last_arrival >= self.quiet:
+            return True
+        if self.after_release <= 0:
+            return False
+        sending, released = self.tracker.state(study_uid)
+        return (not sending and released is not None and released >= last_arrival
+                and now - released >= self.after_release)
+
+    def tick(self) -> list[str]:
+        now = time.time()
+        done = []
+        for study_uid, last in self.index.receiving_studies():
+            if self.due(study_uid, last, now) and self.index.mark_complete(study_uid, last):
+                self.tracker.forget(study_uid)
+                done.append(study_uid)
+                log.info("study_complete", study_uid=study_uid, quiet_for=round(now - last, 3))
+        return done
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - keep stabilising; the database may be busy
+                log.exception("stabiliser_error")
+            stop.wait(self.interval)
+
+
+def reconcile(index: Index, spool: Spool) -> int:
+    """Index spool files missing from the index (e.g. after a power loss)."""
+    known = index.known_instances()
+    added = 0
+    for path in spool.files():
+        if path.stem in known:
+            continue
+        try:
+            meta = read_meta(path)
+            own = meta.is_own_output
+            st = path.stat()
+            index.record_instance(meta, path, st.st_size, calling_ae=None,
+                                  received_at=st.st_mtime, own_output=own)
+            added += 1
+        except (BadInstance, OSError) as exc:
+            log.warning("reconcile_skipped_file", file=spool.relative(path), error=type(exc).__name__)
+    if added:
+        log.info("reconciled", instances=added)
+    return added
