@@ -68,6 +68,7 @@ class InstanceInfo:
     columns: int | None = None
     transfer_syntax: str | None = None
     calling_ae: str | None = None
+    own_output: bool = False  # the store marked it as the node's own SR/SC output
 
     @classmethod
     def from_row(cls, row: Any) -> "InstanceInfo":
@@ -106,6 +107,7 @@ class InstanceInfo:
             columns=as_int(get("columns", "cols")),
             transfer_syntax=get("transfer_syntax", "transfer_syntax_uid"),
             calling_ae=get("calling_ae", "calling_ae_title", "source_ae"),
+            own_output=bool(get("own_output") or False),
         )
 
     @classmethod
@@ -113,6 +115,12 @@ class InstanceInfo:
         """From a pydicom dataset read with ``stop_before_pixels=True``."""
         meta = getattr(ds, "file_meta", None)
         kernel = ds.get("ConvolutionKernel")
+        try:
+            from aenode.report.marks import is_node_output
+
+            own = bool(is_node_output(ds))
+        except ImportError:  # the report stage is not installed
+            own = False
         return cls(
             path=str(path),
             series_uid=str(ds.get("SeriesInstanceUID", "")),
@@ -130,6 +138,7 @@ class InstanceInfo:
             rows=ds.get("Rows"),
             columns=ds.get("Columns"),
             transfer_syntax=str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None,
+            own_output=own,
         )
 
 
@@ -148,6 +157,7 @@ class SeriesSummary:
     series_number: int | None
     calling_ae: str | None
     consistent: bool  # one orientation and one matrix size throughout
+    own_output: bool = False
     instances: tuple[InstanceInfo, ...] = field(repr=False, default=())
 
     def as_dict(self) -> dict[str, Any]:
@@ -205,6 +215,7 @@ def summarise_series(series_uid: str, instances: Sequence[InstanceInfo]) -> Seri
         series_number=first.series_number,
         calling_ae=first.calling_ae,
         consistent=len(orientations) <= 1 and len(sizes) <= 1,
+        own_output=any(i.own_output for i in instances),
         instances=tuple(instances),
     )
 
@@ -221,7 +232,7 @@ def ineligibility(
     own_series_uids: Iterable[str] = (),
 ) -> str | None:
     """Why a series cannot be analysed, or None when it qualifies."""
-    if s.series_uid in set(own_series_uids) or (s.calling_ae and s.calling_ae in set(own_ae_titles)):
+    if s.own_output or s.series_uid in set(own_series_uids) or (s.calling_ae and s.calling_ae in set(own_ae_titles)):
         return "the node's own output"
     if s.sop_class_uid not in _IMAGE_SOP_CLASSES:
         return f"not a single-frame CT image series (SOP class {s.sop_class_uid})"
