@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "aenode.phantom.cli",   # phantom
     "aenode.receive.cli",   # serve, status
     "aenode.infer.cli",     # predict
+    "aenode.deliver.cli",   # retry, echo
 )
 
 
