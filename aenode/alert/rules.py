@@ -1,0 +1,158 @@
+"""Which results alert on which channel.
+
+Per model, from its manifest: the classes with ``alert = true`` (for COVID-19: Typical and
+Indeterminate), each when its probability reaches the class's ``alert_threshold``.  Per
+channel, ``[alerts.<channel>] categories = [...]`` replaces the manifest's list (e.g.
+e-mail only for Typical); the thresholds still come from the manifest.
+
+The decision per (study, model, channel) compares the newest result revision with the
+last alert sent on that channel:
+
+==========================  ===========================  ====================================
+last alert on the channel   new revision                 action
+==========================  ===========================  ====================================
+none / a "cleared" update   alerting class X             alert X (an update if one was sent)
+alerting X                  alerting X                   nothing (no duplicate)
+alerting X                  alerting Y != X              update: Y, previous_category X
+alerting X                  not alerting (Negative...)   update: cleared, previous_category X
+none / a "cleared" update   not alerting                 nothing
+==========================  ===========================  ====================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from aenode.config import Config
+from aenode.infer.manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest
+from aenode.logs import get_logger
+
+log = get_logger("aenode.alert")
+
+
+@dataclass(frozen=True)
+class ClassRule:
+    name: str
+    alert: bool
+    threshold: float
+    code: dict[str, str] | None  # code_value, scheme_designator, meaning
+
+
+@dataclass(frozen=True)
+class ModelRules:
+    model: str
+    version: str | None
+    classes: dict[str, ClassRule]
+
+    @property
+    def alert_classes(self) -> list[str]:
+        return [c.name for c in self.classes.values() if c.alert]
+
+    def code(self, name: str | None) -> dict[str, str] | None:
+        c = self.classes.get(name or "")
+        return c.code if c else None
+
+
+@dataclass(frozen=True)
+class Decision:
+    alerting: bool
+    category: str          # the alert category (or, when not alerting, the result category)
+    probability: float | None
+
+
+def _package_dirs(path: Path) -> list[Path]:
+    if (path / MANIFEST_NAME).is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if (p / MANIFEST_NAME).is_file())
+
+
+@lru_cache(maxsize=64)
+def _manifests(path: str) -> dict[str, Manifest]:
+    out: dict[str, Manifest] = {}
+    for pkg in _package_dirs(Path(path)):
+        try:
+            m = load_manifest(pkg)
+        except ManifestError as exc:
+            log.warning("alert_manifest_unreadable", package=pkg.name, problem=str(exc))
+            continue
+        out.setdefault(m.name, m)
+    return out
+
+
+def rules_from_manifest(m: Manifest) -> ModelRules:
+    return ModelRules(m.name, m.version, {
+        c.name: ClassRule(c.name, c.alert, c.alert_threshold,
+                          {"code_value": c.code_value, "scheme_designator": c.scheme_designator,
+                           "meaning": c.meaning})
+        for c in m.outputs.classes})
+
+
+def model_rules(config: Config, model: str, detail: dict[str, Any] | None = None) -> ModelRules | None:
+    """The rules of ``model`` from its manifest under ``[model] path``.
+
+    Without a manifest (package removed since the result was recorded) the result's own
+    record of its alert classes (``detail["alerts"]``, written by the inference stage) is
+    used; None if neither is available.
+    """
+    name = model.split("@", 1)[0]
+    m = _manifests(str(config.model.path)).get(name)
+    if m is not None:
+        return rules_from_manifest(m)
+    if detail and isinstance(detail.get("alerts"), list):
+        names = [str(a) for a in detail["alerts"]]
+        return ModelRules(name, detail.get("version"),
+                          {n: ClassRule(n, True, 0.0, None) for n in names})
+    return None
+
+
+def channel_classes(config: Config, channel: str, rules: ModelRules) -> list[str]:
+    cfg = getattr(config.alerts, channel, None)
+    override = getattr(cfg, "categories", None) if cfg is not None else None
+    return list(override) if override is not None else rules.alert_classes
+
+
+def decide(rules: ModelRules, classes: list[str], category: str | None,
+           probabilities: dict[str, float] | None) -> Decision | None:
+    """Whether a result alerts for a channel's classes; None when there is no category."""
+    if not category:
+        return None
+    probs = probabilities or {}
+    passing = []
+    for name in classes:
+        rule = rules.classes.get(name)
+        threshold = rule.threshold if rule is not None else 0.5
+        p = probs.get(name)
+        if p is None:
+            # No probabilities recorded: the category itself decides.
+            if name == category:
+                passing.append((name, None))
+        elif p >= threshold:
+            passing.append((name, p))
+    if not passing:
+        return Decision(False, category, probs.get(category))
+    for name, p in passing:
+        if name == category:
+            return Decision(True, name, p)
+    name, p = max(passing, key=lambda t: t[1] or 0.0)
+    return Decision(True, name, p)
+
+
+def action(previous: dict[str, Any] | None, now: Decision) -> tuple[bool, bool] | None:
+    """(send, update) given the last alert sent on the channel, or None for nothing to send."""
+    prev_alerting = bool(previous and previous["alerting"])
+    if now.alerting:
+        if prev_alerting and previous["category"] == now.category:
+            return None
+        return (True, previous is not None)
+    if prev_alerting:
+        return (True, True)
+    return None
+
+
+__all__ = ["ClassRule", "Decision", "ModelRules", "action", "channel_classes", "decide", "model_rules",
+           "rules_from_manifest"]

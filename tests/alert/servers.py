@@ -1,0 +1,201 @@
+"""Real peers for the alert tests, all on 127.0.0.1 with free ports.
+
+- :class:`WebhookServer`: ``http.server`` in a thread; records every POST; answers the
+  queued status codes first (e.g. 503), then 200.
+- :class:`SMTPServer`: aiosmtpd; plain, STARTTLS (optionally requiring AUTH) or implicit TLS.
+- :class:`MLLPServer`: an MLLP listener that parses each message with hl7apy and ACKs
+  with the queued codes first (e.g. ``AE``), then ``AA``.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import socket
+import socketserver
+import ssl
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from hl7apy.core import Message
+from hl7apy.parser import parse_message
+
+from aenode.alert.hl7 import frame, read_frame
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def self_signed(dir_: Path) -> tuple[Path, Path]:
+    cert, key = dir_ / "cert.pem", dir_ / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True)
+    return cert, key
+
+
+# ---- webhook --------------------------------------------------------------------------
+
+class WebhookServer:
+    def __init__(self, port: int | None = None, statuses: list[int] | None = None):
+        self.requests: list[dict] = []
+        self.statuses = list(statuses or [])
+        self.port = port or free_port()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                status = outer.statuses.pop(0) if outer.statuses else 200
+                outer.requests.append({"path": self.path, "headers": dict(self.headers.items()),
+                                       "body": body, "status": status})
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    @property
+    def accepted(self) -> list[dict]:
+        return [r for r in self.requests if 200 <= r["status"] < 300]
+
+    def json(self, i: int = -1) -> dict:
+        return json.loads(self.accepted[i]["body"])
+
+    def start(self) -> "WebhookServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+# ---- SMTP -----------------------------------------------------------------------------
+
+class SMTPServer:
+    def __init__(self, port: int | None = None, *, security: str = "none", cert: Path | None = None,
+                 key: Path | None = None, auth: tuple[str, str] | None = None):
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import AuthResult
+
+        self.messages: list[dict] = []
+        self.port = port or free_port()
+        outer = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):  # noqa: N802
+                outer.messages.append({
+                    "from": envelope.mail_from, "to": list(envelope.rcpt_tos),
+                    "raw": envelope.content if isinstance(envelope.content, bytes) else envelope.content.encode(),
+                    "tls": session.ssl is not None, "auth": session.authenticated,
+                })
+                return "250 OK"
+
+        kwargs: dict = {}
+        ctx = None
+        if security != "none":
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(str(cert), str(key))
+        if security == "starttls":
+            kwargs.update(tls_context=ctx, require_starttls=True)
+        elif security == "tls":
+            kwargs.update(ssl_context=ctx)
+        if auth:
+            def authenticator(server, session, envelope, mechanism, auth_data):
+                ok = (auth_data.login.decode(), auth_data.password.decode()) == auth
+                return AuthResult(success=ok)
+            kwargs.update(authenticator=authenticator, auth_required=True, auth_require_tls=True)
+        self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port,
+                                      server_hostname="localhost", **kwargs)
+
+    def parsed(self, i: int = -1) -> email.message.EmailMessage:
+        return email.message_from_bytes(self.messages[i]["raw"], policy=email.policy.default)
+
+    def start(self) -> "SMTPServer":
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+
+# ---- MLLP -----------------------------------------------------------------------------
+
+class MLLPServer:
+    def __init__(self, port: int | None = None, codes: list[str] | None = None, silent: int = 0):
+        """``codes``: ACK codes answered first (then AA); ``silent``: messages left unanswered first."""
+        self.messages: list[dict] = []
+        self.codes = list(codes or [])
+        self.silent = silent
+        self.port = port or free_port()
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                try:
+                    raw = read_frame(self.request)
+                except (ConnectionError, OSError, ValueError):
+                    return
+                text = raw.decode("utf-8")
+                msg = parse_message(text.replace("\n", "\r"), find_groups=True)
+                control_id = msg.msh.msh_10.to_er7()
+                if outer.silent > 0:
+                    outer.silent -= 1
+                    outer.messages.append({"text": text, "control_id": control_id, "ack": None})
+                    time.sleep(1.5)
+                    return
+                code = outer.codes.pop(0) if outer.codes else "AA"
+                outer.messages.append({"text": text, "control_id": control_id, "ack": code, "msg": msg})
+                ack = Message("ACK", version="2.5")
+                ack.msh.msh_3 = "TESTRCV"
+                ack.msh.msh_9 = "ACK^R01^ACK"
+                ack.msh.msh_10 = "ACK" + control_id[:17]
+                ack.msh.msh_11 = "P"
+                ack.msa.msa_1 = code
+                ack.msa.msa_2 = control_id
+                self.request.sendall(frame(ack.to_er7()))
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self._server = Server(("127.0.0.1", self.port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def accepted(self) -> list[dict]:
+        return [m for m in self.messages if m["ack"] == "AA"]
+
+    def start(self) -> "MLLPServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
