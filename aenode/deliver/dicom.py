@@ -87,9 +87,9 @@ def _fit_to_context(ds: Dataset, accepted: set[str]) -> Dataset:
     if target is None:
         raise DeliveryError(f"destination accepts none of {ts}, Explicit or Implicit VR Little Endian")
     if ts.is_compressed:
-        ds.decompress()  # to Explicit VR Little Endian
-    # pynetdicom encodes the dataset in the accepted context's (uncompressed) syntax.
-    ds.file_meta.TransferSyntaxUID = target
+        ds.decompress()  # now Explicit VR Little Endian
+    # An uncompressed dataset is re-encoded by pynetdicom into the accepted context's
+    # uncompressed syntax (its file meta must keep describing the current encoding).
     return ds
 
 
