@@ -113,7 +113,8 @@ class SMTPServer:
                 outer.messages.append({
                     "from": envelope.mail_from, "to": list(envelope.rcpt_tos),
                     "raw": envelope.content if isinstance(envelope.content, bytes) else envelope.content.encode(),
-                    "tls": session.ssl is not None, "auth": session.authenticated,
+                    "tls": server.transport.get_extra_info("ssl_object") is not None,
+                    "auth": session.authenticated,
                 })
                 return "250 OK"
 
