@@ -25,7 +25,10 @@ from aenode.store.stabilise import ActivityTracker, Stabiliser, reconcile
 log = get_logger("aenode.pipeline")
 
 # "module:factory" of downstream workers, in order.
-WORKERS: tuple[str, ...] = ("aenode.infer.worker:AnalysisWorker",)
+WORKERS: tuple[str, ...] = (
+    "aenode.infer.worker:AnalysisWorker",
+    "aenode.deliver.worker:DeliveryWorker",  # results (and alerts) out through the outbox
+)
 
 
 def _load_factory(spec: str) -> Any | None:
