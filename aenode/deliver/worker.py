@@ -19,6 +19,20 @@ log = get_logger("aenode.deliver")
 
 _wakeup = threading.Event()
 
+# Modules that register senders for other kinds (imported when present).
+SENDER_MODULES: tuple[str, ...] = ("aenode.alert.senders",)
+
+
+def _load_sender_modules() -> None:
+    import importlib
+
+    for name in SENDER_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if not (exc.name and name.startswith(exc.name)):
+                raise
+
 
 def notify() -> None:
     """Wake the delivery workers of this process (new rows were enqueued)."""
@@ -32,6 +46,7 @@ class DeliveryWorker:
         self.outbox = outbox or Outbox.for_config(config)
         self._own_outbox = outbox is None
         self.batch = batch
+        _load_sender_modules()
 
     def run_once(self) -> int:
         """Attempt every due row once; returns how many rows were attempted."""

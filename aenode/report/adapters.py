@@ -1,0 +1,64 @@
+"""Build a :class:`ReportInput` from what the inference stage produces.
+
+``report_input_from_outcome(manifest, prediction, volume, series_uid, revision)`` takes the
+model manifest (:class:`aenode.infer.manifest.Manifest`), the
+:class:`aenode.infer.engine.Prediction`, and the loaded :class:`aenode.load.volume.Volume`
+of the analysed series.  Duck-typed, so this module imports nothing from those stages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread
+
+from aenode.report.models import (
+    ClassConcept,
+    CodingScheme,
+    ModelInfo,
+    PredecessorRef,
+    ReportInput,
+    SourceRef,
+    header_from_dataset,
+)
+
+
+def report_input_from_outcome(manifest: Any, prediction: Any, volume: Any, series_uid: str, revision: int,
+                              *, sop_class_uid: str | None = None,
+                              predecessors: list[PredecessorRef] | None = None) -> ReportInput:
+    # Slices that came from an instance (a gap filled by the loader has no UID).
+    keep = [z for z, uid in enumerate(volume.sop_instance_uids) if uid]
+    if not keep:
+        raise ValueError("volume: no slice has a SOP instance UID")
+    first = dcmread(volume.paths[keep[0]], stop_before_pixels=True)
+    header = header_from_dataset(first)
+    cls_uid = sop_class_uid or str(first.SOPClassUID)
+    refs = [SourceRef(cls_uid, str(volume.sop_instance_uids[z])) for z in keep]
+    hu = volume.hu if len(keep) == volume.hu.shape[0] else volume.hu[keep]
+    lesion = None
+    if getattr(prediction, "lesion_prob", None) is not None:
+        spec = manifest.outputs.lesion_map
+        mask = prediction.lesion_mask_on_series(volume, threshold=spec.threshold if spec else 0.5)
+        if mask is not None:
+            lesion = np.asarray(mask, dtype=np.uint8)
+            if len(keep) != lesion.shape[0]:
+                lesion = lesion[keep]
+    classes = [ClassConcept(c.name, c.code_value, c.scheme_designator, c.meaning) for c in manifest.outputs.classes]
+    schemes = [CodingScheme(s.designator, s.name, s.version, s.responsible_organization, s.uid)
+               for s in manifest.coding_scheme]
+    return ReportInput(
+        header=header,
+        series_instance_uid=series_uid,
+        source_refs=refs,
+        classes=classes,
+        probabilities=[float(prediction.probabilities[c.name]) for c in classes],
+        category=prediction.category,
+        model=ModelInfo(manifest.name, manifest.version, manifest.algorithm.manufacturer, manifest.sha256),
+        coding_schemes=schemes,
+        lung_involvement_percent=prediction.involvement_percent,
+        revision=revision,
+        predecessors=predecessors,
+        volume=np.asarray(hu, dtype=np.int16),
+        lesion_map=lesion,
+    )
