@@ -13,9 +13,18 @@ from pydicom.tag import Tag
 from aenode.logs import PHI_KEYWORDS
 from aenode.store.uids import clean_uid
 
-# Manufacturer written into the node's own output (SR/SC); such series are stored but
-# never analysed.  The report stage must set (0008,0070) Manufacturer to this value.
+# Fallback mark of the node's own output (SR/SC) when aenode.report is not installed;
+# aenode.report.marks.is_node_output is the authority.  Such series are stored but
+# never analysed.
 OWN_MANUFACTURER = "aenode"
+
+
+def _own_output_mark(ds: Any) -> bool:
+    try:
+        from aenode.report.marks import is_node_output
+    except ImportError:
+        return str(ds.get("Manufacturer") or "").strip().lower() == OWN_MANUFACTURER
+    return bool(is_node_output(ds))
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -24,7 +33,7 @@ _KEYWORDS = (
     "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality",
     "ImageType", "SeriesDescription", "SeriesNumber", "SliceThickness", "ImagePositionPatient",
     "ImageOrientationPatient", "InstanceNumber", "Rows", "Columns", "NumberOfFrames",
-    "Manufacturer",
+    "Manufacturer", "SoftwareVersions",
 )
 _TAGS = [Tag(k) for k in (*_KEYWORDS, *sorted(PHI_KEYWORDS))]
 
@@ -52,6 +61,7 @@ class InstanceMeta:
     columns: int | None = None
     number_of_frames: int | None = None
     manufacturer: str | None = None
+    own_mark: bool = False                 # carries the node's output marks
     phi: tuple[str, ...] = ()              # identifiers to mask in logs; never stored
 
     @property
@@ -60,7 +70,7 @@ class InstanceMeta:
 
     @property
     def is_own_output(self) -> bool:
-        return (self.manufacturer or "").strip().lower() == OWN_MANUFACTURER
+        return self.own_mark
 
 
 def _num(value: Any, kind: type) -> Any:
@@ -128,6 +138,7 @@ def meta_from_dataset(ds: Any, transfer_syntax: str | None = None) -> InstanceMe
             columns=_num(ds.get("Columns"), int),
             number_of_frames=_num(ds.get("NumberOfFrames"), int),
             manufacturer=_text(ds.get("Manufacturer")),
+            own_mark=_own_output_mark(ds),
             phi=phi,
         )
     except BadInstance:

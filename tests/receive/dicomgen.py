@@ -72,3 +72,51 @@ def write_study(out: Path, n: int = 5, size: int = 64, study_uid: str | None = N
         ds.save_as(p, enforce_file_format=True)
         paths.append(p)
     return study_uid, paths
+
+
+LOCALIZER_TYPE = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+DOSE_SR = "1.2.840.10008.5.1.4.1.1.88.67"
+
+
+def localizer(study_uid: str, size: int = 64) -> Dataset:
+    ds = ct_slice(study_uid, generate_uid(), 0, size=size, seed=7)
+    ds.ImageType = LOCALIZER_TYPE
+    ds.SeriesDescription = "Topogram"
+    ds.SeriesNumber = 1
+    return ds
+
+
+def dose_report(study_uid: str) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    sop = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = DOSE_SR
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.PatientName = CANARY
+    ds.PatientID = "CANARYID123"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = sop
+    ds.SOPClassUID = DOSE_SR
+    ds.Modality = "SR"
+    ds.SeriesNumber = 999
+    ds.SeriesDescription = "Dose Report"
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    return ds
+
+
+def save(ds: Dataset, path: Path, ts=None) -> Path:
+    """Save; ``ts`` re-encodes uncompressed data as implicit VR or compresses it."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    if ts is not None and str(ts) == str(ImplicitVRLittleEndian):
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    elif ts is not None and str(ts) != str(ExplicitVRLittleEndian):
+        ds.compress(ts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -1,0 +1,321 @@
+"""Ingest benchmarks (issue 3): how fast and how lean ``aenode serve`` receives.
+
+Modes (default: all):
+  speed     one 400-slice 512x512 CT study over one association with DCMTK storescu, to
+            DCMTK storescp, Orthanc and ``aenode serve`` in the same run; prints each
+            time (best and median of --repeat) and the ratio aenode/storescp
+  parallel  four associations sending four studies at once to aenode: aggregate MB/s
+  rss       ~1 GB (big multi-frame objects) to aenode: peak RSS growth of the server
+
+Usage: python benchmarks/bench_ingest.py [--mode speed|parallel|rss|all] [--repeat 5]
+Everything runs on loopback with TCP_NODELAY=1 in the DCMTK/Orthanc environments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+STORESCU = "/usr/bin/storescu"   # not a pyenv shim of pynetdicom's app
+STORESCP = "/usr/bin/storescp"
+ECHOSCU = "/usr/bin/echoscu"
+ORTHANC = "/usr/sbin/Orthanc"
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+# ---- data ------------------------------------------------------------------------------
+
+
+def _ct(study: str, series: str, i: int, rows: int, frames: int, rng) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    sop = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.PatientName, ds.PatientID = "BENCH^PATIENT", "BENCH1"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, sop
+    ds.SOPClassUID, ds.Modality = "1.2.840.10008.5.1.4.1.1.2", "CT"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.InstanceNumber, ds.SliceThickness = i + 1, 1.0
+    ds.ImagePositionPatient = [0.0, 0.0, float(i)]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing = [0.7, 0.7]
+    ds.Rows = ds.Columns = rows
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = rng.integers(-1024, 2000, rows * rows * frames, dtype=np.int16).tobytes()
+    return ds
+
+
+def make_study(out: Path, slices: int, rows: int = 512, frames: int = 1, seed: int = 1) -> Path:
+    """The phantom generator's study if available, else random-pixel CT files."""
+    out.mkdir(parents=True, exist_ok=True)
+    if frames == 1 and rows == 512:
+        try:
+            from aenode.phantom import generate_study  # type: ignore[import-not-found]
+        except ImportError:
+            pass
+        else:
+            generate_study(out, "typical", seed=seed, slices=slices, extra_series=False)
+            return out
+    rng = np.random.default_rng(seed)
+    study, series = generate_uid(), generate_uid()
+    for i in range(slices):
+        _ct(study, series, i, rows, frames, rng).save_as(out / f"ct{i:04d}.dcm", enforce_file_format=True)
+    return out
+
+
+def folder_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
+# ---- receivers ---------------------------------------------------------------------------
+
+
+def wait_echo(port: int, aet: str, timeout: float = 30) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        r = subprocess.run([ECHOSCU, "-aec", aet, "127.0.0.1", str(port)], capture_output=True, env=ENV)
+        if r.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"no C-ECHO answer on port {port}")
+
+
+class Receiver:
+    name = ""
+    aet = "ANY-SCP"
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None: ...
+
+    def reset(self) -> None:
+        """Forget what was received so that every send is a first send."""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class StoreSCP(Receiver):
+    name = "dcmtk storescp"
+
+    def start(self) -> None:
+        self.out = self.work / "storescp"
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([STORESCP, "-od", str(self.out), str(self.port)], env=ENV,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_echo(self.port, self.aet)
+
+    def reset(self) -> None:
+        for f in self.out.iterdir():
+            f.unlink()
+
+
+class Orthanc(Receiver):
+    name = "orthanc"
+    aet = "ORTHANC"
+
+    def start(self) -> None:
+        self.dir = self.work / "orthanc"
+        self._launch()
+
+    def _launch(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        cfg = {"Name": "bench", "StorageDirectory": str(self.dir / "db"), "IndexDirectory": str(self.dir / "db"),
+               "DicomAet": self.aet, "DicomPort": self.port, "HttpPort": free_port(),
+               "RemoteAccessAllowed": False, "DicomCheckCalledAet": False, "Plugins": [],
+               "HttpServerEnabled": True, "StorageCompression": False}
+        (self.dir / "orthanc.json").write_text(json.dumps(cfg))
+        self.proc = subprocess.Popen([ORTHANC, str(self.dir / "orthanc.json")], env=ENV,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_echo(self.port, self.aet)
+
+    def reset(self) -> None:
+        self.stop()
+        self._launch()
+
+
+class Aenode(Receiver):
+    name = "aenode serve"
+    aet = "AENODE"
+
+    def start(self) -> None:
+        self.data = self.work / "aenode-data"
+        self._launch()
+
+    def _launch(self) -> None:
+        shutil.rmtree(self.data, ignore_errors=True)
+        cfg = self.work / "aenode.toml"
+        cfg.write_text(f'[node]\nae_title = "{self.aet}"\nhost = "127.0.0.1"\nport = {self.port}\n'
+                       f'data_dir = "{self.data}"\nmax_associations = 16\n'
+                       '[stability]\nquiet_seconds = 30\n')
+        self.log = open(self.work / "aenode.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "aenode", "serve", "--config", str(cfg)],
+                                     stdout=self.log, stderr=self.log)
+        wait_echo(self.port, self.aet)
+
+    def reset(self) -> None:
+        self.stop()
+        self._launch()
+
+
+def send(port: int, aet: str, folder: Path) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run([STORESCU, "-aec", aet, "127.0.0.1", str(port), "+sd", str(folder)],
+                       env=ENV, capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"storescu failed ({r.returncode}): {r.stderr[-400:]}")
+    return dt
+
+
+# ---- modes -------------------------------------------------------------------------------
+
+
+def mode_speed(work: Path, repeat: int, slices: int) -> dict:
+    study = make_study(work / "study", slices)
+    mb = folder_mb(study)
+    print(f"study: {slices} slices, {mb:.0f} MB")
+    out = {}
+    for cls in (StoreSCP, Orthanc, Aenode):
+        rx = cls(work)
+        if cls is Orthanc and not Path(ORTHANC).exists():
+            continue
+        rx.start()
+        try:
+            times = []
+            for _ in range(repeat):
+                rx.reset()
+                times.append(send(rx.port, rx.aet, study))
+        finally:
+            rx.stop()
+        out[rx.name] = {"best": min(times), "median": statistics.median(times), "all": times}
+        print(f"{rx.name:15s} best {min(times):6.2f} s  median {statistics.median(times):6.2f} s"
+              f"  ({mb / min(times):.0f} MB/s)  runs {[round(t, 2) for t in times]}")
+    a, s = out["aenode serve"], out["dcmtk storescp"]
+    print(f"ratio aenode/storescp: best {a['best'] / s['best']:.2f}  median {a['median'] / s['median']:.2f}")
+    if "orthanc" in out:
+        print(f"ratio aenode/orthanc: best {a['best'] / out['orthanc']['best']:.2f}")
+    return out
+
+
+def mode_parallel(work: Path, slices: int) -> dict:
+    studies = [make_study(work / f"par{i}", slices, seed=10 + i) for i in range(4)]
+    mb = sum(folder_mb(s) for s in studies)
+    rx = Aenode(work)
+    rx.start()
+    try:
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=send, args=(rx.port, rx.aet, s)) for s in studies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        dt = time.perf_counter() - t0
+    finally:
+        rx.stop()
+    print(f"4 associations, 4 studies x {slices} slices, {mb:.0f} MB in {dt:.2f} s: {mb / dt:.0f} MB/s aggregate")
+    return {"seconds": dt, "mb": mb, "mb_per_s": mb / dt}
+
+
+def mode_rss(work: Path, objects: int, frames: int) -> dict:
+    import psutil
+
+    big = make_study(work / "big", objects, rows=512, frames=frames, seed=99)
+    mb = folder_mb(big)
+    rx = Aenode(work)
+    rx.start()
+    try:
+        proc = psutil.Process(rx.proc.pid)
+        time.sleep(0.5)
+        base = proc.memory_info().rss
+        peak = base
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, proc.memory_info().rss)
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        dt = send(rx.port, rx.aet, big)
+        done.set()
+        sampler.join()
+    finally:
+        rx.stop()
+    growth = (peak - base) / 1e6
+    print(f"rss: sent {objects} objects x {frames} frames ({mb:.0f} MB) in {dt:.1f} s; server RSS "
+          f"{base / 1e6:.0f} MB -> peak {peak / 1e6:.0f} MB (growth {growth:.0f} MB, limit 200 MB)")
+    return {"mb": mb, "seconds": dt, "rss_base_mb": base / 1e6, "rss_peak_mb": peak / 1e6, "growth_mb": growth}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["speed", "parallel", "rss", "all"], default="all")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--slices", type=int, default=400)
+    ap.add_argument("--parallel-slices", type=int, default=100)
+    ap.add_argument("--rss-objects", type=int, default=4)
+    ap.add_argument("--rss-frames", type=int, default=512, help="512 frames of 512x512 int16 = 256 MB each")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    print(f"machine: {os.cpu_count()} CPUs, {cpu_name()}")
+    work = Path(tempfile.mkdtemp(prefix="aenode-bench-"))
+    try:
+        if args.mode in ("speed", "all"):
+            mode_speed(work, args.repeat, args.slices)
+        if args.mode in ("parallel", "all"):
+            mode_parallel(work, args.parallel_slices)
+        if args.mode in ("rss", "all"):
+            mode_rss(work, args.rss_objects, args.rss_frames)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
