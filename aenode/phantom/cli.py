@@ -40,8 +40,11 @@ def run(args: argparse.Namespace) -> int:
                            slice_thickness=args.slice_thickness, transfer_syntax=ts,
                            extra_series=not args.no_extra_series, patient_name=args.patient_name,
                            patient_id=args.patient_id, kernel=args.kernel, variant=args.variant)
-    except (ValueError, OSError) as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write to output directory {args.out}: {e.strerror or e}", file=sys.stderr)
         return 2
     print(f"study {r.study_instance_uid}: {r.category} ({r.pattern_variant}), seed {args.seed}")
     for suid, desc, n, folder in r.series:

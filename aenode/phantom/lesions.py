@@ -73,7 +73,7 @@ def plan_lesions(cl: CoarseLung, pattern: str, seed: int, variant: str | None = 
         raise ValueError(f"unknown pattern {pattern!r}; expected one of {', '.join(PATTERNS)}")
     rng = np.random.default_rng([seed, 37, PATTERNS.index(pattern)])
     vs = VARIANTS[pattern]
-    chosen = vs[int(rng.integers(len(vs)))]
+    chosen = vs[int(seed) % len(vs)]  # round-robin over seeds: balanced training sets
     if variant is not None:
         if variant not in vs:
             raise ValueError(f"unknown variant {variant!r} for {pattern}; expected one of {', '.join(vs)}")
@@ -92,7 +92,7 @@ def plan_lesions(cl: CoarseLung, pattern: str, seed: int, variant: str | None = 
             P = pts[lab]
             c = P[(P[:, 3] >= 2.0) & (P[:, 3] <= 8.0)]
             zf = _zfrac(cl, c[:, 2])
-            w = (1.0 - zf) ** 2 + 0.03
+            w = np.where(zf < 0.5, 1.0, 0.04)  # lower-lobe predominant
             for _ in range(40):
                 q = _pick(rng, c, w)
                 r = rng.uniform(9.0, 16.0)

@@ -29,6 +29,7 @@ class CoarseLung:
         self.labels = lab
         # Depth below the pleura (mm), per lung.
         self.depth = (ndimage.distance_transform_edt(lab > 0) * STEP).astype(np.float32)
+        self._x0, self._y0, self._z0 = float(self.xs[0]), float(self.ys[0]), float(self.zs[0])
         zz = np.nonzero(lab.any(axis=(1, 2)))[0]
         self.z_top = float(self.zs[zz[0]]) if len(zz) else p.z_apex
         self.z_bottom = float(self.zs[zz[-1]]) if len(zz) else p.z_lowest_lung
@@ -40,6 +41,16 @@ class CoarseLung:
         k = np.rint((self.zs[0] - pts[:, 2]) / STEP).astype(int)
         ok = (i >= 0) & (i < len(self.xs)) & (j >= 0) & (j < len(self.ys)) & (k >= 0) & (k < len(self.zs))
         return k.clip(0, len(self.zs) - 1), j.clip(0, len(self.ys) - 1), i.clip(0, len(self.xs) - 1), ok
+
+    def at(self, pt) -> tuple[int, float]:
+        """(label, depth) at one xyz point; plain Python because the tree grower calls it ~20k times."""
+        i = int(round((float(pt[0]) - self._x0) / STEP))
+        j = int(round((float(pt[1]) - self._y0) / STEP))
+        k = int(round((self._z0 - float(pt[2])) / STEP))
+        nz, ny, nx = self.labels.shape
+        if 0 <= i < nx and 0 <= j < ny and 0 <= k < nz:
+            return int(self.labels[k, j, i]), float(self.depth[k, j, i])
+        return 0, 0.0
 
     def label_at(self, pts: np.ndarray) -> np.ndarray:
         k, j, i, ok = self._idx(pts)

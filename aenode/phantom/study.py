@@ -38,11 +38,13 @@ def lesion_stats(v: PhantomVolume) -> dict:
     vox_ml = float(np.prod(v.spacing_zyx)) / 1000.0
     counts = np.bincount(v.lesion_mask.ravel(), minlength=len(LABELS))
     lungc = np.bincount(v.lung_mask.ravel(), minlength=3)
+    # joint histogram of (lung label, lesion label) in one pass
+    joint = np.bincount((v.lung_mask.ravel().astype(np.int32) * 16 + v.lesion_mask.ravel()), minlength=48)
     inv = {}
     for lab, name in ((1, "right"), (2, "left")):
-        m = v.lung_mask == lab
-        les = (v.lesion_mask[m] > 0) & (v.lesion_mask[m] != 7)
-        inv[name] = round(100.0 * float(les.sum()) / max(int(m.sum()), 1), 3)
+        row = joint[lab * 16:(lab + 1) * 16]
+        les = int(row[1:].sum() - row[7])
+        inv[name] = round(100.0 * les / max(int(row.sum()), 1), 3)
     return {
         "labels": {str(k): {"name": LABELS[k], "voxels": int(counts[k]), "ml": round(counts[k] * vox_ml, 3)}
                    for k in LABELS if k},

@@ -38,7 +38,8 @@ def grow_tree(cl: CoarseLung, seed: int) -> np.ndarray:
             length = float(np.clip(r * rng.uniform(5.0, 8.0), 3.0, 28.0))
             for _ in range(3):
                 b = a + d * length
-                if gen == 0 or (cl.label_at(b)[0] == lab and cl.depth_at(b)[0] >= min(1.5 * r, 4.0)):
+                lb, dp = cl.at(b)
+                if gen == 0 or (lb == lab and dp >= min(1.5 * r, 4.0)):
                     break
                 length *= 0.5
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -52,6 +53,14 @@ class PhantomVolume:
         return self.grid.voxel_to_lps()
 
 
+@lru_cache(maxsize=4)
+def _planning(seed: int) -> tuple[CoarseLung, np.ndarray]:
+    """Coarse lung model and vessel tree depend on the seed only: cache them, because a study
+    renders the same patient three times (thin series, thick series, localizer)."""
+    cl = CoarseLung(sample_patient(seed))
+    return cl, grow_tree(cl, seed)
+
+
 def make_grid(p: PatientParams, shape_zyx, spacing_zyx, z_center: float | None = None) -> tuple[Grid, float]:
     nz, ny, nx = (int(v) for v in shape_zyx)
     fov = fov_for(p)
@@ -79,9 +88,8 @@ def generate_volume(pattern: str, seed: int, *, shape_zyx=(300, 512, 512), spaci
     seed = int(seed)
     p = sample_patient(seed)
     grid, fov = make_grid(p, shape_zyx, spacing_zyx, z_center)
-    cl = CoarseLung(p)
+    cl, segs = _planning(seed)
     plan = plan_lesions(cl, pattern, seed, variant)
-    segs = grow_tree(cl, seed)
     vessel = np.zeros(grid.shape_zyx, np.uint8)
     rasterize_segments(segs, grid, vessel)
     canvas = rasterize(plan, cl, grid) if plan.prims else None
