@@ -27,6 +27,7 @@ log = get_logger("aenode.pipeline")
 # "module:factory" of downstream workers, in order.
 WORKERS: tuple[str, ...] = (
     "aenode.infer.worker:AnalysisWorker",
+    "aenode.alert.worker:AlertWorker",  # recorded results -> alert outbox rows
     "aenode.deliver.worker:DeliveryWorker",  # results (and alerts) out through the outbox
 )
 
