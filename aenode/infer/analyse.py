@@ -41,7 +41,8 @@ class ModelOutcome:
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
         }
         if self.prediction is not None:
-            out.update({k: v for k, v in self.prediction.as_dict().items() if k not in ("model", "version")})
+            out.update({k: v for k, v in self.prediction.as_dict().items()
+                        if k not in ("model", "version", "timings_s")})
         return out
 
 

@@ -84,16 +84,14 @@ class Model:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        resolved = resolve_providers(wanted, device_id)
         try:
-            self.session = ort.InferenceSession(
-                str(onnx_path), sess_options=opts, providers=resolve_providers(wanted, device_id))
+            self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=resolved)
         except Exception as exc:  # noqa: BLE001
             raise ManifestError(str(onnx_path), [f"onnx: ONNX Runtime cannot load the model ({exc})"]) from None
         self.providers = self.session.get_providers()
-        if "cuda" in wanted and "CUDAExecutionProvider" not in self.providers:
-            if "CUDAExecutionProvider" in {p if isinstance(p, str) else p[0] for p in resolve_providers(["cuda"], device_id)}:
-                log.warning("CUDA provider could not start for this model; running on CPU",
-                            model=self.manifest.name)
+        if any(not isinstance(p, str) for p in resolved) and "CUDAExecutionProvider" not in self.providers:
+            log.warning("CUDA provider could not start for this model; running on CPU", model=self.manifest.name)
         self._check_io()
         log.info("model loaded", model=self.manifest.name, version=self.manifest.version,
                  providers=self.providers)

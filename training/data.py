@@ -1,0 +1,124 @@
+"""Training data: generated phantom volumes passed through the node's own preprocessing.
+
+Each sample is what the model sees in service (``aenode.infer.preprocess.preprocess``
+applied to a CT volume) plus half-resolution soft segmentation targets derived from the
+phantom's ground-truth masks.  Samples are cached as .npz under ``training/cache/``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aenode.infer.manifest import load_manifest  # noqa: E402
+from aenode.infer.preprocess import ModelGrid, model_grid, preprocess  # noqa: E402
+
+PATTERNS = ("typical", "indeterminate", "atypical", "negative")
+CACHE = Path(__file__).resolve().parent / "cache"
+PACKAGE = ROOT / "models" / "covid-typicality"
+# Segmentation channels (training targets; only lung and lesion are exported).
+CHANNELS = ("lung", "lesion", "ggo", "crazy_paving", "consolidation", "nodule", "cavity",
+            "effusion", "atelectasis", "septal")
+LESION_LABELS = (1, 2, 3, 4, 5)  # pneumonia lesions inside the lung (not effusion/atelectasis/septal)
+# Generation grids (z, y, x): different resolutions so the model does not learn one scanner.
+GEN_SHAPES = ((120, 256, 256), (150, 320, 320), (100, 384, 384), (120, 256, 256))
+
+
+def prep_and_shape():
+    m = load_manifest(PACKAGE)
+    return m.preprocessing, m.input.size_zyx
+
+
+def phantom_to_sitk(arr: np.ndarray, spacing_zyx, origin) -> sitk.Image:
+    """A phantom array (slice 0 most superior) as an image with LPS geometry."""
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((float(spacing_zyx[2]), float(spacing_zyx[1]), float(spacing_zyx[0])))
+    img.SetOrigin(tuple(float(v) for v in origin))
+    img.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, -1))
+    return img
+
+
+def half_grid(grid: ModelGrid) -> ModelGrid:
+    """The grid of 2x2x2 blocks of the model grid (segmentation loss resolution)."""
+    sz = tuple(s // 2 for s in grid.size_zyx)
+    sp = tuple(s * 2 for s in grid.spacing_zyx)
+    origin = tuple(o + s / 2.0 for o, s in zip(grid.origin_xyz, (grid.spacing_zyx[2], grid.spacing_zyx[1], grid.spacing_zyx[0])))
+    return ModelGrid(sz, sp, origin)  # type: ignore[arg-type]
+
+
+def _targets(pattern: str, seed: int, grid: ModelGrid, generate_volume) -> np.ndarray:
+    """Soft targets at half model resolution: the phantom's masks rasterised on the model
+    grid itself (same patient, same centre, noise off), then 2x2x2 block fractions."""
+    m = generate_volume(pattern, seed, shape_zyx=grid.size_zyx, spacing_zyx=grid.spacing_zyx,
+                        noise=False, threads=1)
+    lab, lung = m.lesion_mask[::-1], m.lung_mask[::-1]  # phantom slice 0 is superior; model z ascends
+    lesion = np.isin(lab, LESION_LABELS)
+    chans = {
+        "lung": (lung > 0) | lesion, "lesion": lesion, "ggo": (lab == 1) | (lab == 2), "crazy_paving": lab == 2,
+        "consolidation": lab == 3, "nodule": lab == 4, "cavity": lab == 5, "effusion": lab == 6,
+        "atelectasis": lab == 7, "septal": lab == 8,
+    }
+    d, h, w = (s // 2 for s in grid.size_zyx)
+    out = np.zeros((len(CHANNELS), d, h, w), np.uint8)
+    for i, name in enumerate(CHANNELS):
+        c = chans[name].astype(np.float32).reshape(d, 2, h, 2, w, 2).mean(axis=(1, 3, 5))
+        out[i] = np.rint(c * 255).astype(np.uint8)
+    return out
+
+
+def make_sample(pattern: str, seed: int, shape_zyx=None) -> dict:
+    try:
+        from aenode.phantom import generate_volume
+    except ImportError:  # package __init__ not written yet
+        from aenode.phantom.volume import generate_volume
+
+    rng = np.random.default_rng([seed, 7])
+    shape = shape_zyx or GEN_SHAPES[int(rng.integers(len(GEN_SHAPES)))]
+    kernel = "sharp" if rng.random() < 0.7 else "smooth"
+    pv = generate_volume(pattern, seed, shape_zyx=shape, kernel=kernel, threads=1)
+    prep, size = prep_and_shape()
+    img = phantom_to_sitk(pv.hu, pv.spacing_zyx, pv.origin)
+    del pv.hu
+    x, grid = preprocess(img, prep, size)
+    seg = _targets(pattern, seed, grid, generate_volume)
+    return {"x": x[0, 0].astype(np.float16), "seg": seg, "label": PATTERNS.index(pattern),
+            "variant": pv.pattern_variant, "seed": seed}
+
+
+def _cache_one(args) -> str:
+    pattern, seed = args
+    path = CACHE / f"{pattern}_{seed}.npz"
+    if not path.exists():
+        s = make_sample(pattern, seed)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, x=s["x"], seg=s["seg"], label=s["label"], variant=s["variant"], seed=s["seed"])
+        os.replace(tmp, path)
+    return str(path)
+
+
+def build_cache(seeds: range, processes: int = 2) -> list[Path]:
+    from multiprocessing import Pool
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    jobs = [(p, s) for s in seeds for p in PATTERNS]
+    with Pool(processes) as pool:
+        paths = [Path(p) for p in pool.imap_unordered(_cache_one, jobs, chunksize=4)]
+    return sorted(paths)
+
+
+def load_arrays(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    xs, segs, ys = [], [], []
+    for p in paths:
+        d = np.load(p)
+        xs.append(d["x"])
+        segs.append(d["seg"])
+        ys.append(int(d["label"]))
+    return np.stack(xs), np.stack(segs), np.array(ys)

@@ -1,0 +1,108 @@
+"""The reference COVID-19 typicality network (PyTorch, training only; the node runs ONNX).
+
+A light 3D encoder-decoder: a 2x2x2 patchify stem, three resolution levels with additive
+skips, a two-channel segmentation head (lung, lesion) and a classification head that
+sees pooled deep features together with hand-crafted features measured on the predicted
+maps (involvement, peripheral and bilateral distribution, lower-zone and dependent
+predominance, lesion density).  Those features are computed inside the graph, so the
+exported ONNX file is the whole model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+N_FEATURES = 10  # distribution features of the lesion map
+# Extra segmentation channels (after lung, lesion) whose log-volumes feed the classifier:
+# ggo, crazy-paving, consolidation, nodule, cavity, effusion, atelectasis, septal.
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv3d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
+
+
+class TypicalityNet(nn.Module):
+    def __init__(self, n_classes: int = 4, n_seg: int = 10, c1: int = 8, c2: int = 16, c3: int = 32):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv3d(1, c1, 2, stride=2, bias=False), nn.BatchNorm3d(c1), nn.ReLU(inplace=True))
+        self.enc1 = _block(c1, c1)
+        self.down2 = nn.Sequential(nn.Conv3d(c1, c2, 2, stride=2, bias=False), nn.BatchNorm3d(c2), nn.ReLU(inplace=True))
+        self.enc2 = _block(c2, c2)
+        self.down3 = nn.Sequential(nn.Conv3d(c2, c3, 2, stride=2, bias=False), nn.BatchNorm3d(c3), nn.ReLU(inplace=True))
+        self.enc3 = nn.Sequential(_block(c3, c3), _block(c3, c3))
+        self.lat2 = nn.Conv3d(c3, c2, 1)
+        self.dec2 = _block(c2, c2)
+        self.lat1 = nn.Conv3d(c2, c1, 1)
+        self.dec1 = _block(c1, c1)
+        self.n_seg = n_seg
+        self.seg = nn.Conv3d(c1, n_seg, 1)  # lung, lesion, lesion types: logits at half resolution
+        self.cls = nn.Sequential(
+            nn.Linear(2 * c3 + c2 + N_FEATURES + (n_seg - 2), 48), nn.ReLU(inplace=True), nn.Dropout(0.2), nn.Linear(48, n_classes))
+
+    @staticmethod
+    def map_features(x: torch.Tensor, lung: torch.Tensor, lesion: torch.Tensor) -> torch.Tensor:
+        """Distribution features of the lesion map (inputs at half resolution, N,1,D,H,W)."""
+        eps = 1e-3
+        lung_all = torch.maximum(lung, lesion)
+        lung_vol = lung_all.sum(dim=(1, 2, 3, 4))
+        les_vol = lesion.sum(dim=(1, 2, 3, 4))
+        # Peripheral band: lung minus lung eroded by ~15 mm in-plane (min-pool = -maxpool(-x)).
+        eroded = -F.max_pool3d(-lung_all, kernel_size=(3, 7, 7), stride=1, padding=(1, 3, 3))
+        band = (lung_all - eroded).clamp(min=0.0)
+        peripheral = (lesion * band).sum(dim=(1, 2, 3, 4)) / (les_vol + eps)
+        w = lesion.shape[-1]
+        right = lesion[..., : w // 2].sum(dim=(1, 2, 3, 4))  # LPS: low x = patient right
+        left = lesion[..., w // 2:].sum(dim=(1, 2, 3, 4))
+        bilateral = torch.minimum(left, right) / (torch.maximum(left, right) + eps)
+        d, h = lesion.shape[2], lesion.shape[3]
+        zc = torch.linspace(-1.0, 1.0, d, device=x.device).view(1, 1, d, 1, 1)  # inferior -> superior
+        yc = torch.linspace(-1.0, 1.0, h, device=x.device).view(1, 1, 1, h, 1)  # anterior -> posterior
+        lung_z = (lung_all * zc).sum(dim=(1, 2, 3, 4)) / (lung_vol + eps)
+        les_z = (lesion * zc).sum(dim=(1, 2, 3, 4)) / (les_vol + eps)
+        lung_y = (lung_all * yc).sum(dim=(1, 2, 3, 4)) / (lung_vol + eps)
+        les_y = (lesion * yc).sum(dim=(1, 2, 3, 4)) / (les_vol + eps)
+        xs = F.avg_pool3d(x, 2)
+        les_density = (lesion * xs).sum(dim=(1, 2, 3, 4)) / (les_vol + eps)
+        lung_density = (lung_all * xs).sum(dim=(1, 2, 3, 4)) / (lung_vol + eps)
+        involvement = les_vol / (lung_vol + eps)
+        present = torch.sigmoid((les_vol - 20.0) / 5.0)
+        feats = [
+            torch.log1p(les_vol) / 5.0, involvement * 5.0, peripheral * present, bilateral * present,
+            (les_z - lung_z) * 3.0 * present, (les_y - lung_y) * 3.0 * present,
+            (les_density - lung_density) * 5.0 * present, lung_density * 2.0, present,
+            torch.log1p(right) / 5.0 - torch.log1p(left) / 5.0,
+        ]
+        return torch.stack(feats, dim=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(class logits, seg logits at half resolution, lesion prob, lung prob at full resolution)."""
+        e1 = self.enc1(self.stem(x))
+        e2 = self.enc2(self.down2(e1))
+        e3 = self.enc3(self.down3(e2))
+        d2 = self.dec2(e2 + F.interpolate(self.lat2(e3), scale_factor=2.0, mode="nearest"))
+        d1 = self.dec1(e1 + F.interpolate(self.lat1(d2), scale_factor=2.0, mode="nearest"))
+        seg = self.seg(d1)
+        probs = torch.sigmoid(seg)
+        lung, lesion = probs[:, 0:1], probs[:, 1:2]
+        feats = self.map_features(x, lung.detach(), lesion.detach())
+        typed = torch.log1p(probs[:, 2:].detach().sum(dim=(2, 3, 4))) / 5.0
+        pooled = torch.cat([F.adaptive_avg_pool3d(e3, 1).flatten(1), F.adaptive_max_pool3d(e3, 1).flatten(1),
+                            F.adaptive_avg_pool3d(d2, 1).flatten(1), feats, typed], dim=1)
+        logits = self.cls(pooled)
+        full = F.interpolate(probs[:, :2], scale_factor=2.0, mode="trilinear", align_corners=False)
+        return logits, seg, full[:, 1:2], full[:, 0:1]
+
+
+class Exported(nn.Module):
+    """What goes into ONNX: probabilities, lesion map, lung map."""
+
+    def __init__(self, net: TypicalityNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, ct: torch.Tensor):
+        logits, _seg, lesion, lung = self.net(ct)
+        return torch.softmax(logits, dim=1), lesion, lung
