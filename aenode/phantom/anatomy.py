@@ -368,9 +368,6 @@ class AnatomyMaps:
                 hu[k][self.sternum_core] = HU["marrow"]
             if ((z / 27.0 + p.rib_phase) % 1.0) < 0.22:
                 hu[k][self.vb] = HU["disc"]
-            if z > p.z_carina:
-                hu[k][self.trachea_wall] = HU["soft"]
-                hu[k][self.trachea_air] = HU["air"]
         # Heart and great vessels.
         hx, hy, hz = p.heart_c
         hrz = p.heart_r[2]
@@ -391,6 +388,11 @@ class AnatomyMaps:
         if below.any():
             hw[below] = np.broadcast_to(self.abd[wy, wx], below.shape)[below]
             hw[below & (Z > dab - 5.0)] = HU["muscle"]
+        # Trachea last among mediastinal structures (the arch passes beside it).
+        for k, z in enumerate(zs):
+            if z > p.z_carina:
+                hu[k][self.trachea_wall] = HU["soft"]
+                hu[k][self.trachea_air] = HU["air"]
         # Lungs.
         L = self.lung_labels(zs)
         pl = self.pleural

@@ -2,18 +2,22 @@
 beyond the seed), so the same seed writes byte-identical files."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 import numpy as np
-from pydicom.uid import generate_uid
 
 ROOT = "aenode.phantom.v1"
 
 
 def uid(*parts) -> str:
-    """A 2.25.<int> UID derived from the parts (SHA-512 inside pydicom)."""
-    return generate_uid(prefix=None, entropy_srcs=[ROOT, *(str(p) for p in parts)])
+    """A 2.25.<int> UID (ISO/IEC 9834-8 UUID-derived form) from a SHA-256 of the parts.
+
+    pydicom's generate_uid(prefix=None) ignores entropy_srcs (it is random), so the
+    deterministic 128-bit value is derived here."""
+    h = hashlib.sha256("\x1f".join([ROOT, *(str(p) for p in parts)]).encode()).digest()
+    return f"2.25.{int.from_bytes(h[:16], 'big')}"
 
 
 @dataclass(frozen=True)
