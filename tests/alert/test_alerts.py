@@ -241,3 +241,16 @@ def test_alert_store_records_decisions(env, peers):
         assert all(r.enqueued and r.category == "Typical" and r.revision == 1 for r in rows)
     finally:
         store.close()
+
+
+def test_alert_status_for_aenode_status(env, peers):
+    from aenode.alert.status import alert_status
+
+    wh, sm, ml = peers
+    config = env.config(all_channels(wh, sm, ml))
+    assert alert_status(env.data_dir, env.study_uid) == {}
+    env.record("Typical")
+    drive(config, env.index)
+    got = alert_status(env.data_dir, env.study_uid)
+    assert set(got) == {"webhook", "smtp", "hl7"}
+    assert all(v["state"] == "sent" and v["category"] == "Typical" and v["attempts"] == 1 for v in got.values())
