@@ -97,7 +97,7 @@ def make_study(out: Path, slices: int, rows: int = 512, frames: int = 1, seed: i
 
 
 def folder_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+    return sum(f.stat().st_size for f in path.rglob("*.dcm") if f.is_file()) / 1e6
 
 
 # ---- receivers ---------------------------------------------------------------------------
@@ -202,7 +202,7 @@ class Aenode(Receiver):
 
 def send(port: int, aet: str, folder: Path) -> float:
     t0 = time.perf_counter()
-    r = subprocess.run([STORESCU, "-aec", aet, "127.0.0.1", str(port), "+sd", str(folder)],
+    r = subprocess.run([STORESCU, "-aec", aet, "127.0.0.1", str(port), "+sd", "+r", "+sp", "*.dcm", str(folder)],
                        env=ENV, capture_output=True, text=True)
     dt = time.perf_counter() - t0
     if r.returncode != 0:
@@ -246,13 +246,23 @@ def mode_parallel(work: Path, slices: int) -> dict:
     rx = Aenode(work)
     rx.start()
     try:
+        errors: list[BaseException] = []
+
+        def one(folder: Path) -> None:
+            try:
+                send(rx.port, rx.aet, folder)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
         t0 = time.perf_counter()
-        threads = [threading.Thread(target=send, args=(rx.port, rx.aet, s)) for s in studies]
+        threads = [threading.Thread(target=one, args=(s,)) for s in studies]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         dt = time.perf_counter() - t0
+        if errors:
+            raise errors[0]
     finally:
         rx.stop()
     print(f"4 associations, 4 studies x {slices} slices, {mb:.0f} MB in {dt:.2f} s: {mb / dt:.0f} MB/s aggregate")

@@ -51,9 +51,10 @@ def write_toml(path: Path, config) -> Path:
 
 def storescu(port: int, *paths: Path, aec: str = "AENODE", aet: str = "STORESCU", extra: tuple = (),
              timeout: float = 120) -> subprocess.CompletedProcess:
-    args = [STORESCU, "-v", "-aet", aet, "-aec", aec, *extra, "127.0.0.1", str(port)]
+    args = [STORESCU, "-v", "-aet", aet, "-aec", aec, "127.0.0.1", str(port)]
     for p in paths:
         args += ["+sd", str(p)] if Path(p).is_dir() else [str(p)]
+    args += list(extra)  # options may follow the peer address; a trailing path is allowed too
     return subprocess.run(args, capture_output=True, text=True, env=DCMTK_ENV, timeout=timeout)
 
 

@@ -253,3 +253,24 @@ def test_status_json_and_logs_carry_no_phi(node, tmp_path, log_buffer):
     for text in (r.stdout, r.stderr, table.stdout, table.stderr, logs):
         for needle in ("CANARY", "PHI^SHOULD", "CANARYID123", "CANARYACC9"):
             assert needle not in text
+
+
+_FLAGS = {str(JPEGLosslessSV1): ("-xs",), str(JPEG2000Lossless): ("-xv",), str(RLELossless): ("-xr",),
+          str(ImplicitVRLittleEndian): ("-xi",)}
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLosslessSV1,
+                                JPEG2000Lossless, RLELossless], ids=lambda t: t.name.split(" ")[0])
+def test_phantom_study_in_each_transfer_syntax(node, tmp_path, ts):
+    phantom = pytest.importorskip("aenode.phantom")
+    out = tmp_path / "phantom"
+    phantom.generate_study(out, "typical", seed=3, slices=8, transfer_syntax=str(ts), extra_series=True)
+    sent = sorted(out.rglob("*.dcm"))
+    r = storescu(node.port, extra=("+sd", "+r", "+sp", "*.dcm", *_FLAGS.get(str(ts), ()), str(out)))
+    assert r.returncode == 0, r.stderr
+    study_uid = pydicom.dcmread(sent[0], stop_before_pixels=True).StudyInstanceUID
+    rows = node.index.instances(study_uid)
+    assert len(rows) == len(sent)  # every series incl. localizer and dose report
+    assert any(i.sop_class_uid == CT and i.transfer_syntax == str(ts) for i in rows)
+    assert any(i.modality == "SR" for i in rows)
+    wait_for(lambda: node.index.study(study_uid).state == COMPLETE, timeout=10)
