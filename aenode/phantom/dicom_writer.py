@@ -235,3 +235,4 @@ def write_ct_series(vol_hu: np.ndarray, z_positions, origin_xy, spacing_zyx, thi
         for k in range(vol_hu.shape[0]):
             one(k)
     return paths
+
