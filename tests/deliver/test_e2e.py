@@ -81,8 +81,8 @@ def test_result_roundtrip_and_no_loop(tmp_path, orthanc, node_port):
         sr_uid = str(dcmread(paths[0]).SOPInstanceUID)
         tags = wait(lambda: len(orthanc_study(orthanc, uid)) == 2 and orthanc_study(orthanc, uid))
         assert sorted(t["Modality"] for t in tags) == ["OT", "SR"]
-        with Outbox.for_config(config) as box:
-            assert box.summary_for_study(uid)["pacs"]["state"] == "sent"
+        with Outbox.for_config(config) as box:  # Orthanc may list them just before the row is marked
+            wait(lambda: box.summary_for_study(uid)["pacs"]["state"] == "sent")
         # Orthanc routes the node's output back to it (a PACS auto-routing rule does this).
         ids = [i for i in orthanc.instances() if orthanc.tags(i).get("StudyInstanceUID") == uid]
         orthanc.post("/modalities/aenode/store", {"Resources": ids, "Synchronous": True})
