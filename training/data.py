@@ -83,7 +83,15 @@ def make_sample(pattern: str, seed: int, shape_zyx=None) -> dict:
     rng = np.random.default_rng([seed, 7])
     shape = shape_zyx or GEN_SHAPES[int(rng.integers(len(GEN_SHAPES)))]
     kernel = "sharp" if rng.random() < 0.7 else "smooth"
-    pv = generate_volume(pattern, seed, shape_zyx=shape, kernel=kernel, threads=1)
+    # z coverage varies like scanners' (seeds < 130 were cached with the phantom's 300 mm)
+    spacing = None
+    if seed >= 130:
+        from aenode.phantom.anatomy import fov_for, sample_patient
+
+        fov = fov_for(sample_patient(seed))
+        cover = float(rng.choice([300.0, 320.0, 340.0]))
+        spacing = (cover / shape[0], fov / shape[1], fov / shape[2])
+    pv = generate_volume(pattern, seed, shape_zyx=shape, spacing_zyx=spacing, kernel=kernel, threads=1)
     prep, size = prep_and_shape()
     img = phantom_to_sitk(pv.hu, pv.spacing_zyx, pv.origin)
     del pv.hu

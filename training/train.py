@@ -95,8 +95,8 @@ def main() -> None:
             loss.backward()
             opt.step()
             sched.step()
-            tot["cls"] += float(lc) * len(idx)
-            tot["seg"] += float(ls) * len(idx)
+            tot["cls"] += lc.item() * len(idx)
+            tot["seg"] += ls.item() * len(idx)
             tot["n"] += len(idx)
         net.eval()
         correct, vloss = 0, 0.0
