@@ -104,10 +104,59 @@ class ModelConfig(_Section):
     enabled: list[str] | None = None  # model names; None = every package found
 
 
+WebRole = Literal["viewer", "infection-control", "radiologist"]
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebUser(_Section):
+    """A dashboard user; ``password_hash`` from ``aenode web hash-password`` (argon2id)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
+    role: WebRole
+    password_hash: str = Field(pattern=r"^\$argon2(id|i|d)\$")
+
+
+class WebToken(_Section):
+    """An API bearer token (e.g. for Prometheus); only its SHA-256 is configured."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
+    role: WebRole
+    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class WebConfig(_Section):
     host: str = "127.0.0.1"
     port: Port = 8400
     enabled: bool = True
+    # Signs session cookies; None = generated once and kept in <data_dir>/web/session-secret.
+    session_secret: str | None = Field(None, min_length=32)
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    # Re-issue the SR as a VERIFIED revision when a radiologist confirms the AI category.
+    reissue_verified_sr: bool = False
+    health_cache_seconds: float = Field(30.0, ge=0)  # C-ECHO results of /healthz are reused this long
+    users: list[WebUser] = Field(default_factory=list)
+    tokens: list[WebToken] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _safe_defaults(self) -> "WebConfig":
+        names = [u.name for u in self.users] + [t.name for t in self.tokens]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"users/tokens: duplicate name(s) {', '.join(dupes)}")
+        if self.enabled and not self.users and not _is_loopback(self.host):
+            raise ValueError("users: at least one [[web.users]] entry is required when web.host is not a"
+                             " loopback address (or set enabled = false)")
+        return self
 
 
 class WebhookConfig(_Section):
@@ -249,7 +298,7 @@ def render_toml(config: Config) -> str:
                   and not (isinstance(v, list) and v and isinstance(v[0], dict))}
         lines.append(f"[[{name}]]" if array else f"[{name}]")
         for k, v in simple.items():
-            if k in {"password", "secret"}:
+            if k in {"password", "secret", "session_secret", "password_hash", "token_sha256"}:
                 v = "********"
             lines.append(f"{k} = {scalar(v)}")
         lines.append("")
