@@ -276,9 +276,16 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_outcome, ["aborted"]),
             (evt.EVT_CONN_CLOSE, self._on_close),
         ]
-        server = ae.make_server((self.config.node.host, self.config.node.port),
-                                ae_title=self.own_ae, evt_handlers=handlers,
-                                server_class=_Server, request_handler=_Handler)
+        # pynetdicom's "standard" log handlers run on every PDU and DIMSE message; our
+        # own association log line replaces them (they are bound at server creation).
+        previous_level = _config.LOG_HANDLER_LEVEL
+        _config.LOG_HANDLER_LEVEL = "none"
+        try:
+            server = ae.make_server((self.config.node.host, self.config.node.port),
+                                    ae_title=self.own_ae, evt_handlers=handlers,
+                                    server_class=_Server, request_handler=_Handler)
+        finally:
+            _config.LOG_HANDLER_LEVEL = previous_level
         server.aenode_scp = self
         server.aenode_tmp_dir = str(self.spool.tmp_dir)
         ae._servers.append(server)
