@@ -82,7 +82,11 @@ class NodeHandle:
             factory = _load_factory(spec)
             if factory is None:
                 continue
-            worker = factory(self.config, self.index)
+            try:
+                worker = factory(self.config, self.index)
+            except Exception:  # noqa: BLE001 - ingest keeps running; studies wait in `complete`
+                log.exception("worker_start_failed", worker=spec)
+                continue
             self.workers.append(worker)
             self._spawn(f"aenode-worker-{spec}", worker.run)
         log.info("node_started", ae_title=self.config.node.ae_title, port=self.port,
