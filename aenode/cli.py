@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "aenode.receive.cli",   # serve, status
     "aenode.infer.cli",     # predict
     "aenode.deliver.cli",   # retry, echo
+    "aenode.web.cli",       # web hash-password, web new-token
 )
 
 
