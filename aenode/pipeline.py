@@ -29,6 +29,7 @@ WORKERS: tuple[str, ...] = (
     "aenode.infer.worker:AnalysisWorker",
     "aenode.alert.worker:AlertWorker",  # recorded results -> alert outbox rows
     "aenode.deliver.worker:DeliveryWorker",  # results (and alerts) out through the outbox
+    "aenode.web.worker:WebWorker",  # dashboard, API, /healthz, /metrics on [web] host, port
 )
 
 
