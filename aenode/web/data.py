@@ -174,6 +174,7 @@ class NodeData:
             newest[r.model] = r  # ordered by revision
         series = self.index.series(study_uid)
         acks = self._acks()
+        confirmations = self.store.confirmations(study_uid)
         current = []
         for model, r in newest.items():
             decision, rules = self._decision(model, r.category, r.probabilities, r.detail)
@@ -194,7 +195,12 @@ class NodeData:
                 "version": (r.detail or {}).get("version"),
                 "has_sc": (rdir / "sc.dcm").is_file(), "has_sr": (rdir / "sr.dcm").is_file(),
                 "alert": alert,
+                "confirmation": next(({"category": c.category, "agrees": c.agrees, "user": c.user, "at": c.at,
+                                       "infection_status": c.infection_status, "radiologist_id": c.radiologist_id,
+                                       "revision": c.revision}
+                                      for c in reversed(confirmations) if c.model == model), None),
             })
+        current.sort(key=lambda r: r["model"])
         from aenode.alert.status import alert_status
         from aenode.deliver.outbox import Outbox
 
@@ -220,7 +226,7 @@ class NodeData:
             "delivery": delivery,
             "alert_channels": alerts,
             "acknowledgements": [a.__dict__ for a in self.store.acknowledgements(study_uid)],
-            "confirmations": [c.__dict__ for c in self.store.confirmations(study_uid)],
+            "confirmations": [c.__dict__ for c in confirmations],
         }
         if patient:
             out["patient"] = self.header(study_uid, next(iter(selected), None))

@@ -2,7 +2,9 @@
 
 Checks (each ``{"ok": bool, "detail": ...}``):
 
-- ``scp``: the DICOM listener accepts TCP connections on ``[node] host, port``;
+- ``scp``: a socket listens on ``[node] port`` (read from ``/proc/net/tcp*`` so health
+  checks do not show up as empty associations in the SCP's log; a TCP connect where
+  ``/proc`` is missing);
 - ``database``: the index, outbox and dashboard databases take a write lock and
   ``data_dir`` takes a file (disk not full or read-only);
 - ``models``: at least one model package loads (loaded once when the web server starts,
@@ -41,7 +43,29 @@ class Health:
 
     # ---- checks ----------------------------------------------------------------------
 
+    @staticmethod
+    def _listening_ports() -> set[int] | None:
+        ports: set[int] = set()
+        found = False
+        for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(name).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            found = True
+            for line in lines:
+                f = line.split()
+                if len(f) > 3 and f[3] == "0A":  # TCP_LISTEN
+                    ports.add(int(f[1].rsplit(":", 1)[1], 16))
+        return ports if found else None
+
     def scp(self) -> dict[str, Any]:
+        port = self.config.node.port
+        listening = self._listening_ports()
+        if listening is not None:
+            if port in listening:
+                return {"ok": True, "detail": f"listening on port {port}"}
+            return {"ok": False, "detail": f"not listening on port {port}"}
         host = self.config.node.host
         if host in ("", "0.0.0.0", "::"):
             host = "127.0.0.1"
