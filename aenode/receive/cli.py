@@ -54,6 +54,15 @@ def study_status(data_dir: Path) -> list[dict[str, Any]]:
     if not db.exists():
         return []
     index = Index(db, data_dir)
+    outbox = None
+    if (Path(data_dir) / "outbox.sqlite").is_file():
+        from aenode.deliver.outbox import OUTBOX_FILE, Outbox
+
+        outbox = Outbox(Path(data_dir) / OUTBOX_FILE)
+    try:
+        from aenode.alert.status import alert_status
+    except ImportError:  # alert stage not installed
+        alert_status = None
     try:
         out = []
         for s in index.studies():
@@ -74,12 +83,16 @@ def study_status(data_dir: Path) -> list[dict[str, Any]]:
                 "probabilities": r.probabilities if r else None,
                 "involvement": r.involvement if r else None,
                 "result_uids": _pick(detail, "result_uids"),
-                "delivery": _pick(detail, "delivery", "delivery_state"),
-                "alert": _pick(detail, "alert", "alert_state"),
+                "delivery": (outbox.summary_for_study(s.study_uid) if outbox else None)
+                or _pick(detail, "delivery", "delivery_state"),
+                "alert": (alert_status(data_dir, s.study_uid, outbox=outbox) if alert_status and outbox else None)
+                or _pick(detail, "alert", "alert_state"),
             })
         return out
     finally:
         index.close()
+        if outbox is not None:
+            outbox.close()
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -99,6 +112,9 @@ def _status(args: argparse.Namespace) -> int:
     def cell(v: Any) -> str:
         if v is None:
             return "-"
+        if isinstance(v, dict) and v and all(isinstance(x, dict) and "state" in x for x in v.values()):
+            # delivery / alert state per destination or channel: "pacs=sent,webhook=failed"
+            return ",".join(f"{k}={x['state']}" for k, x in v.items())
         if isinstance(v, dict):
             return ",".join(f"{k}={x:.2f}" if isinstance(x, float) else f"{k}={x}" for k, x in v.items())
         if isinstance(v, list):
