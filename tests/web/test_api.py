@@ -38,6 +38,9 @@ def test_unauthenticated_pages_redirect_to_login(client, web_env):
         assert r.status_code == 303, path
         assert r.headers["location"].startswith("/login?next="), path
         assert PATIENT_ID not in r.text
+    for action in ("acknowledge", "confirm"):
+        r = client.post(f"/studies/{web_env.study_uid}/{action}", data={"model": MODEL}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/login?next=")
 
 
 def test_unauthenticated_api_is_401(client, web_env):

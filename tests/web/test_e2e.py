@@ -10,6 +10,7 @@ against what was sent and ``/healthz`` against a destination that goes down.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -210,8 +211,16 @@ def test_browser_end_to_end(tmp_path, hashes):
         "model": {"path": str(REPO_MODELS_DIR)},
         "web": web_section(hashes),
     })
-    with running_node(config) as node:  # every worker of `aenode serve`
+    driver = _driver(tmp_path / "chromium-profile")
+    with contextlib.ExitStack() as stack:
+        stack.callback(driver.quit)
+        node = stack.enter_context(running_node(config))  # every worker of `aenode serve`
         base = web_worker(node).url
+        # Infection control watches the (empty) alert list before the study arrives.
+        _login(driver, base, "ines")
+        driver.get(f"{base}/alerts?unacknowledged=true")
+        assert wait_for(lambda: "live ok" in driver.find_element(By.ID, "live").get_attribute("class"), 10)
+        assert not driver.find_elements(By.CSS_SELECTOR, f"#alerts tr[data-study='{uid}']")
         t0 = time.monotonic()
         storescu(node.port, folder)
         assert wait_for(lambda: (s := node.index.study(uid)) is not None and s.state in
@@ -239,54 +248,52 @@ def test_browser_end_to_end(tmp_path, hashes):
             covid = [a for a in api if a["model"] == "covid-typicality"]
         assert covid and covid[0]["category"] in ("typical", "indeterminate"), api
 
-        driver = _driver(tmp_path / "chromium-profile")
-        try:
-            # Infection control: the alert, the study, its SC; acknowledge.
-            _login(driver, base, "ines")
-            driver.get(f"{base}/alerts?unacknowledged=true")
+        # The alert shows up by itself (live update, no reload); open the study, its SC; acknowledge.
+        def alert_rows():
             rows = driver.find_elements(By.CSS_SELECTOR, f"#alerts tr[data-study='{uid}']")
-            assert rows and "covid-typicality" in " ".join(r.text for r in rows)
-            row = next(r for r in rows if "covid-typicality" in r.text)
-            assert covid[0]["category"] in row.text and covid[0]["patient"]["patient_id"] in row.text
-            row.find_element(By.CSS_SELECTOR, "a.open-study").click()
-            assert wait_for(lambda: f"/studies/{uid}" in driver.current_url, 10)
-            img = driver.find_element(By.ID, "sc-covid-typicality")
-            assert wait_for(lambda: driver.execute_script(
-                "return arguments[0].complete && arguments[0].naturalWidth", img), 20) > 100
-            card = driver.find_element(By.ID, "result-covid-typicality")
-            card.find_element(By.NAME, "note").send_keys("Patient isolated, PCR ordered")
-            card.find_element(By.CSS_SELECTOR, "button.ack-button").click()
-            assert wait_for(lambda: "done=acknowledged" in driver.current_url, 10)
-            assert "Acknowledged by ines" in driver.find_element(By.ID, "alert-covid-typicality").text
-            driver.get(f"{base}/alerts?unacknowledged=true")
-            assert not [r for r in driver.find_elements(By.CSS_SELECTOR, f"#alerts tr[data-study='{uid}']")
-                        if "covid-typicality" in r.text]
-            _logout(driver)
+            return rows if "covid-typicality" in " ".join(r.text for r in rows) else None
 
-            # Radiologist: confirm the category with the infection status.
-            _login(driver, base, "rada")
-            driver.get(f"{base}/studies/{uid}")
-            card = driver.find_element(By.ID, "result-covid-typicality")
-            form = card.find_element(By.CSS_SELECTOR, "form.confirm-form")
-            Select(form.find_element(By.NAME, "infection_status")).select_by_value("pcr-positive")
-            form.find_element(By.NAME, "radiologist_id").send_keys("RAD-0042")
-            form.find_element(By.NAME, "note").send_keys("agree with AI category")
-            form.find_element(By.CSS_SELECTOR, "button.confirm-button").click()
-            assert wait_for(lambda: "done=confirmed" in driver.current_url, 10)
-            table = driver.find_element(By.ID, "confirmations").text
-            assert "RAD-0042" in table and "pcr-positive" in table and "agrees" in table
-            img = driver.find_element(By.ID, "sc-covid-typicality")
-            assert wait_for(lambda: driver.execute_script(
-                "return arguments[0].complete && arguments[0].naturalWidth", img), 20) > 100
-            # The screenshot: the study page with the acknowledged alert, confirmation and SC.
-            assert "RAD-0042" in driver.find_element(By.ID, "confirmed-covid-typicality").text
-            driver.set_window_size(1360, 1240)
-            out = SCREENSHOT if os.environ.get("AENODE_UPDATE_SCREENSHOT") == "1" else tmp_path / "dashboard.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            assert driver.save_screenshot(str(out)) and out.stat().st_size > 10_000
-            driver.get(f"{base}/audit")
-            audit = driver.find_element(By.ID, "audit").text
-            assert "acknowledge" in audit and "confirm" in audit and "ines" in audit and "rada" in audit
-        finally:
-            driver.quit()
+        rows = wait_for(alert_rows, 15)
+        assert rows, driver.find_element(By.ID, "alerts").text
+        row = next(r for r in rows if "covid-typicality" in r.text)
+        assert covid[0]["category"] in row.text and covid[0]["patient"]["patient_id"] in row.text
+        row.find_element(By.CSS_SELECTOR, "a.open-study").click()
+        assert wait_for(lambda: f"/studies/{uid}" in driver.current_url, 10)
+        img = driver.find_element(By.ID, "sc-covid-typicality")
+        assert wait_for(lambda: driver.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", img), 20) > 100
+        card = driver.find_element(By.ID, "result-covid-typicality")
+        card.find_element(By.NAME, "note").send_keys("Patient isolated, PCR ordered")
+        card.find_element(By.CSS_SELECTOR, "button.ack-button").click()
+        assert wait_for(lambda: "done=acknowledged" in driver.current_url, 10)
+        assert "Acknowledged by ines" in driver.find_element(By.ID, "alert-covid-typicality").text
+        driver.get(f"{base}/alerts?unacknowledged=true")
+        assert not [r for r in driver.find_elements(By.CSS_SELECTOR, f"#alerts tr[data-study='{uid}']")
+                    if "covid-typicality" in r.text]
+        _logout(driver)
+
+        # Radiologist: confirm the category with the infection status.
+        _login(driver, base, "rada")
+        driver.get(f"{base}/studies/{uid}")
+        card = driver.find_element(By.ID, "result-covid-typicality")
+        form = card.find_element(By.CSS_SELECTOR, "form.confirm-form")
+        Select(form.find_element(By.NAME, "infection_status")).select_by_value("pcr-positive")
+        form.find_element(By.NAME, "radiologist_id").send_keys("RAD-0042")
+        form.find_element(By.NAME, "note").send_keys("agree with AI category")
+        form.find_element(By.CSS_SELECTOR, "button.confirm-button").click()
+        assert wait_for(lambda: "done=confirmed" in driver.current_url, 10)
+        table = driver.find_element(By.ID, "confirmations").text
+        assert "RAD-0042" in table and "pcr-positive" in table and "agrees" in table
+        img = driver.find_element(By.ID, "sc-covid-typicality")
+        assert wait_for(lambda: driver.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", img), 20) > 100
+        # The screenshot: the study page with the acknowledged alert, confirmation and SC.
+        assert "RAD-0042" in driver.find_element(By.ID, "confirmed-covid-typicality").text
+        driver.set_window_size(1360, 1240)
+        out = SCREENSHOT if os.environ.get("AENODE_UPDATE_SCREENSHOT") == "1" else tmp_path / "dashboard.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        assert driver.save_screenshot(str(out)) and out.stat().st_size > 10_000
+        driver.get(f"{base}/audit")
+        audit = driver.find_element(By.ID, "audit").text
+        assert "acknowledge" in audit and "confirm" in audit and "ines" in audit and "rada" in audit
     print(f"analysed {len(sent)} instances in {analysed_s:.1f} s; covid-typicality category from the {path}")

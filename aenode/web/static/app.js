@@ -49,5 +49,6 @@
       .then(function (j) { render(j.alerts); live.className = "live ok"; live.textContent = "live, updated " + fmt(Date.now() / 1000); })
       .catch(function () { live.className = "live err"; live.textContent = "not updating"; });
   }
-  setInterval(poll, 5000);
+  poll();
+  setInterval(poll, 3000);
 })();
