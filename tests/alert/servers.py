@@ -1,7 +1,6 @@
 """Real peers for the alert tests, all on 127.0.0.1 with free ports.
 
-- :class:`WebhookServer`: ``http.server`` in a thread; records every POST; answers the
-  queued status codes first (e.g. 503), then 200.
+- :class:`WebhookServer`: from :mod:`aenode.peers.webhook` (the demo uses it too).
 - :class:`SMTPServer`: aiosmtpd; plain, STARTTLS (optionally requiring AUTH) or implicit TLS.
 - :class:`MLLPServer`: an MLLP listener that parses each message with hl7apy and ACKs
   with the queued codes first (e.g. ``AE``), then ``AA``.
@@ -11,26 +10,19 @@ from __future__ import annotations
 
 import email
 import email.policy
-import json
-import socket
 import socketserver
 import ssl
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from hl7apy.core import Message
 from hl7apy.parser import parse_message
 
 from aenode.alert.hl7 import frame, read_frame
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from aenode.peers.orthanc import free_port
+from aenode.peers.webhook import WebhookServer  # noqa: F401 - re-exported for the tests
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool:
@@ -49,51 +41,6 @@ def self_signed(dir_: Path) -> tuple[Path, Path]:
          "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
         check=True, capture_output=True)
     return cert, key
-
-
-# ---- webhook --------------------------------------------------------------------------
-
-class WebhookServer:
-    def __init__(self, port: int | None = None, statuses: list[int] | None = None):
-        self.requests: list[dict] = []
-        self.statuses = list(statuses or [])
-        self.port = port or free_port()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                status = outer.statuses.pop(0) if outer.statuses else 200
-                outer.requests.append({"path": self.path, "headers": dict(self.headers.items()),
-                                       "body": body, "status": status})
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    @property
-    def accepted(self) -> list[dict]:
-        return [r for r in self.requests if 200 <= r["status"] < 300]
-
-    def json(self, i: int = -1) -> dict:
-        return json.loads(self.accepted[i]["body"])
-
-    def start(self) -> "WebhookServer":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 # ---- SMTP -----------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""A real Orthanc PACS on free loopback ports, for tests and the demo.
+
+Each instance has its own temporary configuration, storage and index; REST is on
+127.0.0.1 only (RemoteAccessAllowed false), no authentication.  ``stop()`` and
+``start()`` again keep the same ports and storage (a PACS that was down for a while).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Orthanc:
+    def __init__(self, workdir: Path, *, aet: str = "ORTHANC", modalities: dict | None = None,
+                 extra: dict | None = None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.aet = aet
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.proc: subprocess.Popen | None = None
+        cfg = {
+            "Name": "aenode-test-pacs",
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "index"),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "HttpPort": self.http_port,
+            "HttpServerEnabled": True,
+            "DicomServerEnabled": True,
+            "DicomAet": aet,
+            "DicomPort": self.dicom_port,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowEcho": True,
+            "DicomModalities": modalities or {},
+            "Plugins": [],
+            "StableAge": 2,
+            "ConcurrentJobs": 2,
+            "LimitJobs": 10,
+            "SaveJobs": False,
+        }
+        cfg.update(extra or {})
+        self.config_path = self.workdir / "orthanc.json"
+        self.config_path.write_text(json.dumps(cfg, indent=2))
+        self.log_path = self.workdir / "orthanc.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 30.0) -> "Orthanc":
+        env = {**os.environ, "TCP_NODELAY": "1"}
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([ORTHANC, str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,
+                                     env=env, cwd=self.workdir)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
+            try:
+                self.get("/system")
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("Orthanc did not answer /system in time")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    # REST -----------------------------------------------------------------------
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=10) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body) -> object:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method="POST")
+        with urllib.request.urlopen(req, timeout=60) as r:
+            raw = r.read()
+            return json.loads(raw) if raw else None
+
+    def instances(self) -> list[str]:
+        return self.get("/instances")
+
+    def tags(self, instance_id: str) -> dict:
+        return self.get(f"/instances/{instance_id}/simplified-tags")
+
+    def all_tags(self) -> list[dict]:
+        return [self.tags(i) for i in self.instances()]
+
+    def wait_for(self, predicate, timeout: float = 30.0, interval: float = 0.1):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = predicate()
+            if got:
+                return got
+            time.sleep(interval)
+        return predicate()
