@@ -26,9 +26,13 @@ log = get_logger("aenode.report")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
+def results_path(data_dir: str | Path, study_uid: str, model: str, revision: int) -> Path:
+    """Where one result revision's SR and SC live (the web and the demo read them here)."""
+    return Path(data_dir) / "results" / study_uid / _SAFE.sub("_", model) / f"r{int(revision)}"
+
+
 def result_dir(data_dir: str | Path, inp: ReportInput) -> Path:
-    model = _SAFE.sub("_", inp.model.name)
-    return Path(data_dir) / "results" / inp.study_instance_uid / model / f"r{inp.revision}"
+    return results_path(data_dir, inp.study_instance_uid, inp.model.name, inp.revision)
 
 
 def write_dataset(ds: Dataset, path: Path) -> None:

@@ -9,7 +9,6 @@ configured; each alert also shows the state of every configured channel.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import sqlite3
@@ -20,11 +19,12 @@ from typing import Any
 
 from aenode.config import Config
 from aenode.logs import get_logger
+from aenode.report.preview import sc_png_bytes
+from aenode.report.publish import results_path
 
 log = get_logger("aenode.web")
 
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")  # as aenode.report.publish names result folders
 
 
 def valid_uid(uid: str) -> bool:
@@ -162,7 +162,7 @@ class NodeData:
         return out
 
     def result_dir(self, study_uid: str, model: str, revision: int) -> Path:
-        return self.data_dir / "results" / study_uid / _SAFE.sub("_", model) / f"r{int(revision)}"
+        return results_path(self.data_dir, study_uid, model, revision)
 
     def study(self, study_uid: str, *, patient: bool = True) -> dict | None:
         s = self.index.study(study_uid)
@@ -248,23 +248,7 @@ class NodeData:
         got = self._png.get(key)
         if got is not None:
             return got
-        import numpy as np
-        from PIL import Image
-        from pydicom import dcmread
-
-        ds = dcmread(path)
-        arr = ds.pixel_array
-        if getattr(ds, "NumberOfFrames", 1) not in (None, 1) and arr.ndim == 4:
-            arr = arr[0]
-        if str(ds.PhotometricInterpretation) != "RGB" or arr.ndim != 3:
-            arr = np.asarray(arr)
-            if arr.ndim == 2:
-                lo, hi = float(arr.min()), float(arr.max())
-                arr = ((arr - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
-        img = Image.fromarray(np.ascontiguousarray(arr).astype(np.uint8))
-        buf = io.BytesIO()
-        img.save(buf, format="PNG", optimize=False)
-        data = buf.getvalue()
+        data = sc_png_bytes(path)
         self._png.put(key, data)
         return data
 
