@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "aenode.infer.cli",     # predict
     "aenode.deliver.cli",   # retry, echo
     "aenode.web.cli",       # web hash-password, web new-token
+    "aenode.demo",          # demo
 )
 
 

@@ -30,7 +30,7 @@ def free_port() -> int:
 class Orthanc:
     def __init__(self, workdir: Path, *, aet: str = "ORTHANC", modalities: dict | None = None,
                  extra: dict | None = None):
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()  # Orthanc runs with this as its cwd
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.aet = aet
         self.dicom_port = free_port()
