@@ -102,6 +102,9 @@ class ModelConfig(_Section):
     providers: list[Literal["cuda", "cpu"]] = Field(default_factory=lambda: ["cuda", "cpu"])
     device_id: int = Field(0, ge=0)
     enabled: list[str] | None = None  # model names; None = every package found
+    # The model whose category `aenode status` puts in its summary columns (every model's
+    # result is listed under "results"); the first by name when this one has no result.
+    primary: str = "covid-typicality"
 
 
 WebRole = Literal["viewer", "infection-control", "radiologist"]

@@ -57,7 +57,7 @@ def _settled(states: dict[str, dict[str, Any]] | None) -> bool:
     return bool(states) and all(v["state"] in ("sent", "failed") for v in states.values())
 
 
-def _wait_for_study(data_dir: Path, timeout: float, alert_grace: float = 5.0) -> dict[str, Any] | None:
+def _wait_for_study(config: Config, timeout: float, alert_grace: float = 5.0) -> dict[str, Any] | None:
     """Poll ``aenode status`` until the result is delivered and any alert is sent.
 
     Whether a category alerts is the manifest's business, so a result that raised no
@@ -69,7 +69,7 @@ def _wait_for_study(data_dir: Path, timeout: float, alert_grace: float = 5.0) ->
     last, delivered_at = "", None
     row: dict[str, Any] | None = None
     while time.monotonic() < deadline:
-        rows = study_status(data_dir)
+        rows = study_status(config.node.data_dir, config.model.primary)
         row = rows[0] if rows else None
         if row:
             state = f"state {row['state']}, {row['instances']} instances"
@@ -135,7 +135,7 @@ def run_demo(out: Path, pattern: str, seed: int, keep_running: bool) -> int:
                 _say(f"   storescu failed ({sent.returncode}): {sent.stderr[-500:]}")
                 return 1
             _say(f"   sent in {time.monotonic() - t_send:.1f} s; waiting for the study to complete and be analysed")
-            row = _wait_for_study(config.node.data_dir, timeout=300)
+            row = _wait_for_study(config, timeout=300)
             if row is None or row["state"] != "analysed":
                 _say(f"   the study did not finish: {json.dumps(row, indent=2) if row else 'no study'}")
                 return 1
@@ -158,13 +158,14 @@ def run_demo(out: Path, pattern: str, seed: int, keep_running: bool) -> int:
 
 def _show(out: Path, config: Config, row: dict[str, Any], pacs: Any, hook: Any,
           results_path: Any, sc_png_bytes: Any) -> None:
-    probs = row["probabilities"] or {}
     _say("\n== What the radiologist sees (in PACS) ==")
-    _say(f"   category: {row['category']}  (model {row['model']}, not for diagnostic use)")
-    _say("   probabilities: " + ", ".join(f"{k} {v:.2f}" for k, v in probs.items()))
-    if row["involvement"] is not None:
-        _say(f"   lung involvement: {row['involvement']:.1f} %")
-    _say(f"   analysed series: {row['selected_series']}")
+    for res in row["results"]:
+        probs = res["probabilities"] or {}
+        _say(f"   model {res['model']}: category {res['category']} (not for diagnostic use)")
+        _say("     probabilities: " + ", ".join(f"{k} {v:.2f}" for k, v in probs.items()))
+        if res["involvement"] is not None:
+            _say(f"     lung involvement: {res['involvement']:.1f} %")
+        _say(f"     analysed series: {res['selected_series']}")
     study = pacs.get("/studies")
     for sid in study:
         info = pacs.get(f"/studies/{sid}")

@@ -46,8 +46,25 @@ def _pick(detail: dict | None, *keys: str) -> Any:
     return None
 
 
-def study_status(data_dir: Path) -> list[dict[str, Any]]:
-    """One dict per study for ``aenode status`` (no patient data: UIDs and states only)."""
+def _result_fields(r: Any) -> dict[str, Any]:
+    detail = r.detail if r else None
+    return {
+        "selected_series": r.selected_series if r else None,
+        "model": r.model if r else None,
+        "result_revision": r.revision if r else None,
+        "category": r.category if r else None,
+        "probabilities": r.probabilities if r else None,
+        "involvement": r.involvement if r else None,
+        "result_uids": _pick(detail, "result_uids"),
+    }
+
+
+def study_status(data_dir: Path, primary_model: str | None = None) -> list[dict[str, Any]]:
+    """One dict per study for ``aenode status`` (no patient data: UIDs and states only).
+
+    The summary fields come from ``primary_model``'s newest result (else the first model
+    by name); ``results`` lists the newest result of every model.
+    """
     from aenode.store.index import Index
 
     db = Path(data_dir) / "index.sqlite"
@@ -66,9 +83,11 @@ def study_status(data_dir: Path) -> list[dict[str, Any]]:
     try:
         out = []
         for s in index.studies():
-            results = [r for r in index.results(s.study_uid)]
-            latest = [r for r in results if r.revision == max(x.revision for x in results)] if results else []
-            r = latest[-1] if latest else None
+            newest: dict[str, Any] = {}
+            for r in index.results(s.study_uid):  # ordered by revision
+                newest[r.model] = r
+            by_name = [newest[m] for m in sorted(newest)]
+            r = newest.get(primary_model) or (by_name[0] if by_name else None)
             detail = r.detail if r else None
             out.append({
                 "study_uid": s.study_uid,
@@ -76,13 +95,8 @@ def study_status(data_dir: Path) -> list[dict[str, Any]]:
                 "revision": s.revision,
                 "instances": s.instance_count,
                 "reason": s.reason,
-                "selected_series": r.selected_series if r else None,
-                "model": r.model if r else None,
-                "result_revision": r.revision if r else None,
-                "category": r.category if r else None,
-                "probabilities": r.probabilities if r else None,
-                "involvement": r.involvement if r else None,
-                "result_uids": _pick(detail, "result_uids"),
+                **_result_fields(r),
+                "results": [_result_fields(x) for x in by_name],
                 "delivery": (outbox.summary_for_study(s.study_uid) if outbox else None)
                 or _pick(detail, "delivery", "delivery_state"),
                 "alert": (alert_status(data_dir, s.study_uid, outbox=outbox) if alert_status and outbox else None)
@@ -99,14 +113,14 @@ def _status(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return 2
-    rows = study_status(config.node.data_dir)
+    rows = study_status(config.node.data_dir, config.model.primary)
     if args.json:
         print(json.dumps({"studies": rows}, indent=2))
         return 0
     if not rows:
         print("no studies")
         return 0
-    cols = ["study_uid", "state", "revision", "instances", "selected_series", "category",
+    cols = ["study_uid", "state", "revision", "instances", "selected_series", "model", "category",
             "probabilities", "result_uids", "delivery", "alert"]
 
     def cell(v: Any) -> str:

@@ -234,8 +234,10 @@ def test_status_json_and_logs_carry_no_phi(node, tmp_path, log_buffer):
     study_uid, folder, _ = _study(tmp_path, ExplicitVRLittleEndian)
     assert storescu(node.port, folder).returncode == 0
     wait_for(lambda: node.index.study(study_uid).state == COMPLETE, timeout=10)
-    node.index.record_result(study_uid, 1, "covid", "typical", {"typical": 0.9, "negative": 0.1},
+    node.index.record_result(study_uid, 1, "covid-typicality", "typical", {"typical": 0.9, "negative": 0.1},
                              selected_series="1.2.3", detail={"result_uids": ["1.2.3.4"]})
+    # A second model's result is listed, but the summary columns stay the primary model's.
+    node.index.record_result(study_uid, 1, "a-second-model", "mild", {"mild": 0.7}, selected_series="1.2.3")
     cfg = write_toml(tmp_path / "node.toml", node.config)
     r = subprocess.run([sys.executable, "-m", "aenode", "status", "--config", str(cfg), "--json"],
                        capture_output=True, text=True, timeout=60)
@@ -245,6 +247,8 @@ def test_status_json_and_logs_carry_no_phi(node, tmp_path, log_buffer):
     assert row["state"] == COMPLETE and row["instances"] == 5
     assert row["category"] == "typical" and row["probabilities"]["typical"] == 0.9
     assert row["result_uids"] == ["1.2.3.4"] and row["delivery"] is None and row["alert"] is None
+    assert [(x["model"], x["category"]) for x in row["results"]] == [
+        ("a-second-model", "mild"), ("covid-typicality", "typical")]
     table = subprocess.run([sys.executable, "-m", "aenode", "status", "--config", str(cfg)],
                            capture_output=True, text=True, timeout=60)
     assert study_uid in table.stdout
