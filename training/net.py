@@ -40,7 +40,7 @@ class TypicalityNet(nn.Module):
         self.n_seg = n_seg
         self.seg = nn.Conv3d(c1, n_seg, 1)  # lung, lesion, lesion types: logits at half resolution
         self.cls = nn.Sequential(
-            nn.Linear(2 * c3 + c2 + N_FEATURES + (n_seg - 2), 48), nn.ReLU(inplace=True), nn.Dropout(0.2), nn.Linear(48, n_classes))
+            nn.Linear(2 * c3 + c2 + N_FEATURES + (n_seg - 2), 48), nn.GELU(), nn.Dropout(0.1), nn.Linear(48, n_classes))
 
     @staticmethod
     def map_features(x: torch.Tensor, lung: torch.Tensor, lesion: torch.Tensor) -> torch.Tensor:
@@ -77,8 +77,8 @@ class TypicalityNet(nn.Module):
         ]
         return torch.stack(feats, dim=1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(class logits, seg logits at half resolution, lesion prob, lung prob at full resolution)."""
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(classifier input vector, seg logits at half resolution, seg probabilities)."""
         e1 = self.enc1(self.stem(x))
         e2 = self.enc2(self.down2(e1))
         e3 = self.enc3(self.down3(e2))
@@ -91,6 +91,11 @@ class TypicalityNet(nn.Module):
         typed = torch.log1p(probs[:, 2:].detach().sum(dim=(2, 3, 4))) / 5.0
         pooled = torch.cat([F.adaptive_avg_pool3d(e3, 1).flatten(1), F.adaptive_max_pool3d(e3, 1).flatten(1),
                             F.adaptive_avg_pool3d(d2, 1).flatten(1), feats, typed], dim=1)
+        return pooled, seg, probs
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(class logits, seg logits at half resolution, lesion prob, lung prob at full resolution)."""
+        pooled, seg, probs = self.features(x)
         logits = self.cls(pooled)
         full = F.interpolate(probs[:, :2], scale_factor=2.0, mode="trilinear", align_corners=False)
         return logits, seg, full[:, 1:2], full[:, 0:1]

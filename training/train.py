@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--train-seeds", type=int, nargs=2, default=[0, 120])
     ap.add_argument("--val-seeds", type=int, nargs=2, default=[120, 130])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init", type=Path, help="continue from these weights")
+    ap.add_argument("--out", default="last.pt")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -68,6 +70,8 @@ def main() -> None:
     xva, sva, yva = data.load_arrays(paths(*args.val_seeds))
     print(f"train {len(ytr)} val {len(yva)}", flush=True)
     net = TypicalityNet(n_classes=len(data.PATTERNS), n_seg=len(data.CHANNELS))
+    if args.init:
+        net.load_state_dict(torch.load(args.init, map_location="cpu"))
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * ((len(ytr) + args.batch - 1) // args.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
@@ -87,7 +91,7 @@ def main() -> None:
             yb = torch.from_numpy(ytr[idx])
             logits, seg, _, _ = net(xb)
             # classification weight ramps up while the segmentation learns the maps it reads
-            w = min(1.0, 0.25 + epoch / max(1, args.epochs // 3))
+            w = 1.0 if args.init else min(1.0, 0.5 + epoch / max(1, args.epochs // 3))
             lc = F.cross_entropy(logits, yb, label_smoothing=0.05)
             ls = seg_loss(seg, sb)
             loss = w * lc + ls
@@ -114,9 +118,9 @@ def main() -> None:
         print(json.dumps(rec), flush=True)
         if (acc, -vloss) > (best[0], -best[1]):
             best = (acc, vloss)
-            torch.save(net.state_dict(), RUNS / "best.pt")
-    torch.save(net.state_dict(), RUNS / "last.pt")
-    (RUNS / "history.json").write_text(json.dumps({"history": history, "train_seconds": time.time() - t0,
+            torch.save(net.state_dict(), RUNS / f"best_{Path(args.out).stem}.pt")
+    torch.save(net.state_dict(), RUNS / args.out)
+    (RUNS / f"history_{Path(args.out).stem}.json").write_text(json.dumps({"history": history, "train_seconds": time.time() - t0,
                                                    "n_train": int(len(ytr)), "n_val": int(len(yva))}, indent=1))
     print(f"done in {time.time() - t0:.0f} s; best val acc {best[0]:.3f}", flush=True)
 

@@ -1,0 +1,110 @@
+"""Stage 2: refit the classification head on the trained network's features.
+
+    python training/fit_head.py [runs/last.pt]  ->  runs/final.pt
+
+Joint training learns the segmentation well but the classifier only late (its inputs,
+measured on the predicted maps, keep moving while the maps are learnt).  With the
+backbone frozen, the head is fitted on fixed features in seconds: features of every
+training sample (plus shifted/noisy copies), standardised, an MLP fitted full-batch; the
+standardisation is folded into the first linear layer so the exported graph is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data
+from net import TypicalityNet
+from train import RUNS, augment
+
+
+def feats(net, xs, segs, rng, aug: bool) -> torch.Tensor:
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(xs), 8):
+            xb = []
+            for j in range(i, min(len(xs), i + 8)):
+                x = xs[j].astype(np.float32)
+                if aug:
+                    x, _ = augment(x, segs[j], rng)
+                xb.append(x)
+            out.append(net.features(torch.from_numpy(np.stack(xb))[:, None])[0])
+    return torch.cat(out)
+
+
+def main() -> None:
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    weights = Path(args[0]) if args else RUNS / "last.pt"
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    net = TypicalityNet(n_classes=len(data.PATTERNS), n_seg=len(data.CHANNELS))
+    net.load_state_dict(torch.load(weights, map_location="cpu"))
+    net.eval()
+
+    def paths(lo, hi):
+        return [data.CACHE / f"{p}_{s}.npz" for s in range(lo, hi) for p in data.PATTERNS
+                if (data.CACHE / f"{p}_{s}.npz").exists()]
+
+    t0 = time.time()
+    xtr, str_, ytr = data.load_arrays(paths(0, 120))
+    xva, sva, yva = data.load_arrays(paths(120, 130))
+    ftr = torch.cat([feats(net, xtr, str_, rng, False), feats(net, xtr, str_, rng, True)])
+    ytr_t = torch.from_numpy(np.concatenate([ytr, ytr]))
+    fva = feats(net, xva, sva, rng, False)
+    yva_t = torch.from_numpy(yva)
+    print(f"features {tuple(ftr.shape)} in {time.time() - t0:.0f} s", flush=True)
+    mu, sd = ftr.mean(0), ftr.std(0).clamp(min=1e-3)
+    if "--maps-only" in sys.argv:
+        # only the features measured on the predicted maps (the last 18): fewer inputs, less overfitting
+        keep = torch.zeros(ftr.shape[1], dtype=torch.bool)
+        keep[-18:] = True
+        sd = torch.where(keep, sd, torch.full_like(sd, 1e9))
+        mu = torch.where(keep, mu, torch.zeros_like(mu))
+    head = TypicalityNet(n_classes=len(data.PATTERNS), n_seg=len(data.CHANNELS)).cls
+    opt = torch.optim.AdamW(head.parameters(), lr=5e-3, weight_decay=1e-2)
+    best = (-1.0, None)
+    for step in range(600):
+        head.train()
+        loss = F.cross_entropy(head((ftr - mu) / sd), ytr_t, label_smoothing=0.05)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 99:
+            head.eval()
+            with torch.no_grad():
+                acc_tr = float((head((ftr - mu) / sd).argmax(1) == ytr_t).float().mean())
+                lv = head((fva - mu) / sd)
+                acc = float((lv.argmax(1) == yva_t).float().mean())
+                vloss = float(F.cross_entropy(lv, yva_t))
+            print(json.dumps({"step": step + 1, "loss": round(loss.item(), 4), "train_acc": acc_tr,
+                              "val_acc": acc, "val_loss": round(vloss, 4)}), flush=True)
+    # fold the standardisation into the first layer
+    with torch.no_grad():
+        lin = head[0]
+        w = lin.weight / sd
+        b = lin.bias - (lin.weight * (mu / sd)).sum(1)
+        lin.weight.copy_(w)
+        lin.bias.copy_(b)
+    net.cls.load_state_dict(head.state_dict())
+    net.eval()
+    with torch.no_grad():
+        acc = float((net.cls(fva).argmax(1) == yva_t).float().mean())
+        pred = net.cls(fva).argmax(1)
+    torch.save(net.state_dict(), RUNS / "final.pt")
+    cm = np.zeros((4, 4), int)
+    for a, b in zip(yva, pred.numpy()):
+        cm[a, b] += 1
+    print("val confusion (rows truth):", cm.tolist())
+    print(f"final.pt written; val acc {acc:.3f}; {time.time() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
