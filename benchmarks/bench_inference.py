@@ -63,7 +63,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", type=Path, help="existing study folder (default: generate one)")
     ap.add_argument("--slices", type=int, default=400)
-    ap.add_argument("--thickness", type=float, default=0.75)
+    ap.add_argument("--thickness", type=float, default=1.0)
     ap.add_argument("--transfer-syntax", default="explicit", help="phantom transfer syntax name")
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "covid-typicality")
     ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
