@@ -1,6 +1,6 @@
 """Stage 2: refit the classification head on the trained network's features.
 
-    python training/fit_head.py [runs/last.pt]  ->  runs/final.pt
+    python training/fit_head.py [runs/last.pt] [--seeds TRAIN_LO TRAIN_HI VAL_LO VAL_HI]  ->  runs/final.pt
 
 Joint training learns the segmentation well but the classifier only late (its inputs,
 measured on the predicted maps, keep moving while the maps are learnt).  With the
@@ -26,6 +26,7 @@ from train import RUNS, augment
 
 
 def feats(net, xs, segs, rng, aug: bool) -> torch.Tensor:
+    dev = next(net.parameters()).device
     out = []
     with torch.no_grad():
         for i in range(0, len(xs), 8):
@@ -35,27 +36,34 @@ def feats(net, xs, segs, rng, aug: bool) -> torch.Tensor:
                 if aug:
                     x, _ = augment(x, segs[j], rng)
                 xb.append(x)
-            out.append(net.features(torch.from_numpy(np.stack(xb))[:, None])[0])
+            out.append(net.features(torch.from_numpy(np.stack(xb))[:, None].to(dev))[0].cpu())
     return torch.cat(out)
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    argv = sys.argv[1:]
+    seeds = (0, 120, 120, 130)
+    if "--seeds" in argv:
+        at = argv.index("--seeds")
+        seeds = tuple(int(v) for v in argv[at + 1:at + 5])
+        del argv[at:at + 5]
+    args = [a for a in argv if not a.startswith("--")]
     weights = Path(args[0]) if args else RUNS / "last.pt"
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(2)
     torch.manual_seed(0)
     rng = np.random.default_rng(1)
     net = TypicalityNet(n_classes=len(data.PATTERNS), n_seg=len(data.CHANNELS))
     net.load_state_dict(torch.load(weights, map_location="cpu"))
-    net.eval()
+    net.to(dev).eval()
 
     def paths(lo, hi):
         return [data.CACHE / f"{p}_{s}.npz" for s in range(lo, hi) for p in data.PATTERNS
                 if (data.CACHE / f"{p}_{s}.npz").exists()]
 
     t0 = time.time()
-    xtr, str_, ytr = data.load_arrays(paths(0, 120))
-    xva, sva, yva = data.load_arrays(paths(120, 130))
+    xtr, str_, ytr = data.load_arrays(paths(seeds[0], seeds[1]))
+    xva, sva, yva = data.load_arrays(paths(seeds[2], seeds[3]))
     ftr = torch.cat([feats(net, xtr, str_, rng, False), feats(net, xtr, str_, rng, True)])
     ytr_t = torch.from_numpy(np.concatenate([ytr, ytr]))
     fva = feats(net, xva, sva, rng, False)
@@ -93,6 +101,7 @@ def main() -> None:
         b = lin.bias - (lin.weight * (mu / sd)).sum(1)
         lin.weight.copy_(w)
         lin.bias.copy_(b)
+    net.cpu()
     net.cls.load_state_dict(head.state_dict())
     net.eval()
     with torch.no_grad():
