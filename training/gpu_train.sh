@@ -4,6 +4,7 @@
 #
 #   training/gpu_train.sh cache     # 4 x SEEDS phantom samples through the node's preprocessing
 #   training/gpu_train.sh train     # joint training on the GPU, head refit, ONNX export + seal
+#   training/gpu_train.sh refine    # 30 more epochs at a lower rate from that, head refit, export
 #   training/gpu_train.sh finish    # held-out evaluation, CUDA and CPU inference benchmarks
 #
 # Environment: SEEDS (default 800; the last 20 seeds are validation), EPOCHS (default 60),
@@ -28,6 +29,14 @@ case "${1:-}" in
     python3 export.py runs/final.pt 2>&1 | tee -a "$OUT/train.log"
     python3 export_involvement.py runs/final.pt 2>&1 | tee -a "$OUT/train.log"
     ;;
+  refine)
+    cp runs/final.pt runs/final_stage1.pt
+    python3 train.py --device cuda --init runs/final_stage1.pt --epochs 30 --batch 16 --lr 1e-3 --threads 8 \
+      --max-seconds 230 --train-seeds 0 "$VAL" --val-seeds "$VAL" "$SEEDS" --out stage2.pt 2>&1 | tee "$OUT/refine.log"
+    python3 fit_head.py runs/best_stage2.pt --seeds 0 "$VAL" "$VAL" "$SEEDS" 2>&1 | tee -a "$OUT/refine.log"
+    python3 export.py runs/final.pt 2>&1 | tee -a "$OUT/refine.log"
+    python3 export_involvement.py runs/final.pt 2>&1 | tee -a "$OUT/refine.log"
+    ;;
   finish)
     python3 evaluate.py --per-pattern 50 --processes "$PROCS" 2>&1 | tee "$OUT/eval.log"
     for p in cuda cpu; do
@@ -40,7 +49,7 @@ case "${1:-}" in
     cp eval_results.json "$OUT/" 2>/dev/null || true
     ;;
   *)
-    echo "usage: $0 cache|train|finish" >&2
+    echo "usage: $0 cache|train|refine|finish" >&2
     exit 2
     ;;
 esac
