@@ -15,12 +15,13 @@ redoes the whole decision (same keys, same payload) or nothing.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from aenode.store.sqlite import open_database
 
 ALERTS_FILE = "alerts.sqlite"
 
@@ -85,13 +86,8 @@ def _row(r: tuple) -> AlertRow:
 class AlertStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(self.path, _SCHEMA)
 
     @classmethod
     def for_data_dir(cls, data_dir: str | Path) -> "AlertStore":

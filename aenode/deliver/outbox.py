@@ -17,12 +17,13 @@ The outbox is generic: ``kind`` names a sender in :mod:`aenode.deliver.senders`
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from aenode.store.sqlite import open_database
 
 OUTBOX_FILE = "outbox.sqlite"
 STATES = ("pending", "sending", "sent", "failed")
@@ -95,18 +96,13 @@ class Outbox:
         if backoff_base_seconds <= 0 or backoff_cap_seconds <= 0:
             raise ValueError("backoff seconds must be > 0")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_attempts = max_attempts
         self.base = backoff_base_seconds
         self.cap = backoff_cap_seconds
         self.lease_seconds = lease_seconds
         self._clock = clock
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(self.path, _SCHEMA)
 
     @classmethod
     def for_config(cls, config, **kwargs) -> "Outbox":
