@@ -250,16 +250,32 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+def validation_problems(exc: ValidationError) -> list[str]:
+    """pydantic's errors as ``dotted.key: problem`` lines for operators.
+
+    Used for the configuration and for model manifests, so both name keys the same way.
+    A check on a whole section that already names its key ("name: problem") is kept as
+    it is, prefixed with the section.
+    """
+    problems = []
+    for err in exc.errors():
+        loc = _dotted(err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        head = msg.split(":", 1)[0]
+        if ":" in msg and " " not in head and loc == "(top level)":
+            problems.append(msg)
+        elif ":" in msg and " " not in head:
+            problems.append(f"{loc}.{msg}")
+        else:
+            problems.append(f"{loc}: {msg}")
+    return problems
+
+
 def parse_config(data: dict, source: str = "<defaults>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = _dotted(err["loc"])
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-            problems.append(f"{loc}: {msg}")
-        raise ConfigError(source, problems) from None
+        raise ConfigError(source, validation_problems(exc)) from None
 
 
 def load_config(path: str | Path | None = None) -> Config:

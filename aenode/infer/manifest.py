@@ -14,7 +14,16 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from aenode.config import validation_problems
 
 MANIFEST_NAME = "model.toml"
 
@@ -177,28 +186,11 @@ class Manifest(_Section):
         return [c.name for c in self.outputs.classes]
 
 
-def _dotted(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
 def parse_manifest(data: dict, source: str = "<manifest>") -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = _dotted(err["loc"])
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-            head = msg.split(":", 1)[0]
-            if ":" in msg and " " not in head and loc == "(top level)":
-                problems.append(msg)  # a model-level check already named the key
-            elif ":" in msg and " " not in head:
-                problems.append(f"{loc}.{msg}")  # a section-level check named a key inside it
-            else:
-                problems.append(f"{loc}: {msg}")
+        problems = validation_problems(exc)
         raise ManifestError(source, problems) from None
 
 
