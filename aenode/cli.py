@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from aenode import __version__
-from aenode.config import ConfigError, load_config, render_toml
+from aenode.config import Config, ConfigError, load_config, render_toml
 from aenode.logs import configure_logging
 
 # Stage packages that add subcommands; listed here so a new stage is one line.
@@ -28,13 +28,23 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def _config_check(args: argparse.Namespace) -> int:
+def load_config_or_report(path: str | None) -> Config | None:
+    """The configuration for a subcommand, or None after printing what is wrong with it.
+
+    Every subcommand that takes ``--config`` uses this, so operators see one format.
+    """
     try:
-        config = load_config(args.file)
+        return load_config(path)
     except ConfigError as exc:
         print(f"configuration error in {exc.source}:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    config = load_config_or_report(args.file)
+    if config is None:
         return 2
     print(f"# effective configuration ({args.file or 'built-in defaults'}); valid")
     print(render_toml(config), end="")

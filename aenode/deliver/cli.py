@@ -5,17 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from aenode.config import ConfigError, load_config
+from aenode.cli import load_config_or_report
 
 
 def _config(args: argparse.Namespace):
-    try:
-        return load_config(args.config)
-    except ConfigError as exc:
-        print(f"configuration error in {exc.source}:", file=sys.stderr)
-        for p in exc.problems:
-            print(f"  {p}", file=sys.stderr)
-        return None
+    return load_config_or_report(args.config)
 
 
 def _retry(args: argparse.Namespace) -> int:

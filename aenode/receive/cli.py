@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from aenode.config import ConfigError, load_config
+from aenode.cli import load_config_or_report
 
 
 def _load(args: argparse.Namespace):
-    try:
-        return load_config(args.config)
-    except ConfigError as exc:
-        print(f"configuration error in {exc.source}:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return None
+    return load_config_or_report(args.config)
 
 
 def _serve(args: argparse.Namespace) -> int:
