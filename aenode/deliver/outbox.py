@@ -168,6 +168,18 @@ class Outbox:
                 raise
         return rows
 
+    def release_leases(self) -> int:
+        """Return every ``sending`` row to ``pending`` at once.
+
+        For a delivery worker starting up: in this process nothing is sending yet, so a
+        row still ``sending`` was left by a crash and is due now, not when its lease ends.
+        """
+        now = self._clock()
+        with self._lock:
+            cur = self._db.execute("UPDATE outbox SET state='pending', lease_until=NULL, updated_at=?"
+                                   " WHERE state='sending'", (now,))
+        return cur.rowcount
+
     def mark_sent(self, row_id: int) -> None:
         now = self._clock()
         with self._lock:

@@ -48,6 +48,10 @@ class DeliveryWorker:
         self.batch = batch
         _load_sender_modules()
 
+    def resume_interrupted(self) -> int:
+        """Make rows a crashed process left ``sending`` due now (call once at start)."""
+        return self.outbox.release_leases()
+
     def run_once(self) -> int:
         """Attempt every due row once; returns how many rows were attempted."""
         rows = self.outbox.claim_due(limit=self.batch)
@@ -79,7 +83,8 @@ class DeliveryWorker:
 
     def run(self, stop_event: threading.Event) -> None:
         poll = self.config.delivery.poll_seconds
-        log.info("delivery worker started", destinations=len(self.config.destinations))
+        log.info("delivery worker started", destinations=len(self.config.destinations),
+                 resumed_rows=self.resume_interrupted())
         try:
             while not stop_event.is_set():
                 _wakeup.clear()

@@ -21,11 +21,13 @@ from aenode.store.index import Index
 def main(path: str) -> int:
     config = parse_config(json.loads(open(path, encoding="utf-8").read()))
     index = Index.for_data_dir(config.node.data_dir)
-    # A short lease: the restarted process takes over the row the killed one held.
+    # The default 300 s lease: the restarted process must take over the row the killed one
+    # held at start-up (resume_interrupted), not when the lease runs out.
     outbox = Outbox(config.node.data_dir / OUTBOX_FILE, max_attempts=20, backoff_base_seconds=0.1,
-                    backoff_cap_seconds=0.5, lease_seconds=1.0)
+                    backoff_cap_seconds=0.5)
     alerts = AlertWorker(config, index, outbox=outbox)
     delivery = DeliveryWorker(config, index, outbox=outbox)
+    delivery.resume_interrupted()  # what DeliveryWorker.run does first
     print("ready", flush=True)
     end = time.monotonic() + 30
     while time.monotonic() < end:
