@@ -91,7 +91,7 @@ def _wait_for_study(config: Config, timeout: float, alert_grace: float = 5.0) ->
     return row
 
 
-def run_demo(out: Path, pattern: str, seed: int, keep_running: bool) -> int:
+def run_demo(out: Path, pattern: str, seed: int, keep_running: bool, slices: int | None = None) -> int:
     from aenode.peers.orthanc import Orthanc
     from aenode.peers.webhook import WebhookServer
     from aenode.phantom import generate_study
@@ -108,7 +108,7 @@ def run_demo(out: Path, pattern: str, seed: int, keep_running: bool) -> int:
 
     _say(f"1. Writing a synthetic chest CT study (pattern {pattern}, seed {seed}) to {out / 'study'}")
     t0 = time.monotonic()
-    study = generate_study(out / "study", pattern, seed=seed)
+    study = generate_study(out / "study", pattern, seed=seed, slices=slices)
     files = sum(n for _uid, _desc, n, _folder in study.series)
     _say(f"   {files} files in {len(study.series)} series, {time.monotonic() - t0:.1f} s "
          f"(ground truth: {study.category}, kept beside the DICOM in {study.truth_dir.name}/)")
@@ -200,8 +200,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", default="demo-output", help="working folder (emptied first; default ./demo-output)")
     p.add_argument("--pattern", default="typical", choices=["typical", "indeterminate", "atypical", "negative"])
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--slices", type=int, help="CT slices (default: the phantom's, covering the chest)")
     p.add_argument("--keep-running", action="store_true", help="leave the node and dashboard up until Ctrl-C")
-    p.set_defaults(func=lambda a: run_demo(Path(a.out), a.pattern, a.seed, a.keep_running))
+    p.set_defaults(func=lambda a: run_demo(Path(a.out), a.pattern, a.seed, a.keep_running, a.slices))
 
 
 if __name__ == "__main__":  # pragma: no cover
