@@ -278,6 +278,21 @@ def parse_config(data: dict, source: str = "<defaults>") -> Config:
         raise ConfigError(source, validation_problems(exc)) from None
 
 
+def read_toml(file: Path) -> dict:
+    """A TOML file's contents; ValueError says what is wrong in words for the operator.
+
+    Shared by the configuration and model manifests so both report the same way.
+    """
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read file: {exc.strerror}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"not valid TOML: {exc}") from None
+
+
 def load_config(path: str | Path | None = None) -> Config:
     """Load from ``path``, else ``$AENODE_CONFIG``, else the built-in defaults."""
     chosen = path if path is not None else os.environ.get(CONFIG_ENV) or None
@@ -285,13 +300,9 @@ def load_config(path: str | Path | None = None) -> Config:
         return Config()
     file = Path(chosen)
     try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(file), [f"cannot read file: {exc.strerror}"]) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(file), [f"not valid TOML: {exc}"]) from None
+        data = read_toml(file)
+    except ValueError as exc:
+        raise ConfigError(str(file), [str(exc)]) from None
     return parse_config(data, str(file))
 
 

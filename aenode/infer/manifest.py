@@ -10,7 +10,6 @@ SR, optional lesion/lung maps), and which classes raise an alert.  Errors name t
 from __future__ import annotations
 
 import hashlib
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -23,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from aenode.config import validation_problems
+from aenode.config import read_toml, validation_problems
 
 MANIFEST_NAME = "model.toml"
 
@@ -197,13 +196,9 @@ def parse_manifest(data: dict, source: str = "<manifest>") -> Manifest:
 def load_manifest(package_dir: str | Path) -> Manifest:
     path = Path(package_dir) / MANIFEST_NAME
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ManifestError(str(path), [f"cannot read file: {exc.strerror}"]) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ManifestError(str(path), [f"not valid TOML: {exc}"]) from None
+        data = read_toml(path)
+    except ValueError as exc:
+        raise ManifestError(str(path), [str(exc)]) from None
     return parse_manifest(data, str(path))
 
 
