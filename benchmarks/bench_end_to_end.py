@@ -42,7 +42,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sqlite3
 import statistics
 import subprocess
@@ -63,6 +62,7 @@ from aenode.peers.orthanc import Orthanc, free_port  # noqa: E402
 from aenode.phantom import generate_study  # noqa: E402
 from aenode.pipeline import NodeHandle, running_node  # noqa: E402
 from aenode.report.publish import results_path  # noqa: E402
+from machine import describe  # noqa: E402
 
 STORESCU = "/usr/bin/storescu"  # DCMTK; pynetdicom's own `storescu` script shadows it on PATH
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -271,17 +271,8 @@ def send_and_time(node: NodeHandle, pacs: Orthanc, config: Config, folder: Path,
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     load = os.getloadavg()
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start")
+    return f"{describe()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start"
 
 
 def main() -> int:

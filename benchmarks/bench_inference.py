@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,18 +34,7 @@ from aenode.infer.engine import Model  # noqa: E402
 from aenode.infer.manifest import load_manifest  # noqa: E402
 from aenode.load import load_series  # noqa: E402
 from aenode.select import InstanceInfo, select_series  # noqa: E402
-
-
-def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+from machine import describe  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -121,7 +108,7 @@ def main() -> int:
     t_map, mask = timed(lambda: pred.lesion_mask_on_series(volume), 1)
     total = t_load_med + t_prep + t_inf
     res = {
-        "machine": machine(),
+        "machine": describe(),
         "onnxruntime_providers": model.providers,
         "slices": int(volume.shape[0]), "matrix": f"{volume.shape[1]}x{volume.shape[2]}",
         "transfer_syntax": args.transfer_syntax,

@@ -30,6 +30,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from machine import cpu_name
+
 STORESCU = "/usr/bin/storescu"   # not a pyenv shim of pynetdicom's app
 STORESCP = "/usr/bin/storescp"
 ECHOSCU = "/usr/bin/echoscu"
@@ -41,13 +43,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 # ---- data ------------------------------------------------------------------------------

@@ -6,14 +6,13 @@ extra series), optionally the other transfer syntaxes, and the small training-si
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from aenode.phantom import TRANSFER_SYNTAXES, generate_study, generate_volume
+from machine import describe
 
 
 def timed(fn, runs: int) -> list[float]:
@@ -32,8 +31,7 @@ def main() -> int:
     ap.add_argument("--pattern", default="typical")
     ap.add_argument("--all-syntaxes", action="store_true", help="also time implicit, JPEG, J2K, RLE")
     a = ap.parse_args()
-    cpu = platform.processor() or platform.machine()
-    print(f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"machine: {describe()}")
     tmp = Path(tempfile.mkdtemp(prefix="bench_phantom_"))
     rows = []
 

@@ -11,8 +11,6 @@ Orthanc runs with TCP_NODELAY=1 on loopback, started by the script.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,6 +29,7 @@ from aenode.report.sr import build_sr  # noqa: E402
 from aenode.report.uids import result_uids  # noqa: E402
 from tests.orthanc import Orthanc  # noqa: E402
 from tests.report.factory import make_input  # noqa: E402
+from machine import describe  # noqa: E402
 
 
 def main() -> int:
@@ -88,7 +87,7 @@ def main() -> int:
             pacs.stop()
     names = ("SR build", "SC build", "write+fsync+enqueue", "C-STORE SR+SC to Orthanc", "total")
     print(f"# {args.slices} instances, {args.size}x{args.size} volume, {args.repeats} runs; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+          f"{describe()}")
     print("| stage | median s | min s | max s |")
     print("| --- | --- | --- | --- |")
     for k, name in enumerate(names):

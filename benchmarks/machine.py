@@ -1,0 +1,22 @@
+"""How every benchmark names the machine it ran on (figures mean little without it)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe() -> str:
+    """CPU model, core count and Python version, as printed at the top of each benchmark."""
+    return f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
