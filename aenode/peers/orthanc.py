@@ -18,6 +18,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from aenode.peers import wait_for
+
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 
 
@@ -118,10 +120,4 @@ class Orthanc:
         return [self.tags(i) for i in self.instances()]
 
     def wait_for(self, predicate, timeout: float = 30.0, interval: float = 0.1):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = predicate()
-            if got:
-                return got
-            time.sleep(interval)
-        return predicate()
+        return wait_for(predicate, timeout, interval)

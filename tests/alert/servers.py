@@ -21,17 +21,9 @@ from hl7apy.core import Message
 from hl7apy.parser import parse_message
 
 from aenode.alert.hl7 import frame, read_frame
+from aenode.peers import wait_for  # noqa: F401 - the alert tests import it from here
 from aenode.peers.orthanc import free_port
 from aenode.peers.webhook import WebhookServer  # noqa: F401 - re-exported for the tests
-
-
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 def self_signed(dir_: Path) -> tuple[Path, Path]:

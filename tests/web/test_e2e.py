@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from aenode.config import REPO_MODELS_DIR, parse_config
+from aenode.peers import wait_for
 from aenode.pipeline import running_node
 from tests.web.conftest import PASSWORDS, TOKEN, free_port, web_section
 
@@ -29,16 +30,6 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 MODEL_FILE = REPO_MODELS_DIR / "covid-typicality" / "model.onnx"
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def wait_for(pred, timeout: float, step: float = 0.2):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(step)
-    return pred()
 
 
 def storescu(port: int, folder: Path) -> None:
