@@ -59,7 +59,7 @@ class TLSConfig(_Section):
     handshake_timeout_seconds: float = Field(10.0, gt=0)
 
     @model_validator(mode="after")
-    def _ca_needed_for_client_verification(self) -> "TLSConfig":
+    def _ca_needed_for_client_verification(self) -> TLSConfig:
         if self.verify_client and self.ca is None:
             raise ValueError("verify_client = true needs 'ca' (the CA that signs client certificates)")
         return self
@@ -151,7 +151,7 @@ class WebConfig(_Section):
     tokens: list[WebToken] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _safe_defaults(self) -> "WebConfig":
+    def _safe_defaults(self) -> WebConfig:
         names = [u.name for u in self.users] + [t.name for t in self.tokens]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -226,7 +226,7 @@ class Config(_Section):
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
 
     @model_validator(mode="after")
-    def _unique_destination_names(self) -> "Config":
+    def _unique_destination_names(self) -> Config:
         names = [d.name for d in self.destinations]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -13,7 +13,6 @@ It does what a hospital deployment does, with real peers started on loopback por
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import socket

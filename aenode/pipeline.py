@@ -72,7 +72,7 @@ class NodeHandle:
     def port(self) -> int:
         return self.scp.port
 
-    def start(self) -> "NodeHandle":
+    def start(self) -> NodeHandle:
         requeued = self.index.recover_interrupted()
         if requeued:
             log.info("analyses_requeued", studies=requeued)

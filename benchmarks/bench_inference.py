@@ -30,11 +30,12 @@ import pydicom
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from machine import describe  # noqa: E402
+
 from aenode.infer.engine import Model  # noqa: E402
 from aenode.infer.manifest import load_manifest  # noqa: E402
 from aenode.load import load_series  # noqa: E402
 from aenode.select import InstanceInfo, select_series  # noqa: E402
-from machine import describe  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_name
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-from machine import cpu_name
 
 STORESCU = "/usr/bin/storescu"   # not a pyenv shim of pynetdicom's app
 STORESCP = "/usr/bin/storescp"

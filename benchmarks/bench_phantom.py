@@ -11,8 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from aenode.phantom import TRANSFER_SYNTAXES, generate_study, generate_volume
 from machine import describe
+
+from aenode.phantom import TRANSFER_SYNTAXES, generate_study, generate_volume
 
 
 def timed(fn, runs: int) -> list[float]:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from machine import describe  # noqa: E402
+
 from aenode.config import parse_config  # noqa: E402
 from aenode.deliver.outbox import Outbox  # noqa: E402
 from aenode.deliver.worker import DeliveryWorker  # noqa: E402
@@ -29,7 +31,6 @@ from aenode.report.sr import build_sr  # noqa: E402
 from aenode.report.uids import result_uids  # noqa: E402
 from tests.orthanc import Orthanc  # noqa: E402
 from tests.report.factory import make_input  # noqa: E402
-from machine import describe  # noqa: E402
 
 
 def main() -> int:

@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec python3 -m aenode demo "$@"
+exec .venv/bin/python -m aenode demo "$@"

@@ -7,7 +7,6 @@ phantom's ground-truth masks.  Samples are cached as .npz under ``training/cache
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aenode.infer.manifest import load_manifest  # noqa: E402
-from aenode.infer.preprocess import ModelGrid, model_grid, preprocess  # noqa: E402
+from aenode.infer.preprocess import ModelGrid, preprocess  # noqa: E402
 
 PATTERNS = ("typical", "indeterminate", "atypical", "negative")
 CACHE = Path(__file__).resolve().parent / "cache"

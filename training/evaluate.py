@@ -16,9 +16,8 @@ import time
 from multiprocessing import Pool
 from pathlib import Path
 
-import numpy as np
-
 import data
+import numpy as np
 
 EVAL_SEED0 = 100_000
 _model = None

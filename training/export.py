@@ -6,12 +6,11 @@ import re
 import sys
 from pathlib import Path
 
+import data
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-
-import data
 from net import Exported, TypicalityNet
 
 sys.path.insert(0, str(data.ROOT))

@@ -13,14 +13,13 @@ import re
 import sys
 from pathlib import Path
 
+import data
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from torch import nn
-
-import data
 from net import TypicalityNet
+from torch import nn
 
 sys.path.insert(0, str(data.ROOT))
 from aenode.infer.manifest import file_sha256  # noqa: E402

@@ -16,11 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+import data
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-import data
 from net import TypicalityNet
 from train import RUNS, augment
 

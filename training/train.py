@@ -13,11 +13,10 @@ import json
 import time
 from pathlib import Path
 
+import data
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-import data
 from net import TypicalityNet
 
 RUNS = Path(__file__).resolve().parent / "runs"

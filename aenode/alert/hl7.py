@@ -50,7 +50,7 @@ def escape(text: Any) -> str:
 
 
 def _ts(iso: str) -> str:
-    t = _dt.datetime.fromisoformat(iso).astimezone(_dt.timezone.utc)
+    t = _dt.datetime.fromisoformat(iso).astimezone(_dt.UTC)
     return t.strftime("%Y%m%d%H%M%S+0000")
 
 

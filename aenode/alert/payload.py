@@ -140,7 +140,7 @@ def build_payload(
         "patient": patient,
         "node": config.node.name,
         "link": dashboard_link(config, study_uid),
-        "created": _dt.datetime.fromtimestamp(created, _dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.fromtimestamp(created, _dt.UTC).isoformat(timespec="seconds"),
         "disclaimer": DISCLAIMER,
     }
 

@@ -28,7 +28,7 @@ def alert_status(data_dir: str | Path, study_uid: str, outbox: Any | None = None
         return {}
     own = outbox is None
     if own:
-        from aenode.deliver.outbox import Outbox, OUTBOX_FILE
+        from aenode.deliver.outbox import OUTBOX_FILE, Outbox
 
         outbox = Outbox(Path(data_dir) / OUTBOX_FILE)
     try:

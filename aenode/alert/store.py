@@ -90,7 +90,7 @@ class AlertStore:
         self._db = open_database(self.path, _SCHEMA)
 
     @classmethod
-    def for_data_dir(cls, data_dir: str | Path) -> "AlertStore":
+    def for_data_dir(cls, data_dir: str | Path) -> AlertStore:
         return cls(Path(data_dir) / ALERTS_FILE)
 
     def close(self) -> None:

@@ -105,7 +105,7 @@ class Outbox:
         self._db = open_database(self.path, _SCHEMA)
 
     @classmethod
-    def for_config(cls, config, **kwargs) -> "Outbox":
+    def for_config(cls, config, **kwargs) -> Outbox:
         d = config.delivery
         return cls(Path(config.node.data_dir) / OUTBOX_FILE, max_attempts=d.max_attempts,
                    backoff_base_seconds=d.backoff_base_seconds, backoff_cap_seconds=d.backoff_cap_seconds,
@@ -115,7 +115,7 @@ class Outbox:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> "Outbox":
+    def __enter__(self) -> Outbox:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from aenode.config import ConfigError, load_config
-from aenode.infer.manifest import ManifestError
 
 
 def register(subparsers: Any) -> None:

@@ -88,7 +88,7 @@ class Preprocessing(_Section):
     antialias: bool = True
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Preprocessing":
+    def _consistent(self) -> Preprocessing:
         if self.hu_window[0] >= self.hu_window[1]:
             raise ValueError("hu_window: low must be below high")
         if self.mode == "spacing" and self.spacing_mm is None:
@@ -116,7 +116,7 @@ class SelectionRules(_Section):
     exclude_descriptions: list[str] = Field(default_factory=lambda: ["LOCALIZER", "SCOUT", "TOPOGRAM", "MIP", "MPR"])
 
     @model_validator(mode="after")
-    def _range(self) -> "SelectionRules":
+    def _range(self) -> SelectionRules:
         if self.slice_thickness_mm[0] > self.slice_thickness_mm[1]:
             raise ValueError("slice_thickness_mm: minimum above maximum")
         return self
@@ -170,7 +170,7 @@ class Manifest(_Section):
     outputs: Outputs
 
     @model_validator(mode="after")
-    def _schemes_declared(self) -> "Manifest":
+    def _schemes_declared(self) -> Manifest:
         declared = {s.designator for s in self.coding_scheme}
         standard = {"DCM", "SCT", "LN", "UCUM"}
         for i, cls in enumerate(self.outputs.classes):

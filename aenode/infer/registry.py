@@ -30,13 +30,13 @@ class ModelRegistry:
         self.failed = failed or {}
 
     @classmethod
-    def from_config(cls, config: Config) -> "ModelRegistry":
+    def from_config(cls, config: Config) -> ModelRegistry:
         return cls.load(config.model.path, providers=list(config.model.providers),
                         device_id=config.model.device_id, enabled=config.model.enabled)
 
     @classmethod
     def load(cls, path: str | Path, *, providers: list[str] | None = None, device_id: int = 0,
-             enabled: list[str] | None = None) -> "ModelRegistry":
+             enabled: list[str] | None = None) -> ModelRegistry:
         models: list[Model] = []
         failed: dict[str, str] = {}
         for pkg in package_dirs(path):

@@ -68,7 +68,7 @@ class Orthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout: float = 30.0) -> "Orthanc":
+    def start(self, timeout: float = 30.0) -> Orthanc:
         env = {**os.environ, "TCP_NODELAY": "1"}
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([ORTHANC, str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,

@@ -46,7 +46,7 @@ class WebhookServer:
     def json(self, i: int = -1) -> dict:
         return json.loads(self.accepted[i]["body"])
 
-    def start(self) -> "WebhookServer":
+    def start(self) -> WebhookServer:
         self._thread.start()
         return self
 

@@ -14,8 +14,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .grid import Grid
-
 # Nominal attenuation (HU) of the tissues.
 HU = {
     "air": -1000.0, "lung": -850.0, "fat": -95.0, "skin": 35.0, "muscle": 50.0, "blood": 42.0,

@@ -11,8 +11,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import XRayRadiationDoseSRStorage
 
-from .dicom_writer import StudyContext, _file_meta, common_header, ct_series_header, finish_and_write
 from .anatomy import fov_for, sample_patient
+from .dicom_writer import StudyContext, _file_meta, common_header, ct_series_header, finish_and_write
 from .identity import add_seconds, uid
 from .noise import NoisePool, apply_kernel
 from .volume import generate_volume

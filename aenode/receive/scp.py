@@ -28,7 +28,6 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from aenode.config import Config
 from aenode.logs import get_logger, phi_values
 from aenode.receive import fast
-from aenode.store import spool as spool_mod
 from aenode.store.index import Index
 from aenode.store.meta import BadInstance, read_meta
 from aenode.store.spool import Spool, UnsafePath
@@ -168,7 +167,7 @@ class _AEView:
 
 class _Server(ThreadedAssociationServer):
     daemon_threads = True
-    aenode_scp: "StorageSCP"
+    aenode_scp: StorageSCP
     aenode_tmp_dir: str
 
     def get_request(self):  # no TLS here: the handshake runs in the connection's thread

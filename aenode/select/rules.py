@@ -71,7 +71,7 @@ class InstanceInfo:
     own_output: bool = False  # the store marked it as the node's own SR/SC output
 
     @classmethod
-    def from_row(cls, row: Any) -> "InstanceInfo":
+    def from_row(cls, row: Any) -> InstanceInfo:
         """From an index row (object with attributes, or a mapping); tolerant of naming."""
 
         def get(*names: str) -> Any:
@@ -111,7 +111,7 @@ class InstanceInfo:
         )
 
     @classmethod
-    def from_dataset(cls, ds: Any, path: str | Path) -> "InstanceInfo":
+    def from_dataset(cls, ds: Any, path: str | Path) -> InstanceInfo:
         """From a pydicom dataset read with ``stop_before_pixels=True``."""
         meta = getattr(ds, "file_meta", None)
         kernel = ds.get("ConvolutionKernel")

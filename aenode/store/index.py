@@ -184,7 +184,7 @@ class Index:
                     self._conn.execute(stmt)
 
     @classmethod
-    def for_data_dir(cls, data_dir: str | Path) -> "Index":
+    def for_data_dir(cls, data_dir: str | Path) -> Index:
         return cls(Path(data_dir) / "index.sqlite", data_dir)
 
     def close(self) -> None:

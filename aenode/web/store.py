@@ -102,7 +102,7 @@ class WebStore:
         self._db = open_database(self.path, _SCHEMA)
 
     @classmethod
-    def for_data_dir(cls, data_dir: str | Path) -> "WebStore":
+    def for_data_dir(cls, data_dir: str | Path) -> WebStore:
         return cls(Path(data_dir) / WEB_FILE)
 
     def close(self) -> None:

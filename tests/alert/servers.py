@@ -77,7 +77,7 @@ class SMTPServer:
     def parsed(self, i: int = -1) -> email.message.EmailMessage:
         return email.message_from_bytes(self.messages[i]["raw"], policy=email.policy.default)
 
-    def start(self) -> "SMTPServer":
+    def start(self) -> SMTPServer:
         self._controller.start()
         return self
 
@@ -132,7 +132,7 @@ class MLLPServer:
     def accepted(self) -> list[dict]:
         return [m for m in self.messages if m["ack"] == "AA"]
 
-    def start(self) -> "MLLPServer":
+    def start(self) -> MLLPServer:
         self._thread.start()
         return self
 

@@ -7,7 +7,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from pydicom import dcmread
 
 from aenode.cli import main as aenode_main

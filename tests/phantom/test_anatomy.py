@@ -2,7 +2,7 @@
 import numpy as np
 from scipy import ndimage
 
-from aenode.phantom.anatomy import HU, sample_patient
+from aenode.phantom.anatomy import sample_patient
 
 
 def _at(v, x, y, z):
@@ -78,6 +78,7 @@ def test_vessels_thin_toward_periphery(vol_cache):
 
 def test_small_grid_is_fast():
     import time
+
     from aenode.phantom import generate_volume
     generate_volume("typical", 99, shape_zyx=(64, 128, 128))
     t = time.perf_counter()

@@ -167,6 +167,7 @@ def test_cli(tmp_path):
 
 def test_register_with_argparse():
     import argparse
+
     from aenode.phantom.cli import register
     p = argparse.ArgumentParser(prog="aenode")
     register(p.add_subparsers(dest="cmd"))

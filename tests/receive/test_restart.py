@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import ssl
 import subprocess
 import sys
-import socket
 import time
 from pathlib import Path
 
@@ -17,10 +17,10 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from aenode.pipeline import running_node
-from aenode.store.index import ANALYSED, ANALYSING, COMPLETE, RECEIVING, Index
+from aenode.store.index import ANALYSED, COMPLETE, RECEIVING, Index
 
 from .conftest import echoscu, make_config, storescu, wait_for, write_toml
-from .dicomgen import CANARY, ct_slice, save
+from .dicomgen import ct_slice, save
 
 
 def _indexed(db: Path, study_uid: str) -> int:

@@ -24,10 +24,10 @@ from pydicom.uid import (
 from pynetdicom import AE
 
 from aenode.store import spool as spool_mod
-from aenode.store.index import COMPLETE, RECEIVING, SKIPPED
+from aenode.store.index import COMPLETE, SKIPPED
 
-from .conftest import echoscu, free_port, storescu, wait_for, write_toml
-from .dicomgen import CANARY, CT, ct_slice, dose_report, localizer, save
+from .conftest import echoscu, storescu, wait_for, write_toml
+from .dicomgen import CT, ct_slice, dose_report, localizer, save
 
 
 def _study(tmp_path: Path, ts, n: int = 3) -> tuple[str, Path, list]:
@@ -203,8 +203,9 @@ def test_disk_full_via_hook_answers_a700_and_recovers(node, tmp_path, log_buffer
 
 
 def test_disk_full_on_a_small_filesystem(tmp_path):
-    from .conftest import make_config
     from aenode.pipeline import running_node
+
+    from .conftest import make_config
 
     mnt = tmp_path / "small"
     mnt.mkdir()
