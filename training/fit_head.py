@@ -77,7 +77,6 @@ def main() -> None:
         mu = torch.where(keep, mu, torch.zeros_like(mu))
     head = TypicalityNet(n_classes=len(data.PATTERNS), n_seg=len(data.CHANNELS)).cls
     opt = torch.optim.AdamW(head.parameters(), lr=5e-3, weight_decay=1e-2)
-    best = (-1.0, None)
     for step in range(600):
         head.train()
         loss = F.cross_entropy(head((ftr - mu) / sd), ytr_t, label_smoothing=0.05)

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: cannot write to output directory {args.out}: {e.strerror or e}", file=sys.stderr)
         return 2
     print(f"study {r.study_instance_uid}: {r.category} ({r.pattern_variant}), seed {args.seed}")
-    for suid, desc, n, folder in r.series:
+    for _suid, desc, n, folder in r.series:
         print(f"  {desc:<24} {n:4d} files  {folder}")
     print(f"  ground truth: {r.truth_dir}")
     print(f"done in {r.seconds:.2f} s")

@@ -27,7 +27,7 @@ def _dciodvfy(path):
 def test_all_objects_pass_dciodvfy(study):
     out, r = study
     files = [r.ct_files[0], r.ct_files[-1]]
-    for _, desc, n, folder in r.series:
+    for _, _desc, _n, folder in r.series:
         files.append(sorted(__import__("pathlib").Path(folder).glob("*.dcm"))[0])
     assert len(r.series) == 4
     for f in files:
