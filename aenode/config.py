@@ -147,6 +147,16 @@ class WebConfig(_Section):
     # Re-issue the SR as a VERIFIED revision when a radiologist confirms the AI category.
     reissue_verified_sr: bool = False
     health_cache_seconds: float = Field(30.0, ge=0)  # C-ECHO results of /healthz are reused this long
+    # Session cookies carry the Secure flag when the request came over TLS (directly or via a
+    # trusted proxy) or the dashboard is public (non-loopback host); true/false forces it.
+    secure_cookies: bool | None = None
+    # Password verifications (argon2, 64 MiB each) running at once / waiting; more -> HTTP 429.
+    login_concurrency: int = Field(1, ge=1, le=8)
+    login_queue: int = Field(8, ge=0, le=1000)
+    # Failed logins: an account's attempts are delayed at most this long (exponential back-off),
+    # an address that keeps failing is blocked at most this long.
+    login_max_delay_seconds: float = Field(30.0, gt=0, le=3600)
+    login_max_block_seconds: float = Field(3600.0, gt=0, le=7 * 86400)
     users: list[WebUser] = Field(default_factory=list)
     tokens: list[WebToken] = Field(default_factory=list)
 

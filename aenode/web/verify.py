@@ -22,6 +22,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import UID
 
 from aenode.config import Config
 from aenode.logs import get_logger
@@ -37,7 +38,7 @@ def build_verified_sr(sr: Dataset, *, radiologist_id: str, user: str, organizati
                       confirmation_id: int, at: float) -> Dataset:
     ds = copy.deepcopy(sr)
     when = _dt.datetime.fromtimestamp(at).astimezone()
-    new_uid = derived_uid("aenode-verified-sr", str(sr.SOPInstanceUID), str(confirmation_id))
+    new_uid = UID(derived_uid("aenode-verified-sr", str(sr.SOPInstanceUID), str(confirmation_id)))
     ds.SOPInstanceUID = new_uid
     if getattr(ds, "file_meta", None) is not None:
         ds.file_meta.MediaStorageSOPInstanceUID = new_uid
