@@ -13,7 +13,8 @@ from pydicom.dataset import Dataset
 
 from aenode.config import parse_config
 from aenode.deliver.outbox import Outbox
-from aenode.report import is_node_output, result_uids
+from aenode.report import result_uids
+from aenode.store.marks import is_node_output
 from aenode.report.models import ReportInput, SourceRef
 from aenode.report.publish import publish_result, write_dataset
 from aenode.report.sc import build_sc, key_slices
