@@ -118,6 +118,7 @@ class Actions:
         if self.config.web.reissue_verified_sr and c.agrees:
             try:
                 path = reissue_verified_sr(self.config, self.data.result_dir(uid, req.model, r.revision), uid,
+                                           outbox=self.data.outbox_store,
                                            radiologist_id=c.radiologist_id, user=who.name, confirmation_id=c.id,
                                            at=c.at)
             except FileNotFoundError:

@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from aenode.config import REPO_MODELS_DIR, parse_config
+from aenode.node import running_node
 from aenode.peers import wait_for
-from aenode.pipeline import running_node
-from tests.web.conftest import PASSWORDS, TOKEN, free_port, web_section
+from tests.web.conftest import PASSWORDS, TOKEN, free_port, open_app, web_section
 
 STORESCU = "/usr/bin/storescu"
 CHROMIUM = "/usr/bin/chromium"
@@ -39,9 +39,8 @@ def storescu(port: int, folder: Path) -> None:
 
 
 def web_worker(node):
-    from aenode.web.worker import WebWorker
-
-    w = next(w for w in node.workers if isinstance(w, WebWorker))
+    w = node.web
+    assert w is not None, "the node runs no web worker"
     assert wait_for(lambda: w.ready.is_set(), 20), "web server did not start"
     return w
 
@@ -73,7 +72,7 @@ def test_healthz_and_destination_down(tmp_path, hashes):
         "web": web_section(hashes, health_cache_seconds=0),
     })
     try:
-        with running_node(config, workers=("aenode.web.worker:WebWorker",)) as node:
+        with running_node(config, workers=("web",)) as node:
             w = web_worker(node)
             r = httpx.get(f"{w.url}/healthz", timeout=30)
             body = r.json()
@@ -99,14 +98,10 @@ def test_healthz_and_destination_down(tmp_path, hashes):
 def test_healthz_scp_down(tmp_path, hashes):
     from fastapi.testclient import TestClient
 
-    from aenode.web.app import create_app
-
     config = parse_config({"node": {"port": free_port(), "data_dir": str(tmp_path / "d")},
                            "model": {"path": str(tmp_path / "no-models")}, "web": web_section(hashes)})
-    app = create_app(config)
-    with TestClient(app, base_url="http://127.0.0.1") as c:
+    with open_app(config) as app, TestClient(app, base_url="http://127.0.0.1") as c:
         r = c.get("/healthz")
-    app.state.web.close()
     assert r.status_code == 503
     assert set(r.json()["failed"]) == {"scp", "models"}
     assert r.json()["checks"]["database"]["ok"] is True
