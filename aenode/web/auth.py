@@ -23,8 +23,8 @@ Programs (Prometheus, scripts) use ``Authorization: Bearer <token>``; only the t
 SHA-256 is configured, and bearer requests need no CSRF token (no ambient credentials).
 The role is looked up in the configuration on every request.
 
-Failed logins are throttled and password verification is bounded
-(:mod:`aenode.web.throttle`).
+Failed logins are throttled per account (at each address) and per address, and password
+verification is bounded (:mod:`aenode.web.throttle`).
 
 No users configured (built-in defaults): the configuration refuses a non-loopback
 ``web.host``; on loopback the node creates one user ``admin`` (role radiologist) with a
@@ -53,7 +53,7 @@ from aenode.config import Config, _is_loopback
 from aenode.logs import get_logger
 from aenode.store.datadir import DataDir
 from aenode.web.store import WebStore
-from aenode.web.throttle import Busy, LoginThrottle, VerifierGate
+from aenode.web.throttle import GUESSING_WARN_EVERY, Busy, LoginThrottle, VerifierGate
 
 log = get_logger("aenode.web")
 
@@ -213,7 +213,10 @@ class Authenticator:
         except Busy:
             return LoginOutcome(None, 1.0, "busy")
         if role is None:
-            self.throttle.failed(name, address)
+            total = self.throttle.failed(name, address)
+            if total % GUESSING_WARN_EVERY == 0:
+                log.warning("web_login_guessing", user=name, failures=total,
+                            hint="many failed logins on one account; check the sources in the access logs")
             return LoginOutcome(None)
         self.throttle.succeeded(name, address)
         return LoginOutcome(role)

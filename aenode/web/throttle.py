@@ -2,14 +2,18 @@
 
 Two independent defences against password guessing and login floods:
 
-- :class:`LoginThrottle` counts failed logins per account and per client address.  An
-  address that keeps failing is blocked (exponential, capped at
-  ``[web] login_max_block_seconds``); an account that keeps failing makes every further
-  attempt on it wait (exponential, capped at ``[web] login_max_delay_seconds``).  Refused
-  attempts are not verified and not counted, so an attacker cannot extend a block by
-  hammering it, and the account delay is capped and expires on its own: the attacker can
-  slow the admin down, never lock them out (the attacker's own address is blocked far
-  longer than the account is delayed).
+- :class:`LoginThrottle` counts failed logins per account (at each client address) and per
+  client address.  After ``ACCOUNT_FREE_FAILURES`` failures on one account from one
+  address, further attempts on that account from that address wait (exponential back-off,
+  capped at ``[web] login_max_delay_seconds``); after ``ADDRESS_FREE_FAILURES`` failures
+  from one address (on any accounts) that address is blocked (from one minute, doubling,
+  capped at ``[web] login_max_block_seconds``).  Refused attempts are neither verified nor
+  counted, so hammering a block does not extend it.  Because the account rule is kept per
+  address, an attacker cannot lock anyone out from another address: the admin at their
+  own workstation is never delayed by someone else's failures, and the attacker's own
+  address is blocked long before it guesses much (20 guesses per block period).
+  Distributed guessing from many addresses is slowed by the per-address block and logged
+  (``web_login_guessing``) for the operator.
 - :class:`VerifierGate` lets at most ``[web] login_concurrency`` argon2 verifications run
   at once (each costs 64 MiB and a core for ~50 ms) with at most ``[web] login_queue``
   waiting; beyond that a login is answered 429 at once.  This keeps a login flood from
@@ -28,10 +32,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
-ACCOUNT_FREE_FAILURES = 5    # failed logins per account before attempts are delayed
-ADDRESS_FREE_FAILURES = 20   # failed logins per address (any account) before it is blocked
+ACCOUNT_FREE_FAILURES = 5    # failed logins on one account from one address before attempts wait
+ADDRESS_FREE_FAILURES = 20   # failed logins from one address (any account) before it is blocked
+ADDRESS_FIRST_BLOCK = 60.0   # seconds of the first address block (doubling after that)
+GUESSING_WARN_EVERY = 50     # log web_login_guessing every this many failures on one account
 MAX_TRACKED = 10000          # keys kept (oldest forgotten first), so memory stays bounded
+
+K = TypeVar("K", str, tuple[str, str])
 
 
 @dataclass
@@ -53,48 +62,60 @@ class LoginThrottle:
         self.address_free = address_free
         self.clock = clock
         self._lock = threading.Lock()
-        self._accounts: OrderedDict[str, _Failures] = OrderedDict()
+        self._pairs: OrderedDict[tuple[str, str], _Failures] = OrderedDict()
         self._addresses: OrderedDict[str, _Failures] = OrderedDict()
+        self._per_account: OrderedDict[str, int] = OrderedDict()
 
     @staticmethod
-    def _backoff(count: int, free: int, cap: float) -> float:
+    def _backoff(count: int, free: int, first: float, cap: float) -> float:
         if count < free:
             return 0.0
-        return min(cap, 2.0 ** min(count - free, 30))
+        return min(cap, first * 2.0 ** min(count - free, 30))
 
     def retry_after(self, account: str, address: str) -> float:
         """Seconds until this account may be tried from this address (0: go ahead)."""
         now = self.clock()
         with self._lock:
             wait = 0.0
-            for table, key in ((self._addresses, address), (self._accounts, account)):
-                f = table.get(key)
+            for f in (self._addresses.get(address), self._pairs.get((account, address))):
                 if f is not None and f.until > now:
                     wait = max(wait, f.until - now)
             return wait
 
-    def _bump(self, table: OrderedDict[str, _Failures], key: str, free: int, cap: float, now: float) -> None:
+    @staticmethod
+    def _bump(table: OrderedDict[K, _Failures], key: K, delay: Callable[[int], float], cap: float,
+              now: float) -> None:
         f = table.get(key)
         if f is None or now - f.last > 2 * cap:  # quiet long enough: start over
             f = _Failures(0, now, 0.0)
         f.count += 1
         f.last = now
-        f.until = now + self._backoff(f.count, free, cap)
+        f.until = now + delay(f.count)
         table[key] = f
         table.move_to_end(key)
         while len(table) > MAX_TRACKED:
             table.popitem(last=False)
 
-    def failed(self, account: str, address: str) -> None:
+    def failed(self, account: str, address: str) -> int:
+        """Count a failed login; returns the account's failures from every address."""
         now = self.clock()
         with self._lock:
-            self._bump(self._accounts, account, self.account_free, self.max_delay, now)
-            self._bump(self._addresses, address, self.address_free, self.max_block, now)
+            self._bump(self._pairs, (account, address),
+                       lambda n: self._backoff(n, self.account_free, 1.0, self.max_delay), self.max_delay, now)
+            self._bump(self._addresses, address,
+                       lambda n: self._backoff(n, self.address_free, ADDRESS_FIRST_BLOCK, self.max_block),
+                       self.max_block, now)
+            total = self._per_account.pop(account, 0) + 1
+            self._per_account[account] = total
+            while len(self._per_account) > MAX_TRACKED:
+                self._per_account.popitem(last=False)
+            return total
 
     def succeeded(self, account: str, address: str) -> None:
         with self._lock:
-            self._accounts.pop(account, None)
+            self._pairs.pop((account, address), None)
             self._addresses.pop(address, None)
+            self._per_account.pop(account, None)
 
 
 class Busy(Exception):
