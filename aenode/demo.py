@@ -59,7 +59,7 @@ def _demo_config(data_dir: Path, pacs: Any, webhook_url: str) -> Config:
 
 
 def _settled(states: dict[str, dict[str, Any]] | None) -> bool:
-    return bool(states) and all(v["state"] in ("sent", "failed") for v in states.values())
+    return states is not None and bool(states) and all(v["state"] in ("sent", "failed") for v in states.values())
 
 
 def _wait_for_study(config: Config, timeout: float, alert_grace: float = 5.0) -> dict[str, Any] | None:
@@ -107,7 +107,7 @@ def run_demo(out: Path, pattern: str, seed: int, keep_running: bool, slices: int
     study = generate_study(out / "study", pattern, seed=seed, slices=slices)
     files = sum(n for _uid, _desc, n, _folder in study.series)
     _say(f"   {files} files in {len(study.series)} series, {time.monotonic() - t0:.1f} s "
-         f"(ground truth: {study.category}, kept beside the DICOM in {study.truth_dir.name}/)")
+         f"(ground truth: {study.category}, kept beside the DICOM in {study.truth_dir}/)")
 
     log_file = (out / "node.log").open("a", encoding="utf-8")
     configure_logging("INFO", json=True, stream=log_file)  # the terminal shows the story, the file the detail

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from types import FrameType
-from typing import Literal
+from typing import Any, Literal
 
 import aenode.alert.senders  # noqa: F401 - registers the alert channels' senders with the outbox
 from aenode.alert.status import alert_status
@@ -188,7 +188,7 @@ class _Summary:
                    list(uids) if isinstance(uids, list) else None)
 
 
-def study_status(config: Config) -> list[dict[str, object]]:
+def study_status(config: Config) -> list[dict[str, Any]]:
     """One dict per study for ``aenode status`` (no patient data: UIDs and states only).
 
     The summary fields come from ``[model] primary``'s newest result (else the first
@@ -200,7 +200,7 @@ def study_status(config: Config) -> list[dict[str, object]]:
     index = Index.for_data_dir(layout.root)
     outbox = Outbox.for_config(config)
     try:
-        out: list[dict[str, object]] = []
+        out: list[dict[str, Any]] = []
         for s in index.studies():
             newest: dict[str, ResultRow] = {}
             for r in index.results(s.study_uid):  # ordered by revision
