@@ -3,7 +3,6 @@ the static files."""
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
@@ -14,6 +13,7 @@ from aenode.web.context import ViewerApi, WebDep
 
 router = APIRouter()
 
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".svg": "image/svg+xml"}
 
@@ -35,7 +35,7 @@ def static(name: str) -> Response:
     if "/" in name or name.startswith(".") or suffix not in STATIC_TYPES:
         raise HTTPException(404, "not found")
     try:
-        data = resources.files("aenode.web").joinpath("static", name).read_bytes()
+        data = (STATIC_DIR / name).read_bytes()
     except (FileNotFoundError, IsADirectoryError):
         raise HTTPException(404, "not found") from None
     return Response(data, media_type=STATIC_TYPES[suffix], headers={"Cache-Control": "max-age=300"})
