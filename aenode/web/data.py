@@ -100,21 +100,27 @@ class NodeData:
         """The result's model rules: its classes and their codes (display, validation)."""
         return model_rules(self.config, r.model, r.detail)
 
-    def _alert_json(self, a: AlertRow) -> JSON:
+    def _acks(self) -> dict[tuple[str, str, str], Acknowledgement]:
+        """Every acknowledgement by (study, model, category), newest winning (one query)."""
+        return {(a.study_uid, a.model, a.category): a for a in self.store.acknowledgements()}
+
+    @staticmethod
+    def _alert_json(a: AlertRow, ack: Acknowledgement | None) -> JSON:
         payload = a.payload
         code = payload.get("category_code") or {}
         return {"category": a.category, "probability": payload.get("probability"),
                 "category_meaning": code.get("meaning") if isinstance(code, dict) else None,
-                "result_category": payload.get("result_category"),
-                "acknowledged": _ack_json(self.store.acknowledgement(a.study_uid, a.model, a.category))}
+                "result_category": payload.get("result_category"), "acknowledged": _ack_json(ack)}
 
     # ---- alerts ----------------------------------------------------------------------
 
     def alerts(self, *, unacknowledged: bool = False, limit: int = 200, patient: bool = True) -> list[JSON]:
         out: list[JSON] = []
+        acks = self._acks()
         for a in self.alerts_store.current_alerts(limit=100000 if unacknowledged else limit):
             item: JSON = {"study_uid": a.study_uid, "revision": a.revision, "model": a.model,
-                          "created": a.created, **self._alert_json(a)}
+                          "created": a.created,
+                          **self._alert_json(a, acks.get((a.study_uid, a.model, a.category)))}
             if unacknowledged and item["acknowledged"] is not None:
                 continue
             if patient:
@@ -178,17 +184,17 @@ class NodeData:
                 "selected_series": r.selected_series, "created": r.created,
                 "version": (r.detail or {}).get("version"),
                 "has_sc": (rdir / "sc.dcm").is_file(), "has_sr": (rdir / "sr.dcm").is_file(),
-                "alert": None if decision is None else self._alert_json(decision),
+                "alert": None if decision is None else self._alert_json(
+                    decision, self.store.acknowledgement(study_uid, model, decision.category)),
                 "confirmation": next(({"category": c.category, "agrees": c.agrees, "user": c.user, "at": c.at,
                                        "infection_status": c.infection_status, "radiologist_id": c.radiologist_id,
                                        "revision": c.revision}
                                       for c in reversed(confirmations) if c.model == model), None),
             })
-        delivery = self.outbox_store.summary_for_study(study_uid)
+        delivery = {name: {k: v for k, v in d.items() if k != "ids"}  # row ids are for `aenode retry`
+                    for name, d in self.outbox_store.summary_for_study(study_uid).items()}
         channels = alert_status(self.data_dir, study_uid, outbox=self.outbox_store)
         channels.pop("dashboard", None)  # the dashboard's own "channel" is shown as the alert itself
-        for d in delivery.values():
-            d.pop("ids", None)
         selected = [r.selected_series for r in newest.values() if r.selected_series]
         out: JSON = {
             "study_uid": s.study_uid, "state": s.state, "revision": s.revision, "instances": s.instance_count,

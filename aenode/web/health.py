@@ -141,6 +141,18 @@ class Health:
             detail["problem"] = f"no model loaded from {self.config.model.path}"
         return {"ok": ok, "detail": detail}
 
+    def _probe(self, dest: object) -> tuple[bool, str]:
+        """C-ECHO a DICOM destination.  Interim: the deliver stage's ``probe`` (one per
+        destination type, DICOMweb included) replaces this once it is on main."""
+        ae, host, port = (getattr(dest, k, None) for k in ("ae_title", "host", "port"))
+        if not (isinstance(ae, str) and isinstance(host, str) and isinstance(port, int)):
+            return False, "no probe for this destination type yet"
+        try:
+            return echo(Peer(ae, host, port), self.config.node.ae_title,
+                        timeout=min(5.0, self.config.delivery.timeout_seconds))
+        except Exception as exc:  # noqa: BLE001 - a failed probe is an answer, not a crash
+            return False, type(exc).__name__
+
     def destinations(self) -> Check:
         out: dict[str, object] = {}
         ok = True
@@ -149,11 +161,7 @@ class Health:
         for d in self.config.destinations:
             cached = self._echo_cache.get(d.name)
             if cached is None or now - cached[0] > ttl:
-                try:
-                    good, why = echo(Peer(d.ae_title, d.host, d.port), self.config.node.ae_title,
-                                     timeout=min(5.0, self.config.delivery.timeout_seconds))
-                except Exception as exc:  # noqa: BLE001 - a failed probe is an answer, not a crash
-                    good, why = False, type(exc).__name__
+                good, why = self._probe(d)
                 cached = (now, good, why)
                 self._echo_cache[d.name] = cached
             out[d.name] = {"ok": cached[1], "detail": cached[2], "checked_seconds_ago": round(now - cached[0], 1)}
