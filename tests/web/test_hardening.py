@@ -289,3 +289,41 @@ def test_healthz_is_cheap_and_read_only(tmp_path, hashes):
         elapsed = time.monotonic() - t0
         assert set(codes) <= {200, 503} and elapsed < 20, elapsed
         assert _files(data_dir) == before
+
+
+# ---- the generated admin password under `aenode serve` -------------------------------------
+
+
+def test_serve_never_prints_the_admin_password(tmp_path):
+    """`aenode serve` without [[web.users]]: the password is only in its 0600 file; neither the
+    JSON log nor anything else the process writes contains it."""
+    import signal
+    import subprocess
+    import sys
+
+    data_dir = tmp_path / "d"
+    web_port = free_port()
+    toml = tmp_path / "node.toml"
+    toml.write_text(f'[node]\nport = {free_port()}\ndata_dir = "{data_dir}"\n[model]\npath = "{REPO_MODELS_DIR}"\n'
+                    f"[web]\nport = {web_port}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "aenode", "serve", "--config", str(toml)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{web_port}/healthz", timeout=2).status_code in (200, 503)
+            except httpx.TransportError:
+                return False
+
+        assert wait_for(up, 90), "aenode serve did not start its dashboard"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    pw_file = data_dir / "web" / "admin-password"
+    password = pw_file.read_text().strip()
+    assert len(password) >= 20 and oct(pw_file.stat().st_mode & 0o777) == "0o600"
+    assert "web_default_admin" in out + err and str(pw_file) in out + err
+    assert password not in out and password not in err
