@@ -29,7 +29,7 @@ ae_title = "PACS"
 host = "127.0.0.1"
 port = {free_port()}
 [alerts.webhook]
-url = "http://127.0.0.1:{free_port()}/hook"
+url = "https://127.0.0.1:{free_port()}/hook"  # never contacted: the row is failed by hand
 """)
     from aenode.alert.worker import AlertWorker
     from aenode.config import load_config
