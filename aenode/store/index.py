@@ -99,6 +99,8 @@ CREATE INDEX IF NOT EXISTS results_study ON results(study_uid);
 # Versioned changes after the first schema (see Database._migrate).
 _MIGRATIONS = (
     "ALTER TABLE instances ADD COLUMN convolution_kernel TEXT",
+    # Transient analysis failures (disk full...) retried so far, shown with the reason.
+    "ALTER TABLE studies ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
 )
 
 
@@ -229,7 +231,7 @@ class Index:
                     revision += 1
                     t.execute(
                         "UPDATE studies SET state=?, revision=?, last_arrival=?, state_changed=?,"
-                        " claimed_by=NULL, reason=NULL WHERE study_uid=?",
+                        " claimed_by=NULL, reason=NULL, attempts=0 WHERE study_uid=?",
                         (RECEIVING, revision, now, now, meta.study_uid))
             t.execute(
                 "INSERT INTO series (series_uid, study_uid, modality, series_description, series_number,"
@@ -292,8 +294,29 @@ class Index:
         if state not in FINAL_STATES:
             raise ValueError(f"finish_study: state must be one of {FINAL_STATES}")
         return self._db.execute(
-            "UPDATE studies SET state=?, reason=?, state_changed=? WHERE study_uid=? AND revision=? AND state=?",
-            (state, reason, self._clock(), study_uid, revision, ANALYSING)) == 1
+            "UPDATE studies SET state=?, reason=?, state_changed=?, attempts=0 WHERE study_uid=? AND revision=?"
+            " AND state=?", (state, reason, self._clock(), study_uid, revision, ANALYSING)) == 1
+
+    def note_retry(self, study_uid: str, revision: int, reason: str) -> None:
+        """Show that an ``analysing`` study waits to retry after a transient fault (the
+        worker keeps the claim; a restart re-queues it).  Raises when the database cannot
+        be written, e.g. while the disk is still full: the caller treats that as best effort."""
+        self._db.execute("UPDATE studies SET reason=?, attempts=attempts + 1 WHERE study_uid=? AND revision=?"
+                         " AND state=?", (reason, study_uid, revision, ANALYSING))
+
+    def attempts(self, study_uid: str) -> int:
+        """How many transient faults the study's current revision has met."""
+        row = self._db.one("SELECT attempts FROM studies WHERE study_uid=?", (study_uid,))
+        return int(row[0]) if row else 0
+
+    def requeue_failed(self, study_uid: str | None = None) -> int:
+        """``error`` -> ``complete`` for one study or all (``aenode retry --studies``); returns how many."""
+        sql = "UPDATE studies SET state=?, state_changed=?, claimed_by=NULL, attempts=0 WHERE state=?"
+        args: tuple[str | float, ...] = (COMPLETE, self._clock(), ERROR)
+        if study_uid is not None:
+            sql += " AND study_uid=?"
+            args += (study_uid,)
+        return self._db.execute(sql, args)
 
     def record_result(self, study_uid: str, revision: int, model: str, category: str | None,
                       probabilities: dict[str, float] | None = None,
