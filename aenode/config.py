@@ -85,6 +85,15 @@ class StabilityConfig(_Section):
     after_release_seconds: float = Field(2.0, ge=0)
 
 
+class RetentionConfig(_Section):
+    """How long received images stay on disk once their study's results are delivered."""
+
+    enabled: bool = True
+    # Days after the study's last analysis, once every outbox row of the study is sent.
+    keep_days: float = Field(3.0, gt=0)
+    interval_seconds: float = Field(600.0, gt=0)   # how often the retention pass runs
+
+
 class SourceConfig(_Section):
     ae_title: AETitle
     host: str | None = None
@@ -229,6 +238,7 @@ class Config(_Section):
     web: WebConfig = Field(default_factory=WebConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Config:
