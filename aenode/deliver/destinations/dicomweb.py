@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ssl
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -62,15 +62,16 @@ def client(config: Config, dest: DicomWebDestination) -> httpx.Client:
                         timeout=httpx.Timeout(config.delivery.timeout_seconds), follow_redirects=False)
 
 
-def _multipart(files: Sequence[Path], boundary: str) -> Iterator[bytes]:
-    """multipart/related body, streamed file by file.  Written here because httpx builds
-    only multipart/form-data, which STOW-RS does not accept."""
+def _multipart(files: Sequence[Path], boundary: str) -> bytes:
+    """multipart/related body.  Written here because httpx builds only
+    multipart/form-data, which STOW-RS does not accept.  Built whole (results are a few MB)
+    so the request carries a Content-Length: not every server or proxy takes a chunked POST."""
     b = boundary.encode()
+    parts: list[bytes] = []
     for f in files:
-        yield b"--" + b + b"\r\nContent-Type: application/dicom\r\n\r\n"
-        yield f.read_bytes()
-        yield b"\r\n"
-    yield b"--" + b + b"--\r\n"
+        parts += [b"--" + b + b"\r\nContent-Type: application/dicom\r\n\r\n", f.read_bytes(), b"\r\n"]
+    parts.append(b"--" + b + b"--\r\n")
+    return b"".join(parts)
 
 
 def _uids_in(doc: dict[str, object], tag: str) -> dict[str, int | None]:
