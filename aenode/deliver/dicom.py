@@ -55,7 +55,7 @@ def echo(peer: Peer, calling_ae_title: str, timeout: float = 10.0) -> tuple[bool
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=peer.tls)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
-        return False, f"association {why}"
+        return False, f"association {why}" + (" over TLS" if peer.tls else "")
     try:
         status = assoc.send_c_echo()
         code = getattr(status, "Status", None)
@@ -120,7 +120,8 @@ def store(peer: Peer, paths: Sequence[str], calling_ae_title: str, timeout: floa
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=peer.tls)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
-        raise DeliveryError(f"association to {peer.ae_title}@{peer.host}:{peer.port} {why}")
+        over = " over TLS (handshake or certificate check may have failed)" if peer.tls else ""
+        raise DeliveryError(f"association to {peer.ae_title}@{peer.host}:{peer.port} {why}{over}")
     try:
         accepted: dict[str, set[str]] = {}
         for cx in assoc.accepted_contexts:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import ssl
 import threading
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def write_config(tmp_path: Path, dest: dict[str, object], **delivery: object):
     d: dict[str, object] = {"max_attempts": 50, "backoff_base_seconds": 0.1, "backoff_cap_seconds": 0.3,
                             "poll_seconds": 0.1, "timeout_seconds": 5}
     d.update(delivery)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     lines = [f'[node]\ndata_dir = "{tmp_path / "data"}"\nae_title = "{NODE_AE}"\n', "[delivery]"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in d.items()]
     lines.append("[[destinations]]")
@@ -142,7 +144,7 @@ class StowServer:
     """A minimal real STOW-RS endpoint: answers each POST with the next scripted
     (status, failed-UIDs) and records the Authorization header and body size."""
 
-    def __init__(self, script: list[tuple[int, dict[str, int]]]):
+    def __init__(self, script: list[tuple[int, dict[str, int]]], tls: tuple[Path, Path] | None = None):
         self.script = list(script)
         self.seen: list[tuple[str | None, str, int]] = []
         owner = self
@@ -173,7 +175,13 @@ class StowServer:
 
         self.known: list[str] = []
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/rs"
+        scheme = "http"
+        if tls is not None:  # (certificate, key)
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/rs"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
