@@ -38,6 +38,8 @@ from aenode.store.datadir import DataDir
 from aenode.store.db import Database, Row, StoreError
 
 STATES = ("pending", "sending", "sent", "failed")
+# The file's name, for first-wave callers (tests/alert); new code uses DataDir.outbox_db.
+OUTBOX_FILE: str = DataDir(Path("/")).outbox_db.name
 
 Clock = Callable[[], float]
 
