@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from aenode.config import DESTINATION_TYPES, Config
 from aenode.store.datadir import DataDir
@@ -98,6 +99,16 @@ class OutboxRow:
         return cls(int(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4], str(r[5]), str(r[6]), int(r[7]),
                    int(r[8]), float(r[9]), r[10], float(r[11]), float(r[12]),
                    None if r[13] is None else float(r[13]))
+
+
+class DeliverySummary(TypedDict):
+    """One destination's delivery state for a study (``summary_for_study``)."""
+
+    state: str  # worst of its rows: failed > sending > pending > sent
+    counts: dict[str, int]  # state -> rows
+    attempts: int  # most attempts of any row
+    last_error: str | None
+    ids: list[int]  # outbox row ids (for ``aenode retry``)
 
 
 @dataclass(frozen=True)
@@ -281,29 +292,25 @@ class Outbox:
                 args.append(val)
         return [OutboxRow.of(r) for r in self._db.query(sql + " ORDER BY id", args)]
 
-    def summary_for_study(self, study_uid: str) -> dict[str, dict[str, object]]:
+    def summary_for_study(self, study_uid: str) -> dict[str, DeliverySummary]:
         """Per destination: overall ``state`` (worst of its rows: failed > sending >
         pending > sent), counts per state, attempts and the last error.  For ``aenode status``.
 
-        Result deliveries (kind ``dicom`` or ``dicomweb``: a destination type) are keyed by
-        the destination name; alert rows by ``kind:channel``.
+        Result deliveries (kind = a destination type, ``dicom`` or ``dicomweb``) are keyed
+        by the destination name; alert rows by ``kind:channel``.
         """
         order = {"failed": 3, "sending": 2, "pending": 1, "sent": 0}
-        out: dict[str, dict[str, object]] = {}
-        acc: dict[str, tuple[str, dict[str, int], int, str | None, list[int]]] = {}
+        out: dict[str, DeliverySummary] = {}
         for r in self.rows(study_uid=study_uid):
             key = r.destination if r.kind in DESTINATION_TYPES else f"{r.kind}:{r.destination}"
-            state, counts, attempts, last_error, ids = acc.get(key, ("sent", {}, 0, None, []))
-            counts[r.state] = counts.get(r.state, 0) + 1
-            attempts = max(attempts, r.attempts)
-            ids.append(r.id)
+            d = out.setdefault(key, DeliverySummary(state="sent", counts={}, attempts=0, last_error=None, ids=[]))
+            d["counts"][r.state] = d["counts"].get(r.state, 0) + 1
+            d["attempts"] = max(d["attempts"], r.attempts)
+            d["ids"].append(r.id)
             if r.last_error and r.state != "sent":
-                last_error = r.last_error
-            if order[r.state] > order[state]:
-                state = r.state
-            acc[key] = (state, counts, attempts, last_error, ids)
-        for key, (state, counts, attempts, last_error, ids) in acc.items():
-            out[key] = {"state": state, "counts": counts, "attempts": attempts, "last_error": last_error, "ids": ids}
+                d["last_error"] = r.last_error
+            if order[r.state] > order[d["state"]]:
+                d["state"] = r.state
         return out
 
     def counts(self) -> dict[str, int]:

@@ -250,3 +250,20 @@ def test_destination_config_union_and_transport_rules(tmp_path):
     assert len(warnings) == 3
     assert [w.split("]")[0] for w in warnings] == ["destinations[plain", "destinations[noverify",
                                                      "destinations[web-clear"]
+
+
+def test_rows_route_by_destination_type(tmp_path, web_pacs):
+    """The worker routes ``kind = dest.type`` rows to that type's sender; a row whose kind
+    does not match its destination's type, or names no configured destination, fails for
+    good (a configuration change, not a network problem) instead of retrying 50 times."""
+    config, _ = write_config(tmp_path, {"type": "dicomweb", "name": "web", "url": web_pacs.dicomweb_url,
+                                        "insecure": True})
+    _, paths, _ = enqueue_result(config)
+    with Outbox.for_config(config) as box:
+        wrong_type = box.enqueue("dicom", "web", "2.25.11", str(paths[0]))
+        gone = box.enqueue("dicomweb", "removed-pacs", "2.25.12", str(paths[0]))
+    box = drain(config)
+    assert box.get(wrong_type).state == "failed" and "is of type 'dicomweb'" in (box.get(wrong_type).last_error or "")
+    assert box.get(gone).state == "failed" and "not configured" in (box.get(gone).last_error or "")
+    assert box.get(gone).attempts == 1
+    assert box.counts()["sent"] == 2
