@@ -19,7 +19,9 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     model_validator,
 )
@@ -99,11 +101,71 @@ class SourceConfig(_Section):
     host: str | None = None
 
 
-class DestinationConfig(_Section):
+class DicomTLSConfig(_Section):
+    """TLS for C-STORE/C-ECHO to a PACS (DICOM TLS, PS3.15 B.1).  Verification of the
+    PACS certificate is on unless ``verify = false`` (then only encryption remains)."""
+
+    ca_file: Path | None = None  # CA bundle that signs the PACS certificate; None = system CAs
+    cert_file: Path | None = None  # client certificate, for a PACS that wants one
+    key_file: Path | None = None
+    verify: bool = True
+    server_name: str | None = None  # name in the PACS certificate; None = ``host``
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> DicomTLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file: give both (client certificate) or neither")
+        return self
+
+
+class DicomDestination(_Section):
+    """A PACS reached by C-STORE (DICOM upper layer), optionally over TLS."""
+
+    type: Literal["dicom"] = "dicom"
     name: str = Field(min_length=1)
     ae_title: AETitle
     host: str
     port: Port
+    tls: DicomTLSConfig | None = None
+
+
+class DicomWebDestination(_Section):
+    """A PACS reached by DICOMweb STOW-RS (``POST {url}/studies``)."""
+
+    type: Literal["dicomweb"]
+    name: str = Field(min_length=1)
+    url: str = Field(pattern=r"^https?://[^/\s]+")
+    token: str | None = Field(None, min_length=1)  # bearer token
+    username: str | None = Field(None, min_length=1)  # basic auth, with password
+    password: str | None = None
+    ca_file: Path | None = None  # CA bundle to verify the server; None = system CAs
+    insecure: bool = False  # allow http:// (results carry patient data in clear)
+
+    @model_validator(mode="after")
+    def _auth_and_transport(self) -> DicomWebDestination:
+        if self.token is not None and self.username is not None:
+            raise ValueError("token and username: choose bearer token or basic auth, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password: basic auth needs both")
+        if self.url.lower().startswith("http://") and not self.insecure:
+            raise ValueError("url: http:// sends patient data in clear; use https:// or set insecure = true")
+        return self
+
+
+def _destination_type(value: object) -> str:
+    """``type`` of a ``[[destinations]]`` entry; absent means "dicom" (the first wave's keys)."""
+    if isinstance(value, dict):
+        return str(value.get("type", "dicom"))
+    return str(getattr(value, "type", "dicom"))
+
+
+# One entry of ``[[destinations]]``.  A new destination type adds its model here (and one
+# module under aenode/deliver/destinations/ registering its sender and probe).
+DestinationConfig = Annotated[
+    Annotated[DicomDestination, Tag("dicom")] | Annotated[DicomWebDestination, Tag("dicomweb")],
+    Discriminator(_destination_type),
+]
+DESTINATION_TYPES: tuple[str, ...] = ("dicom", "dicomweb")
 
 
 Provider = Literal["cuda", "cpu"]
@@ -226,7 +288,7 @@ class DeliveryConfig(_Section):
     backoff_base_seconds: float = Field(5.0, gt=0)  # delay after attempt n: base * 2**(n-1) ...
     backoff_cap_seconds: float = Field(600.0, gt=0)  # ... but never more than this
     poll_seconds: float = Field(1.0, gt=0)  # how often the worker looks for due rows
-    timeout_seconds: float = Field(30.0, gt=0)  # association / DIMSE / network timeout
+    timeout_seconds: float = Field(30.0, gt=0)  # association / DIMSE / network / HTTP timeout
 
 
 class Config(_Section):
@@ -260,8 +322,13 @@ class ConfigError(Exception):
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
     out = ""
+    previous: int | str | None = None
     for part in loc:
+        if isinstance(previous, int) and part in DESTINATION_TYPES:
+            previous = part
+            continue  # the tag pydantic adds for a discriminated union is not a TOML key
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        previous = part
     return out or "(top level)"
 
 
@@ -357,7 +424,7 @@ def render_toml(config: Config) -> str:
                   and not (isinstance(v, list) and v and isinstance(v[0], dict))}
         lines.append(f"[[{name}]]" if array else f"[{name}]")
         for k, v in simple.items():
-            if k in {"password", "secret", "session_secret", "password_hash", "token_sha256"}:
+            if k in {"password", "secret", "session_secret", "password_hash", "token_sha256", "token"}:
                 v = "********"
             lines.append(f"{k} = {scalar(v)}")
         lines.append("")
