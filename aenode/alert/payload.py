@@ -13,12 +13,13 @@ webhook signature, the e-mail and the HL7 message are all rendered from it).
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
+from typing import Any, Protocol
 
 import pydicom
 
 from aenode.config import Config
 from aenode.logs import get_logger
+from aenode.store.index import InstanceRow
 
 log = get_logger("aenode.alert")
 
@@ -33,6 +34,12 @@ _HEADER_NAME = "PatientName"
 _HEADER_BIRTH = "PatientBirthDate"
 
 
+class HeaderSource(Protocol):
+    """The index as the header reader uses it (``aenode.store.index.Index``)."""
+
+    def instances(self, study_uid: str, series_uid: str | None = None) -> list[InstanceRow]: ...
+
+
 def _text(value: Any) -> str | None:
     if value is None:
         return None
@@ -40,7 +47,7 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
-def read_header(index: Any, study_uid: str, series_uid: str | None = None) -> dict[str, str | None]:
+def read_header(index: HeaderSource, study_uid: str, series_uid: str | None = None) -> dict[str, str | None]:
     """The alert's header fields from one readable stored instance of the study.
 
     Returns every keyword in the two lists above (values ``None`` when absent); which of

@@ -60,5 +60,10 @@ def _make_sender(kind: str) -> Callable[[Any, str, Sequence[Any]], dict[int, Del
     return sender
 
 
-for _kind in _CHANNEL_SEND:
-    register_sender(_kind, _make_sender(_kind))
+def register_senders() -> None:
+    """Register the alert kinds with the outbox (idempotent; the node and the worker call it)."""
+    for kind in _CHANNEL_SEND:
+        register_sender(kind, _make_sender(kind))
+
+
+register_senders()  # importing the module registers them too (the delivery worker imports it)

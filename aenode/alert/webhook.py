@@ -42,7 +42,7 @@ def sign(body: bytes, secret: str) -> str:
 
 def verify_signature(body: bytes, secret: str, header_value: str | None) -> bool:
     """For receivers (and tests): constant-time check of the signature header."""
-    return bool(header_value) and hmac.compare_digest(sign(body, secret), header_value)
+    return header_value is not None and hmac.compare_digest(sign(body, secret), header_value)
 
 
 def send_webhook(cfg: WebhookConfig, payload: dict[str, Any], key: str, user_agent: str = "aenode") -> int:

@@ -16,6 +16,9 @@ from aenode.config import parse_config
 from aenode.deliver.outbox import OUTBOX_FILE, Outbox
 from aenode.deliver.worker import DeliveryWorker
 from aenode.store.index import Index
+from tests.alert import feed_shim
+
+feed_shim.install()  # TEMPORARY: until Index.results_after is merged from main
 
 
 def main(path: str) -> int:

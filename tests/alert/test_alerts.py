@@ -237,10 +237,37 @@ def test_alert_store_records_decisions(env, peers):
     store = AlertStore.for_data_dir(env.data_dir)
     try:
         rows = store.alerts(env.study_uid)
-        assert sorted(r.channel for r in rows) == ["hl7", "smtp", "webhook"]
-        assert all(r.enqueued and r.category == "Typical" and r.revision == 1 for r in rows)
+        assert sorted(r.channel for r in rows) == ["dashboard", "hl7", "smtp", "webhook"]
+        assert all(r.category == "Typical" and r.revision == 1 and r.alerting for r in rows)
+        # Outbox channels are handed to the outbox; the dashboard's decision never is.
+        assert {r.channel: r.enqueued for r in rows} == {"dashboard": False, "hl7": True, "smtp": True,
+                                                         "webhook": True}
+        assert [a.study_uid for a in store.current_alerts(10)] == [env.study_uid]
     finally:
         store.close()
+    assert {r.kind for r in outbox_rows(config)} == {"hl7", "smtp", "webhook"}
+
+
+def test_dashboard_decision_for_every_revision_without_channels(env):
+    """With no channel configured the dashboard still gets a decision per newest revision."""
+    config = env.config({})
+    env.record("Typical")
+    drive(config, env.index)
+    with AlertStore.for_data_dir(env.data_dir) as store:
+        current = store.current_alert(env.study_uid, MODEL)
+        assert current is not None and current.alerting and current.category == "Typical"
+        assert current.probability == 0.91 and current.revision == 1
+        env.record("Negative", revision=2)
+        drive(config, env.index)
+        current = store.current_alert(env.study_uid, MODEL)
+        assert current is not None and not current.alerting and current.revision == 2
+        assert current.category == "Negative" and current.previous_category == "Typical"
+        assert store.current_alerts(10) == []
+        env.record("Atypical", revision=3)  # not alerting either: still recorded
+        drive(config, env.index)
+        assert store.current_alert(env.study_uid, MODEL).revision == 3
+        assert store.counts() == {("dashboard", "Typical"): 1, ("dashboard", "cleared"): 2}
+    assert outbox_rows(config) == []
 
 
 def test_alert_status_for_aenode_status(env, peers):
