@@ -111,8 +111,8 @@ def model_rules(config: Config, model: str, detail: dict[str, Any] | None = None
 
 
 def channel_classes(config: Config, channel: str, rules: ModelRules) -> list[str]:
-    cfg = getattr(config.alerts, channel, None)
-    override = getattr(cfg, "categories", None) if cfg is not None else None
+    cfg = config.alerts.channels().get(channel)
+    override = cfg.categories if cfg is not None else None
     return list(override) if override is not None else rules.alert_classes
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from aenode.alert.store import DASHBOARD, AlertStore
+from aenode.alert.channels import REGISTRY
+from aenode.alert.store import AlertStore
 from aenode.deliver.outbox import Outbox
 from aenode.store.datadir import DataDir
 
@@ -24,14 +25,13 @@ def alert_status(data_dir: str | Path, study_uid: str,
     if not files.alerts_db.is_file():
         return {}
     with AlertStore(files.alerts_db) as store:
-        alerts = [a for a in store.alerts(study_uid) if a.channel != DASHBOARD]
+        alerts = [a for a in store.alerts(study_uid) if a.channel in REGISTRY]
     if not alerts:
         return {}
-    channels = {a.channel for a in alerts}
     own = outbox is None
     box = Outbox(files.outbox_db) if outbox is None else outbox
     try:
-        rows = {(r.kind, r.object_id): r for r in box.rows(study_uid=study_uid) if r.kind in channels}
+        rows = {(r.kind, r.object_id): r for r in box.rows(study_uid=study_uid) if r.kind in REGISTRY}
     finally:
         if own:
             box.close()

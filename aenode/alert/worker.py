@@ -25,7 +25,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from aenode.alert.base import CHANNELS, alert_key
+from aenode.alert.base import alert_key
+from aenode.alert.channels import configured_channels
 from aenode.alert.payload import HeaderSource, build_payload, phi_of, read_header
 from aenode.alert.rules import ModelRules, action, channel_classes, decide, model_rules
 from aenode.alert.senders import register_senders
@@ -38,10 +39,6 @@ from aenode.logs import get_logger, phi_values
 log = get_logger("aenode.alert")
 
 DASHBOARD_SCHEMA = "aenode.alert.dashboard/v1"
-
-
-def configured_channels(config: Config) -> list[str]:
-    return [c for c in CHANNELS if getattr(config.alerts, c) is not None]
 
 
 class Result(Protocol):
@@ -98,7 +95,7 @@ class AlertWorker:
             k = (r.study_uid, r.model)
             if k not in newest or (r.revision, r.id) >= (newest[k].revision, newest[k].id):
                 newest[k] = r
-        channels = configured_channels(self.config)
+        channels = list(configured_channels(self.config))
         seen: list[tuple[str, str, int]] = []
         decided: list[AlertRow] = []
         for (study_uid, model), r in newest.items():
@@ -192,7 +189,7 @@ class AlertWorker:
         # The new-results query is one primary-key range scan: poll often, so an alert
         # leaves within ~0.25 s of the result even with a slow outbox poll.
         poll = min(self.config.delivery.poll_seconds, 0.25)
-        log.info("alert_worker_started", channels=configured_channels(self.config))
+        log.info("alert_worker_started", channels=list(configured_channels(self.config)))
         try:
             while not stop_event.is_set():
                 try:

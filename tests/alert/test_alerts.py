@@ -8,8 +8,8 @@ import json
 import logging
 
 from aenode.alert.base import alert_key, hl7_control_id
+from aenode.alert.channels.webhook import SIGNATURE_HEADER, verify_signature
 from aenode.alert.store import AlertStore
-from aenode.alert.webhook import SIGNATURE_HEADER, verify_signature
 from aenode.logs import configure_logging
 from tests.alert.conftest import all_channels
 from tests.alert.helpers import ACCESSION, CANARY_BIRTH, CANARY_NAME, MODEL, PATIENT_ID, drive, outbox_rows
@@ -72,11 +72,12 @@ def test_negative_result_sends_nothing(env, peers):
     assert outbox_rows(config) == []
 
 
-def test_channels_that_are_down_get_the_alert_when_back(env):
-    # Webhook answers 503 twice, HL7 AE once, SMTP is not listening at first.
-    wh = WebhookServer(statuses=[503, 503]).start()
-    ml = MLLPServer(codes=["AE"]).start()
-    sm = SMTPServer()
+def test_channels_that_are_down_get_the_alert_when_back(env, cert):
+    # Webhook answers 503 twice, HL7 AE once, SMTP is not listening at first (all over TLS).
+    crt, key = cert
+    wh = WebhookServer(statuses=[503, 503], cert=crt, key=key).start()
+    ml = MLLPServer(codes=["AE"], cert=crt, key=key).start()
+    sm = SMTPServer(security="starttls", cert=crt, key=key)
     try:
         config = env.config(all_channels(wh, sm, ml))
         env.record("Typical")
@@ -101,7 +102,7 @@ def test_channel_down_beyond_max_attempts_is_failed_then_retry(env):
 
     wh = WebhookServer(statuses=[500] * 3).start()
     try:
-        config = env.config({"webhook": {"url": wh.url}},
+        config = env.config({"webhook": {"url": wh.url, "insecure": True}},
                             delivery={"max_attempts": 3, "backoff_base_seconds": 0.05,
                                       "backoff_cap_seconds": 0.1, "poll_seconds": 0.05})
         env.record("Typical")
@@ -190,6 +191,8 @@ def test_canary_never_leaks_with_default_configuration(env, peers):
     finally:
         configure_logging("INFO", json=True)
     assert len(wh.accepted) == len(sm.messages) == len(ml.messages) == 1
+    # The default transport is encrypted on every channel.
+    assert wh.accepted[0]["tls"] and sm.messages[0]["tls"] and ml.messages[0]["tls"]
     needles = [CANARY_NAME, "CANARY", "LEAK", CANARY_BIRTH]
     haystacks = {
         "webhook body": wh.accepted[0]["body"].decode(),
@@ -226,7 +229,14 @@ def test_canary_appears_only_in_bodies_when_configured(env, peers):
     assert "CANARY" not in msg["Subject"] and CANARY_BIRTH not in msg["Subject"]
     pid = next(s for s in ml.messages[0]["text"].split("\r") if s.startswith("PID"))
     assert pid.split("|")[5] == "CANARY^PHI^SHOULD^LEAK^NOT" and pid.split("|")[7] == CANARY_BIRTH
+    # ... carried only inside TLS, and never into the logs, the outbox's errors or the
+    # dashboard's decision.
+    assert wh.accepted[0]["tls"] and sm.messages[0]["tls"] and ml.messages[0]["tls"]
     assert "CANARY" not in log.getvalue() and CANARY_BIRTH not in log.getvalue()
+    assert not any(r.last_error for r in outbox_rows(config))
+    with AlertStore.for_data_dir(env.data_dir) as store:
+        dashboard = store.current_alert(env.study_uid, MODEL)
+        assert dashboard is not None and "CANARY" not in dashboard.payload_json
 
 
 def test_alert_store_records_decisions(env, peers):
