@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -96,10 +97,14 @@ class DestinationConfig(_Section):
     port: Port
 
 
+Provider = Literal["cuda", "cpu"]
+_DEFAULT_PROVIDERS: tuple[Provider, ...] = ("cuda", "cpu")
+
+
 class ModelConfig(_Section):
     # A folder of model packages (each with model.toml + model.onnx) or one package.
     path: Path = REPO_MODELS_DIR
-    providers: list[Literal["cuda", "cpu"]] = Field(default_factory=lambda: ["cuda", "cpu"])
+    providers: list[Provider] = Field(default_factory=lambda: list(_DEFAULT_PROVIDERS))
     device_id: int = Field(0, ge=0)
     enabled: list[str] | None = None  # model names; None = every package found
     # The model whose category `aenode status` puts in its summary columns (every model's
@@ -362,6 +367,20 @@ def load_config(path: str | Path | None = None) -> Config:
     except ValueError as exc:
         raise ConfigError(str(file), [str(exc)]) from None
     return parse_config(data, str(file))
+
+
+def load_config_or_report(path: str | Path | None) -> Config | None:
+    """The configuration for a subcommand, or None after printing what is wrong with it.
+
+    Every subcommand that takes ``--config`` uses this, so operators see one format.
+    """
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"configuration error in {exc.source}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
 
 
 def render_toml(config: Config) -> str:
