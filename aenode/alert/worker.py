@@ -22,12 +22,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any, Protocol
 
 from aenode.alert.base import alert_key
 from aenode.alert.channels import configured_channels
-from aenode.alert.payload import HeaderSource, build_payload, phi_of, read_header
+from aenode.alert.payload import build_payload, phi_of, read_header
 from aenode.alert.rules import ModelRules, action, channel_classes, decide, model_rules
 from aenode.alert.senders import register_senders
 from aenode.alert.store import DASHBOARD, AlertRow, AlertStore
@@ -35,41 +33,15 @@ from aenode.config import Config
 from aenode.deliver.outbox import Outbox
 from aenode.deliver.worker import notify
 from aenode.logs import get_logger, phi_values
+from aenode.store.index import Index, ResultRow
 
 log = get_logger("aenode.alert")
 
 DASHBOARD_SCHEMA = "aenode.alert.dashboard/v1"
 
 
-class Result(Protocol):
-    """What the worker reads of one index result row (``aenode.store.index.ResultRow``)."""
-
-    @property
-    def id(self) -> int: ...
-    @property
-    def study_uid(self) -> str: ...
-    @property
-    def revision(self) -> int: ...
-    @property
-    def model(self) -> str: ...
-    @property
-    def category(self) -> str | None: ...
-    @property
-    def probabilities(self) -> dict[str, float] | None: ...
-    @property
-    def selected_series(self) -> str | None: ...
-    @property
-    def detail(self) -> dict[str, Any] | None: ...
-
-
-class ResultSource(HeaderSource, Protocol):
-    """The index as the alert worker uses it (``aenode.store.index.Index``)."""
-
-    def results_after(self, after_id: int, limit: int) -> Sequence[Result]: ...
-
-
 class AlertWorker:
-    def __init__(self, config: Config, index: ResultSource, *, outbox: Outbox | None = None,
+    def __init__(self, config: Config, index: Index, *, outbox: Outbox | None = None,
                  store: AlertStore | None = None, batch: int = 500):
         register_senders()
         self.config = config
@@ -90,7 +62,7 @@ class AlertWorker:
         self._full_batch = len(rows) >= self.batch
         if not rows:
             return 0
-        newest: dict[tuple[str, str], Result] = {}
+        newest: dict[tuple[str, str], ResultRow] = {}
         for r in rows:
             k = (r.study_uid, r.model)
             if k not in newest or (r.revision, r.id) >= (newest[k].revision, newest[k].id):
@@ -112,7 +84,7 @@ class AlertWorker:
             sent += a.channel != DASHBOARD
         return sent
 
-    def _dashboard(self, r: Result, rules: ModelRules | None, now: float) -> AlertRow:
+    def _dashboard(self, r: ResultRow, rules: ModelRules | None, now: float) -> AlertRow:
         """The decision the dashboard shows: every newest revision, alerting or not."""
         decision = None
         if rules is not None:
@@ -128,7 +100,7 @@ class AlertWorker:
                         prev.category if prev is not None else None,
                         json.dumps(payload, sort_keys=True), now, False)
 
-    def _decide_one(self, r: Result, channels: list[str]) -> list[AlertRow]:
+    def _decide_one(self, r: ResultRow, channels: list[str]) -> list[AlertRow]:
         study_uid, model, revision = r.study_uid, r.model, r.revision
         detail = r.detail if isinstance(r.detail, dict) else None
         now = time.time()

@@ -2,11 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.alert import feed_shim
 from tests.alert.helpers import make_env
 from tests.alert.servers import MLLPServer, SMTPServer, WebhookServer, self_signed
-
-feed_shim.install()  # TEMPORARY: until Index.results_after is merged from main
 
 
 @pytest.fixture
