@@ -238,40 +238,82 @@ class WebConfig(_Section):
         return self
 
 
-class WebhookConfig(_Section):
-    url: str = Field(pattern=r"^https?://")
-    secret: str | None = None
-    timeout_seconds: float = Field(10.0, gt=0)
-    ca_file: Path | None = None  # CA bundle to verify an https receiver; None = system CAs
+class AlertChannelConfig(_Section):
+    """What every alert channel's table has.  Each channel is one field of
+    :class:`AlertsConfig` (the table name is the channel's kind, e.g. ``[alerts.webhook]``)
+    and one module in ``aenode/alert/channels/`` that registers the same kind."""
+
     # Alert only for these classes on this channel; None = the model manifest's alert classes.
     categories: list[str] | None = None
+    timeout_seconds: float = Field(10.0, gt=0)
 
 
-class SMTPConfig(_Section):
+class WebhookConfig(AlertChannelConfig):
+    url: str = Field(pattern=r"^https?://")
+    secret: str | None = None
+    ca_file: Path | None = None  # CA bundle to verify an https receiver; None = system CAs
+    # An http:// URL sends patient identifiers in clear: refused unless set (loopback tests).
+    insecure: bool = False
+
+    @model_validator(mode="after")
+    def _https_unless_insecure(self) -> WebhookConfig:
+        if self.url.lower().startswith("http://") and not self.insecure:
+            raise ValueError("url: http:// sends patient identifiers in clear; use https:// (or set"
+                             " insecure = true for a receiver on this machine)")
+        return self
+
+
+class SMTPConfig(AlertChannelConfig):
     host: str
     port: Port = 25
     sender: str
     recipients: list[str] = Field(min_length=1)
-    security: Literal["none", "starttls", "tls"] = "none"
+    # "starttls" (upgrade on the submission/relay port) or "tls" (implicit TLS, SMTPS, 465);
+    # "none" is cleartext and needs insecure = true (a relay on this machine).
+    security: Literal["none", "starttls", "tls"] = "starttls"
+    insecure: bool = False
     username: str | None = None
     password: str | None = None
     timeout_seconds: float = Field(30.0, gt=0)
     ca_file: Path | None = None  # CA bundle to verify the server's certificate; None = system CAs
-    # Alert only for these classes on this channel; None = the model manifest's alert classes.
-    categories: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _tls_unless_insecure(self) -> SMTPConfig:
+        if self.security == "none" and self.username is not None:
+            raise ValueError("username: AUTH is never sent in clear; use security = \"starttls\" or \"tls\"")
+        if self.security == "none" and not self.insecure:
+            raise ValueError("security: \"none\" sends patient identifiers in clear; use \"starttls\" or"
+                             " \"tls\" (or set insecure = true for a relay on this machine)")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username: username and password go together")
+        return self
 
 
-class HL7Config(_Section):
+class HL7Config(AlertChannelConfig):
     host: str
     port: Port
-    timeout_seconds: float = Field(10.0, gt=0)
     receiving_application: str = ""  # MSH-5
     receiving_facility: str = ""  # MSH-6
-    # Alert only for these classes on this channel; None = the model manifest's alert classes.
-    categories: list[str] | None = None
+    # MLLP inside TLS (the receiver's certificate verified against ca_file or the system
+    # CAs; cert_file/key_file present a client certificate when the receiver asks).
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None  # name to verify in the certificate; None = host
+
+    @model_validator(mode="after")
+    def _tls_files_need_tls(self) -> HL7Config:
+        if not self.tls and any(f is not None for f in (self.ca_file, self.cert_file, self.key_file)):
+            raise ValueError("tls: ca_file/cert_file/key_file are set but tls = false")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file: needs cert_file")
+        return self
 
 
 class AlertsConfig(_Section):
+    # One field per alert channel kind (an AlertChannelConfig); aenode/alert/channels/
+    # registers the sender of each and a test checks that the two lists agree.
     webhook: WebhookConfig | None = None
     smtp: SMTPConfig | None = None
     hl7: HL7Config | None = None
@@ -279,6 +321,22 @@ class AlertsConfig(_Section):
     include_birth_date: bool = False
     # Base of the study link in alerts; None = http://{web.host}:{web.port}
     dashboard_url: str | None = Field(None, pattern=r"^https?://")
+
+    @classmethod
+    def channel_kinds(cls) -> list[str]:
+        """The channel kinds this configuration knows, in declaration order."""
+        return [name for name, field in cls.model_fields.items()
+                if any(isinstance(t, type) and issubclass(t, AlertChannelConfig)
+                       for t in getattr(field.annotation, "__args__", (field.annotation,)))]
+
+    def channels(self) -> dict[str, AlertChannelConfig]:
+        """The configured channels: kind -> its table."""
+        out: dict[str, AlertChannelConfig] = {}
+        for kind in self.channel_kinds():
+            cfg = getattr(self, kind)
+            if cfg is not None:
+                out[kind] = cfg
+        return out
 
 
 class DeliveryConfig(_Section):

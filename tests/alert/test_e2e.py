@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
+import aenode.phantom as phantom
 from aenode.config import REPO_MODELS_DIR, parse_config
 from aenode.node import running_node
 from tests.alert.conftest import all_channels
 from tests.alert.helpers import CANARY_NAME, outbox_rows
 from tests.alert.servers import free_port, wait_for
 
-import aenode.phantom as phantom
 STORESCU = "/usr/bin/storescu" if Path("/usr/bin/storescu").is_file() else None  # DCMTK, not pynetdicom's
 pytestmark = pytest.mark.skipif(STORESCU is None, reason="DCMTK storescu not installed")
 
