@@ -62,16 +62,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at      DOUBLE PRECISION NOT NULL,
     updated_at      DOUBLE PRECISION NOT NULL,
     sent_at         DOUBLE PRECISION,
-    failed_attempts INTEGER NOT NULL DEFAULT 0,
     UNIQUE (kind, destination, object_id)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_study ON outbox (study_uid);
 """
 
-# Databases written before ``failed_attempts`` existed get the column on open (the
-# adapter's schema script is CREATE ... IF NOT EXISTS only).
-_MIGRATION = "ALTER TABLE outbox ADD COLUMN failed_attempts INTEGER NOT NULL DEFAULT 0"
+# Versioned schema changes (see aenode.store.db.Database): the first wave had no
+# failed_attempts column.
+_MIGRATIONS = ("ALTER TABLE outbox ADD COLUMN failed_attempts INTEGER NOT NULL DEFAULT 0",)
 
 
 @dataclass(frozen=True)
@@ -147,14 +146,7 @@ class Outbox:
         self.cap = backoff_cap_seconds
         self.lease_seconds = lease_seconds
         self._clock = clock
-        self._db = Database(self.path, _SCHEMA)
-        self._migrate()
-
-    def _migrate(self) -> None:
-        try:
-            self._db.one("SELECT failed_attempts FROM outbox WHERE 1=0")
-        except Exception:  # noqa: BLE001 - the engine's own "no such column" error
-            self._db.execute(_MIGRATION)
+        self._db = Database(self.path, _SCHEMA, migrations=_MIGRATIONS)
 
     @classmethod
     def for_config(cls, config: Config, *, lease_seconds: float = 300.0, clock: Clock = time.time) -> Outbox:

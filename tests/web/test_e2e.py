@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from aenode.config import REPO_MODELS_DIR, parse_config
-from aenode.peers import wait_for
 from aenode.node import running_node
+from aenode.peers import wait_for
 from tests.web.conftest import PASSWORDS, TOKEN, free_port, web_section
 
 STORESCU = "/usr/bin/storescu"

@@ -29,6 +29,7 @@ host = "127.0.0.1"
 port = {free_port()}
 [alerts.webhook]
 url = "http://127.0.0.1:{free_port()}/hook"
+insecure = true
 """)
     from aenode.alert.worker import AlertWorker
     from aenode.config import load_config
