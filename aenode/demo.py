@@ -54,7 +54,8 @@ def _demo_config(data_dir: Path, pacs: Any, webhook_url: str) -> Config:
         "node": {"data_dir": str(data_dir), "port": _free_port(defaults.node.port)},
         "web": {"port": _free_port(defaults.web.port)},
         "destinations": [{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}],
-        "alerts": {"webhook": {"url": webhook_url}},
+        # A loopback receiver in plain HTTP: the demo says so (`aenode config check` warns too).
+        "alerts": {"webhook": {"url": webhook_url, "insecure": True}},
     }, "demo")
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Literal
 
-import aenode.alert.senders  # noqa: F401 - registers the alert channels' senders with the outbox
+from aenode.alert.senders import register_senders
 from aenode.alert.status import alert_status
 from aenode.alert.store import AlertStore
 from aenode.alert.worker import AlertWorker
@@ -37,14 +37,25 @@ from aenode.logs import get_logger
 from aenode.receive.scp import StorageSCP
 from aenode.store.datadir import DataDir
 from aenode.store.index import Index, ResultRow
+from aenode.store.retention import Retention, remove_purged_orphans
 from aenode.store.spool import Spool
 from aenode.store.stabilise import ActivityTracker, Stabiliser, reconcile
 from aenode.web.worker import WebWorker
 
 log = get_logger("aenode.node")
 
-WorkerName = Literal["analysis", "alert", "delivery", "web"]
-ALL_WORKERS: tuple[WorkerName, ...] = ("analysis", "alert", "delivery", "web")
+WorkerName = Literal["analysis", "alert", "delivery", "web", "retention"]
+ALL_WORKERS: tuple[WorkerName, ...] = ("analysis", "alert", "delivery", "web", "retention")
+
+
+class _OutboxDelivery:
+    """Retention's view of the outbox: is everything queued for a study delivered?"""
+
+    def __init__(self, outbox: Outbox):
+        self.outbox = outbox
+
+    def settled(self, study_uid: str) -> bool:
+        return all(r.state == "sent" for r in self.outbox.rows(study_uid=study_uid))
 
 
 class _Worker:
@@ -59,6 +70,7 @@ class Node:
     """A running node in this process (threads).  ``stop()`` shuts it down cleanly."""
 
     def __init__(self, config: Config, workers: Collection[WorkerName] = ALL_WORKERS):
+        register_senders()  # the outbox can send every configured alert channel
         unknown = set(workers) - set(ALL_WORKERS)
         if unknown:
             raise ValueError(f"unknown worker(s): {', '.join(sorted(unknown))}")
@@ -99,12 +111,20 @@ class Node:
         if "web" in self._names:
             self.web = WebWorker(self.config, self.index)
             built.append(_Worker("web", self.web.run))
+        if "retention" in self._names and self.config.retention.enabled:
+            r = self.config.retention
+            retention = Retention(self.index, self.spool, _OutboxDelivery(self.outbox),
+                                  keep_seconds=r.keep_days * 86400, interval_seconds=r.interval_seconds)
+            built.append(_Worker("retention", retention.run))
         return built
 
     def start(self) -> Node:
         requeued = self.index.recover_interrupted()
         if requeued:
             log.info("analyses_requeued", studies=requeued)
+        orphans = remove_purged_orphans(self.index, self.spool)
+        if orphans:
+            log.info("purged_orphans_removed", files=orphans)
         reconcile(self.index, self.spool)
         self.scp.start()
         self._spawn("stabiliser", self.stabiliser.run)
@@ -210,6 +230,7 @@ def study_status(config: Config) -> list[dict[str, Any]]:
             out.append({
                 "study_uid": s.study_uid, "state": s.state, "revision": s.revision,
                 "instances": s.instance_count, "reason": s.reason,
+                "images_deleted_at": s.purged_at,
                 **_Summary.of(primary).__dict__,
                 "results": [_Summary.of(x).__dict__ for x in by_name],
                 "delivery": outbox.summary_for_study(s.study_uid) or None,

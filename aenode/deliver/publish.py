@@ -32,7 +32,7 @@ def enqueue_results(config: Config, paths: list[Path], study_uid: str, *, outbox
     for p in paths:
         sop_uid = str(dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
         for dest in config.destinations:
-            ids.append(outbox.enqueue("dicom", dest.name, sop_uid, str(p), study_uid=study_uid))
+            ids.append(outbox.enqueue(dest.type, dest.name, sop_uid, str(p), study_uid=study_uid))
     notify()
     return ids
 

@@ -15,6 +15,7 @@ from aenode.infer.engine import Model, Prediction
 from aenode.load.volume import DEFAULT_MAX_VOXELS, LoadError, Volume, load_series
 from aenode.logs import get_logger
 from aenode.select.rules import SelectionResult, select_series
+from aenode.store.db import is_transient
 from aenode.store.meta import InstanceHeader
 
 log = get_logger("aenode.infer")
@@ -116,6 +117,8 @@ def analyse_instances(
         try:
             pred = model.predict(vol)
         except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the others
+            if is_transient(exc):
+                raise  # out of memory or disk: the whole study is retried later
             log.error("inference_failed", study_uid=study_uid, model=m.name, error=type(exc).__name__)
             outcomes.append(ModelOutcome(m.name, m.version, "error", f"inference failed: {type(exc).__name__}: {exc}", sel))
             continue

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from aenode.config import Config
@@ -22,9 +23,18 @@ from aenode.infer.engine import Model
 from aenode.infer.registry import ModelRegistry
 from aenode.load.volume import Volume
 from aenode.logs import get_logger
-from aenode.store.index import ERROR, Index
+from aenode.store.db import is_transient
+from aenode.store.index import COMPLETE, ERROR, Index
 
 log = get_logger("aenode.infer.worker")
+
+# Transient faults (disk full, out of memory...) are retried with exponential backoff:
+# 30 s, 1 min, 2 min ... capped at 15 min, for about a day; then the study is ``error``
+# with the reason, and ``aenode retry --studies`` queues it again.  Only invalid input
+# (no eligible series, an undecodable file) ends in ``error`` at once.
+RETRY_BASE_SECONDS = 30.0
+RETRY_CAP_SECONDS = 900.0
+RETRY_MAX_ATTEMPTS = 100
 
 
 class ResultPublisher(Protocol):
@@ -38,8 +48,13 @@ class ResultPublisher(Protocol):
 
 class AnalysisWorker:
     def __init__(self, config: Config, index: Index, registry: ModelRegistry,
-                 publisher: ResultPublisher | None, *, poll_seconds: float = 0.5):
+                 publisher: ResultPublisher | None, *, poll_seconds: float = 0.5,
+                 retry_base_seconds: float = RETRY_BASE_SECONDS, clock: Callable[[], float] = time.monotonic):
         self.config = config
+        self.retry_base_seconds = retry_base_seconds
+        self._clock = clock
+        self._deferred: dict[tuple[str, int], float] = {}   # claimed studies waiting to retry
+        self._attempts: dict[tuple[str, int], int] = {}
         self.index = index
         self.registry = registry
         self.publisher = publisher
@@ -50,6 +65,10 @@ class AnalysisWorker:
 
     def run(self, stop_event: threading.Event) -> None:
         while not stop_event.is_set():
+            due = self.next_due()
+            if due is not None:
+                self.process(*due)
+                continue
             try:
                 claim = self.index.claim_next_complete(self.name)
             except Exception:  # noqa: BLE001 - a locked or busy index: try again later
@@ -67,8 +86,11 @@ class AnalysisWorker:
         try:
             state, reason = self._analyse(study_uid, revision)
         except Exception as exc:  # noqa: BLE001 - never let one study stop the node
+            if is_transient(exc) and self._defer(study_uid, revision, exc):
+                return COMPLETE
             log.exception("analysis_failed", study_uid=study_uid, revision=revision)
             state, reason = ERROR, f"internal error during analysis: {type(exc).__name__}"
+        self._attempts.pop((study_uid, revision), None)
         try:
             self.index.finish_study(study_uid, revision, state, reason)
         except Exception:  # noqa: BLE001
@@ -76,6 +98,36 @@ class AnalysisWorker:
         log.info("study_analysed", study_uid=study_uid, state=state, revision=revision,
                  seconds=round(time.perf_counter() - t0, 2))
         return state
+
+    def _defer(self, study_uid: str, revision: int, exc: BaseException) -> bool:
+        """Keep the claim and retry later after a transient fault; False once retries are
+        used up.  Nothing needs writing for this (the disk may be full): the worker remembers
+        the study, and a restart re-queues every ``analysing`` study anyway."""
+        key = (study_uid, revision)
+        attempts = self._attempts.get(key, 0)
+        if attempts >= RETRY_MAX_ATTEMPTS:
+            self._attempts.pop(key, None)
+            return False
+        delay = min(RETRY_CAP_SECONDS, self.retry_base_seconds * 2 ** attempts)
+        self._attempts[key] = attempts + 1
+        self._deferred[key] = self._clock() + delay
+        why = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
+        try:
+            self.index.note_retry(study_uid, revision, f"waiting to retry after a transient fault ({why})")
+        except Exception:  # noqa: BLE001 - best effort: the database may be as full as the disk
+            log.warning("study_retry_note_failed", study_uid=study_uid, revision=revision)
+        log.warning("analysis_deferred", study_uid=study_uid, revision=revision, attempt=attempts + 1,
+                    retry_in_s=round(delay, 1), error=type(exc).__name__)
+        return True
+
+    def next_due(self) -> tuple[str, int] | None:
+        """A deferred study whose retry time has come, if any."""
+        now = self._clock()
+        for key, due in sorted(self._deferred.items(), key=lambda kv: kv[1]):
+            if due <= now:
+                del self._deferred[key]
+                return key
+        return None
 
     def _analyse(self, study_uid: str, revision: int) -> tuple[str, str | None]:
         if not len(self.registry):
@@ -105,6 +157,8 @@ class AnalysisWorker:
             result_uids += self.publisher.publish(study_uid, revision, self.registry.get(outcome.model),
                                                   outcome, volume)
         except Exception as exc:  # noqa: BLE001 - reported on the study, the worker goes on
+            if is_transient(exc):
+                raise  # disk full and the like: the study waits and is analysed again
             log.exception("result_publish_failed", study_uid=study_uid, model=outcome.model, revision=revision)
             return f"{outcome.model}: results could not be published ({type(exc).__name__}: {exc})"
         return None

@@ -19,6 +19,7 @@ import numpy as np
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from aenode.store.db import is_transient
 from aenode.store.meta import BadInstance, InstanceHeader, read_meta
 
 _NATIVE_LE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
@@ -111,6 +112,8 @@ def _pixel_slice(ds: pydicom.Dataset, out: np.ndarray, name: str) -> None:
         try:
             arr = ds.pixel_array
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file
+            if is_transient(exc):
+                raise  # out of memory: the study is retried, not refused
             raise LoadError(f"file {name}: pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
         if arr.shape != (rows, cols):
             raise LoadError(f"file {name}: decoded pixels have shape {arr.shape}, expected {(rows, cols)}")
@@ -222,6 +225,8 @@ def load_series(
         try:
             ds = pydicom.dcmread(_path(info))
         except Exception as exc:  # noqa: BLE001
+            if is_transient(exc):
+                raise  # out of memory or an I/O fault: the study is retried, not refused
             raise LoadError(f"corrupt or unreadable file {name}: {type(exc).__name__}") from None
         if pixel_spacing is None:
             ps = ds.get("PixelSpacing")

@@ -38,6 +38,24 @@ class StoreError(Exception):
     """A database could not be opened or used (names the database, never row contents)."""
 
 
+_TRANSIENT_ERRNOS = frozenset({28, 122, 12, 5, 24, 23})  # ENOSPC EDQUOT ENOMEM EIO EMFILE ENFILE
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for faults that pass by themselves (disk full, out of memory or descriptors,
+    a busy database), as opposed to invalid input: work that failed so is retried later."""
+    if isinstance(exc, MemoryError):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in _TRANSIENT_ERRNOS
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        return any(w in text for w in ("full", "locked", "busy", "disk i/o", "out of memory"))
+    if isinstance(exc, StoreError):
+        return exc.__cause__ is not None and is_transient(exc.__cause__)
+    return False
+
+
 class Transaction:
     """Statements inside one ``Database.tx()``; the same ``?`` style as the database."""
 

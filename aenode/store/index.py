@@ -99,6 +99,10 @@ CREATE INDEX IF NOT EXISTS results_study ON results(study_uid);
 # Versioned changes after the first schema (see Database._migrate).
 _MIGRATIONS = (
     "ALTER TABLE instances ADD COLUMN convolution_kernel TEXT",
+    # Transient analysis failures (disk full...) retried so far, shown with the reason.
+    "ALTER TABLE studies ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+    # Retention: when the study's spooled instances were deleted (results and audit stay).
+    "ALTER TABLE studies ADD COLUMN purged_at DOUBLE PRECISION",
 )
 
 
@@ -119,6 +123,7 @@ class StudyRow:
     state_changed: float
     claimed_by: str | None
     reason: str | None
+    purged_at: float | None = None   # when retention deleted its spooled instances
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +234,7 @@ class Index:
                     revision += 1
                     t.execute(
                         "UPDATE studies SET state=?, revision=?, last_arrival=?, state_changed=?,"
-                        " claimed_by=NULL, reason=NULL WHERE study_uid=?",
+                        " claimed_by=NULL, reason=NULL, attempts=0 WHERE study_uid=?",
                         (RECEIVING, revision, now, now, meta.study_uid))
             t.execute(
                 "INSERT INTO series (series_uid, study_uid, modality, series_description, series_number,"
@@ -292,8 +297,29 @@ class Index:
         if state not in FINAL_STATES:
             raise ValueError(f"finish_study: state must be one of {FINAL_STATES}")
         return self._db.execute(
-            "UPDATE studies SET state=?, reason=?, state_changed=? WHERE study_uid=? AND revision=? AND state=?",
-            (state, reason, self._clock(), study_uid, revision, ANALYSING)) == 1
+            "UPDATE studies SET state=?, reason=?, state_changed=?, attempts=0 WHERE study_uid=? AND revision=?"
+            " AND state=?", (state, reason, self._clock(), study_uid, revision, ANALYSING)) == 1
+
+    def note_retry(self, study_uid: str, revision: int, reason: str) -> None:
+        """Show that an ``analysing`` study waits to retry after a transient fault (the
+        worker keeps the claim; a restart re-queues it).  Raises when the database cannot
+        be written, e.g. while the disk is still full: the caller treats that as best effort."""
+        self._db.execute("UPDATE studies SET reason=?, attempts=attempts + 1 WHERE study_uid=? AND revision=?"
+                         " AND state=?", (reason, study_uid, revision, ANALYSING))
+
+    def attempts(self, study_uid: str) -> int:
+        """How many transient faults the study's current revision has met."""
+        row = self._db.one("SELECT attempts FROM studies WHERE study_uid=?", (study_uid,))
+        return int(row[0]) if row else 0
+
+    def requeue_failed(self, study_uid: str | None = None) -> int:
+        """``error`` -> ``complete`` for one study or all (``aenode retry --studies``); returns how many."""
+        sql = "UPDATE studies SET state=?, state_changed=?, claimed_by=NULL, attempts=0 WHERE state=?"
+        args: tuple[str | float, ...] = (COMPLETE, self._clock(), ERROR)
+        if study_uid is not None:
+            sql += " AND study_uid=?"
+            args += (study_uid,)
+        return self._db.execute(sql, args)
 
     def record_result(self, study_uid: str, revision: int, model: str, category: str | None,
                       probabilities: dict[str, float] | None = None,
@@ -339,12 +365,13 @@ class Index:
     def studies(self, study_uid: str | None = None) -> list[StudyRow]:
         sql = ("SELECT s.study_uid, s.state, s.revision, (SELECT COUNT(*) FROM instances i"
                " WHERE i.study_uid=s.study_uid), s.first_arrival, s.last_arrival, s.state_changed,"
-               " s.claimed_by, s.reason FROM studies s")
+               " s.claimed_by, s.reason, s.purged_at FROM studies s")
         args: tuple[str, ...] = ()
         if study_uid is not None:
             sql += " WHERE s.study_uid=?"
             args = (study_uid,)
-        return [StudyRow(r[0], r[1], int(r[2]), int(r[3]), float(r[4]), float(r[5]), float(r[6]), r[7], r[8])
+        return [StudyRow(r[0], r[1], int(r[2]), int(r[3]), float(r[4]), float(r[5]), float(r[6]), r[7], r[8],
+                         None if r[9] is None else float(r[9]))
                 for r in self._db.query(sql + " ORDER BY s.first_arrival", args)]
 
     def series(self, study_uid: str) -> list[SeriesRow]:
@@ -369,6 +396,36 @@ class Index:
             calling_ae=r[16], received_at=float(r[17]), path=self.data_dir / r[18], size=int(r[19]),
             own_output=bool(r[20]), revision=int(r[21]), convolution_kernel=r[22] or "")
             for r in self._db.query(sql + " ORDER BY series_uid, instance_number, sop_instance_uid", args)]
+
+    # ---- retention -----------------------------------------------------------------------
+
+    def purge_candidates(self, finished_before: float) -> list[StudyClaim]:
+        """Studies whose analysis ended before ``finished_before`` and that still have
+        spooled instances."""
+        return [StudyClaim(r[0], int(r[1])) for r in self._db.query(
+            "SELECT s.study_uid, s.revision FROM studies s WHERE s.state IN (?,?,?) AND s.state_changed < ?"
+            " AND EXISTS (SELECT 1 FROM instances i WHERE i.study_uid=s.study_uid) ORDER BY s.state_changed",
+            (*FINAL_STATES, finished_before))]
+
+    def purge_instances(self, study_uid: str, revision: int) -> tuple[float, list[Path]] | None:
+        """Forget a finished study's instances (their rows go; study, series and results
+        stay) and record when; returns (that time, the files to delete), or None when the
+        study changed meanwhile (a late instance reopened it)."""
+        now = self._clock()
+        with self._db.tx() as t:
+            row = t.one("SELECT state, revision FROM studies WHERE study_uid=?", (study_uid,))
+            if row is None or row[0] not in FINAL_STATES or int(row[1]) != revision:
+                return None
+            paths = [self.data_dir / r[0] for r in t.query(
+                "SELECT file_path FROM instances WHERE study_uid=?", (study_uid,))]
+            t.execute("DELETE FROM instances WHERE study_uid=?", (study_uid,))
+            t.execute("UPDATE studies SET purged_at=? WHERE study_uid=?", (now, study_uid))
+        return now, paths
+
+    def purged_studies(self) -> dict[str, float]:
+        """Study UID -> when its spooled instances were deleted (for start-up reconciliation)."""
+        return {r[0]: float(r[1]) for r in self._db.query(
+            "SELECT study_uid, purged_at FROM studies WHERE purged_at IS NOT NULL")}
 
     # ---- figures -----------------------------------------------------------------------
 

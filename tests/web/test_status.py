@@ -29,7 +29,8 @@ ae_title = "PACS"
 host = "127.0.0.1"
 port = {free_port()}
 [alerts.webhook]
-url = "https://127.0.0.1:{free_port()}/hook"  # never contacted: the row is failed by hand
+url = "http://127.0.0.1:{free_port()}/hook"
+insecure = true
 """)
     from aenode.alert.worker import AlertWorker
     from aenode.config import load_config
