@@ -10,8 +10,9 @@ Checks (each ``{"ok": bool, "detail": ...}``):
   ``statvfs``: no file is written, no write lock taken, no fsync);
 - ``models``: at least one model package loads (loaded once when the web server starts,
   like the analysis worker does; the refused packages are listed);
-- ``destinations``: every ``[[destinations]]`` answers C-ECHO; results are cached for
-  ``[web] health_cache_seconds`` so a scraper cannot flood PACS with associations.
+- ``destinations``: every ``[[destinations]]`` answers the deliver stage's probe for its
+  type (C-ECHO for ``dicom``, an authenticated QIDO request for ``dicomweb``); results are
+  cached for ``[web] health_cache_seconds`` so a scraper cannot flood PACS with requests.
 
 The whole answer is computed by one request at a time and reused for up to
 ``BODY_CACHE_SECONDS`` (never longer than ``health_cache_seconds``), so a flood of
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from aenode.alert.store import AlertStore
 from aenode.config import Config
-from aenode.deliver.dicom import Peer, echo
+from aenode.deliver.destinations import probe
 from aenode.deliver.outbox import Outbox
 from aenode.infer.registry import ModelRegistry
 from aenode.logs import get_logger
@@ -141,18 +142,6 @@ class Health:
             detail["problem"] = f"no model loaded from {self.config.model.path}"
         return {"ok": ok, "detail": detail}
 
-    def _probe(self, dest: object) -> tuple[bool, str]:
-        """C-ECHO a DICOM destination.  Interim: the deliver stage's ``probe`` (one per
-        destination type, DICOMweb included) replaces this once it is on main."""
-        ae, host, port = (getattr(dest, k, None) for k in ("ae_title", "host", "port"))
-        if not (isinstance(ae, str) and isinstance(host, str) and isinstance(port, int)):
-            return False, "no probe for this destination type yet"
-        try:
-            return echo(Peer(ae, host, port), self.config.node.ae_title,
-                        timeout=min(5.0, self.config.delivery.timeout_seconds))
-        except Exception as exc:  # noqa: BLE001 - a failed probe is an answer, not a crash
-            return False, type(exc).__name__
-
     def destinations(self) -> Check:
         out: dict[str, object] = {}
         ok = True
@@ -161,7 +150,7 @@ class Health:
         for d in self.config.destinations:
             cached = self._echo_cache.get(d.name)
             if cached is None or now - cached[0] > ttl:
-                good, why = self._probe(d)
+                good, why = probe(self.config, d, timeout=min(5.0, self.config.delivery.timeout_seconds))
                 cached = (now, good, why)
                 self._echo_cache[d.name] = cached
             out[d.name] = {"ok": cached[1], "detail": cached[2], "checked_seconds_ago": round(now - cached[0], 1)}
