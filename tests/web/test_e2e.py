@@ -95,6 +95,30 @@ def test_healthz_and_destination_down(tmp_path, hashes):
         pacs.stop()
 
 
+def test_healthz_dicomweb_destination(tmp_path, hashes):
+    """A DICOMweb destination is probed by its type's probe (a real Orthanc with DICOMweb)."""
+    from aenode.peers.orthanc import Orthanc
+
+    pacs = Orthanc(tmp_path / "pacs", dicomweb=True).start()
+    try:
+        config = parse_config({
+            "node": {"ae_title": "AENODE", "host": "127.0.0.1", "port": free_port(), "data_dir": str(tmp_path / "d")},
+            "model": {"path": str(REPO_MODELS_DIR)},
+            "destinations": [{"type": "dicomweb", "name": "web", "url": pacs.dicomweb_url, "insecure": True}],
+            "web": web_section(hashes, health_cache_seconds=0),
+        })
+        with running_node(config, workers=("web",)) as node:
+            w = web_worker(node)
+            r = httpx.get(f"{w.url}/healthz", timeout=30)
+            assert r.json()["checks"]["destinations"]["detail"]["web"]["ok"] is True, r.json()
+            pacs.stop()
+            r = httpx.get(f"{w.url}/healthz", timeout=30)
+            assert r.status_code == 503 and "destinations" in r.json()["failed"], r.json()
+            assert r.json()["checks"]["destinations"]["detail"]["web"]["ok"] is False
+    finally:
+        pacs.stop()
+
+
 def test_healthz_scp_down(tmp_path, hashes):
     from fastapi.testclient import TestClient
 
