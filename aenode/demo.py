@@ -13,6 +13,7 @@ It does what a hospital deployment does, with real peers started on loopback por
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import socket
@@ -48,7 +49,7 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _demo_config(data_dir: Path, pacs: Any, webhook_url: str) -> Config:
+def _demo_config(data_dir: Path, pacs: Orthanc, webhook_url: str) -> Config:
     defaults = Config()
     return parse_config({
         "node": {"data_dir": str(data_dir), "port": _free_port(defaults.node.port)},
@@ -137,7 +138,7 @@ def run_demo(out: Path, pattern: str, seed: int, keep_running: bool, slices: int
                 _say(f"   the study did not finish: {json.dumps(row, indent=2) if row else 'no study'}")
                 return 1
             _say(f"   done {time.monotonic() - t_send:.1f} s after the first instance was sent")
-            _show(out, config, row, pacs, hook, results_path, sc_png_bytes)
+            _show(out, config, row, pacs, hook)
             if keep_running:
                 _say("\nThe node keeps running; press Ctrl-C to stop.")
                 try:
@@ -153,8 +154,7 @@ def run_demo(out: Path, pattern: str, seed: int, keep_running: bool, slices: int
     return 0
 
 
-def _show(out: Path, config: Config, row: dict[str, Any], pacs: Any, hook: Any,
-          results_path: Any, sc_png_bytes: Any) -> None:
+def _show(out: Path, config: Config, row: dict[str, Any], pacs: Orthanc, hook: WebhookServer) -> None:
     _say("\n== What the radiologist sees (in PACS) ==")
     for res in row["results"]:
         probs = res["probabilities"] or {}
@@ -192,7 +192,7 @@ def _show(out: Path, config: Config, row: dict[str, Any], pacs: Any, hook: Any,
         _say(f"   dashboard login: admin / password in {admin}")
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("demo", help="run the node end to end on one machine with a generated study")
     p.add_argument("--out", default="demo-output", help="working folder (emptied first; default ./demo-output)")
     p.add_argument("--pattern", default="typical", choices=["typical", "indeterminate", "atypical", "negative"])
