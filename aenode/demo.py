@@ -31,6 +31,8 @@ from aenode.peers.webhook import WebhookServer
 from aenode.phantom import generate_study
 from aenode.report.preview import sc_png_bytes
 from aenode.report.publish import results_path
+from aenode.store.datadir import DataDir
+from aenode.web.auth import read_admin_password
 
 STORESCU = "/usr/bin/storescu"  # DCMTK's, not pynetdicom's script of the same name
 
@@ -185,11 +187,13 @@ def _show(out: Path, config: Config, row: dict[str, Any], pacs: Orthanc, hook: W
     else:
         _say("   no alert: this category does not raise one")
 
-    admin = Path(config.node.data_dir) / "web" / "admin-password"
     _say("\n== Hospital IT ==")
     _say(f"   aenode status --json  (data in {config.node.data_dir})")
-    if admin.exists():
-        _say(f"   dashboard login: admin / password in {admin}")
+    password = read_admin_password(config.node.data_dir)
+    if password:
+        # The demo's own terminal only: the node never logs or prints it.
+        _say(f"   dashboard http://{config.web.host}:{config.web.port}/ login: admin / {password}"
+             f" (kept in {DataDir.of(config.node.data_dir).web_dir}, readable by this user only)")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -109,7 +109,7 @@ class Node:
             delivery = DeliveryWorker(self.config, outbox=self.outbox)
             built.append(_Worker("delivery", delivery.run))
         if "web" in self._names:
-            self.web = WebWorker(self.config, self.index)
+            self.web = WebWorker(self.config, self.index, outbox=self.outbox, alerts=self.alert_store)
             built.append(_Worker("web", self.web.run))
         if "retention" in self._names and self.config.retention.enabled:
             r = self.config.retention
