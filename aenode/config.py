@@ -87,6 +87,16 @@ class StabilityConfig(_Section):
     after_release_seconds: float = Field(2.0, ge=0)
 
 
+class WorkersConfig(_Section):
+    """How ``aenode serve`` spreads the work over processes."""
+
+    # Analysis processes (selection, decoding, preprocessing, models); None = a share of
+    # the cores that leaves room for receiving and delivering (see aenode/node.py).
+    analysis: int | None = Field(None, ge=1, le=256)
+    # Threads each analysis process may use for its numeric libraries; None = cores / analysis.
+    threads_per_analysis: int | None = Field(None, ge=1, le=256)
+
+
 class RetentionConfig(_Section):
     """How long received images stay on disk once their study's results are delivered."""
 
@@ -369,6 +379,7 @@ class Config(_Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Config:
