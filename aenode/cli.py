@@ -1,7 +1,7 @@
 """The ``aenode`` command line.
 
-Each stage of the node contributes its own subcommands through a ``register(subparsers)``
-function in its package, so this file stays a table of contents.  Handlers return an
+Each stage contributes its own subcommands through a ``register(subparsers)`` function in
+its package; this file lists them, so it stays a table of contents.  Handlers return an
 exit code: 0 success, 1 the operation failed, 2 the request was wrong (bad arguments or
 configuration).
 """
@@ -9,37 +9,19 @@ configuration).
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
 import sys
 from collections.abc import Sequence
 
-from aenode import __version__
-from aenode.config import Config, ConfigError, load_config, render_toml
-from aenode.logs import configure_logging
+from aenode import __version__, demo, node
+from aenode.config import load_config_or_report, render_toml
+from aenode.deliver import cli as deliver_cli
+from aenode.infer import cli as infer_cli
+from aenode.logs import configure_logging, get_logger
+from aenode.phantom import cli as phantom_cli
+from aenode.web import cli as web_cli
 
-# Stage packages that add subcommands; listed here so a new stage is one line.
-COMMAND_MODULES: tuple[str, ...] = (
-    "aenode.phantom.cli",   # phantom
-    "aenode.receive.cli",   # serve, status
-    "aenode.infer.cli",     # predict
-    "aenode.deliver.cli",   # retry, echo
-    "aenode.web.cli",       # web hash-password, web new-token
-    "aenode.demo",          # demo
-)
-
-
-def load_config_or_report(path: str | None) -> Config | None:
-    """The configuration for a subcommand, or None after printing what is wrong with it.
-
-    Every subcommand that takes ``--config`` uses this, so operators see one format.
-    """
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        print(f"configuration error in {exc.source}:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return None
+_CONFIG_HELP = "TOML file (default: $AENODE_CONFIG, else built-in defaults)"
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -48,6 +30,52 @@ def _config_check(args: argparse.Namespace) -> int:
         return 2
     print(f"# effective configuration ({args.file or 'built-in defaults'}); valid")
     print(render_toml(config), end="")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = load_config_or_report(args.config)
+    if config is None:
+        return 2
+    try:
+        node.run_node(config)
+    except OSError as exc:
+        get_logger("aenode.node").error("serve_failed", error=type(exc).__name__, errno=exc.errno,
+                                        detail=exc.strerror)
+        return 1
+    return 0
+
+
+def _cell(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, dict) and v and all(isinstance(x, dict) and "state" in x for x in v.values()):
+        # delivery / alert state per destination or channel: "pacs=sent,webhook=failed"
+        return ",".join(f"{k}={x['state']}" for k, x in v.items())
+    if isinstance(v, dict):
+        return ",".join(f"{k}={x:.2f}" if isinstance(x, float) else f"{k}={x}" for k, x in v.items())
+    if isinstance(v, list):
+        return ",".join(map(str, v))
+    return str(v)
+
+
+def _status(args: argparse.Namespace) -> int:
+    config = load_config_or_report(args.config)
+    if config is None:
+        return 2
+    rows = node.study_status(config)
+    if args.json:
+        print(json.dumps({"studies": rows}, indent=2))
+        return 0
+    if not rows:
+        print("no studies")
+        return 0
+    cols = ["study_uid", "state", "revision", "instances", "selected_series", "model", "category",
+            "probabilities", "result_uids", "delivery", "alert"]
+    table = [cols] + [[_cell(r[c]) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
     return 0
 
 
@@ -63,17 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="inspect the configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = config_sub.add_parser("check", help="validate a TOML file and print the effective configuration")
-    check.add_argument("file", nargs="?", help="TOML file (default: $AENODE_CONFIG, else built-in defaults)")
+    check.add_argument("file", nargs="?", help=_CONFIG_HELP)
     check.set_defaults(func=_config_check)
 
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and name.startswith(exc.name):
-                continue  # that stage is not built into this installation
-            raise
-        module.register(sub)
+    serve = sub.add_parser("serve", help="run the node (DICOM listener, stabiliser, workers, dashboard)")
+    serve.add_argument("--config", help=_CONFIG_HELP)
+    serve.set_defaults(func=_serve)
+
+    status = sub.add_parser("status", help="list received studies and their processing state")
+    status.add_argument("--config", help=_CONFIG_HELP)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_status)
+
+    for stage_cli in (phantom_cli, infer_cli, deliver_cli, web_cli, demo):
+        stage_cli.register(sub)
     return parser
 
 
@@ -84,4 +115,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -124,6 +125,15 @@ class StabilityConfig(_Section):
     after_release_seconds: float = Field(2.0, ge=0)
 
 
+class RetentionConfig(_Section):
+    """How long received images stay on disk once their study's results are delivered."""
+
+    enabled: bool = True
+    # Days after the study's last analysis, once every outbox row of the study is sent.
+    keep_days: float = Field(3.0, gt=0)
+    interval_seconds: float = Field(600.0, gt=0)   # how often the retention pass runs
+
+
 class SourceConfig(_Section):
     ae_title: AETitle
     host: str | None = None
@@ -136,10 +146,14 @@ class DestinationConfig(_Section):
     port: Port
 
 
+Provider = Literal["cuda", "cpu"]
+_DEFAULT_PROVIDERS: tuple[Provider, ...] = ("cuda", "cpu")
+
+
 class ModelConfig(_Section):
     # A folder of model packages (each with model.toml + model.onnx) or one package.
     path: Path = REPO_MODELS_DIR
-    providers: list[Literal["cuda", "cpu"]] = Field(default_factory=lambda: ["cuda", "cpu"])
+    providers: list[Provider] = Field(default_factory=lambda: list(_DEFAULT_PROVIDERS))
     device_id: int = Field(0, ge=0)
     enabled: list[str] | None = None  # model names; None = every package found
     # The model whose category `aenode status` puts in its summary columns (every model's
@@ -264,6 +278,7 @@ class Config(_Section):
     web: WebConfig = Field(default_factory=WebConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @model_validator(mode="after")
@@ -345,6 +360,20 @@ def load_config(path: str | Path | None = None) -> Config:
     except ValueError as exc:
         raise ConfigError(str(file), [str(exc)]) from None
     return parse_config(data, str(file))
+
+
+def load_config_or_report(path: str | Path | None) -> Config | None:
+    """The configuration for a subcommand, or None after printing what is wrong with it.
+
+    Every subcommand that takes ``--config`` uses this, so operators see one format.
+    """
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"configuration error in {exc.source}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
 
 
 def render_toml(config: Config) -> str:

@@ -24,6 +24,12 @@ from typing import Any
 
 from aenode.config import Config, parse_config
 from aenode.logs import configure_logging
+from aenode.node import running_node, study_status
+from aenode.peers.orthanc import Orthanc
+from aenode.peers.webhook import WebhookServer
+from aenode.phantom import generate_study
+from aenode.report.preview import sc_png_bytes
+from aenode.report.publish import results_path
 
 STORESCU = "/usr/bin/storescu"  # DCMTK's, not pynetdicom's script of the same name
 
@@ -53,7 +59,7 @@ def _demo_config(data_dir: Path, pacs: Any, webhook_url: str) -> Config:
 
 
 def _settled(states: dict[str, dict[str, Any]] | None) -> bool:
-    return bool(states) and all(v["state"] in ("sent", "failed") for v in states.values())
+    return states is not None and bool(states) and all(v["state"] in ("sent", "failed") for v in states.values())
 
 
 def _wait_for_study(config: Config, timeout: float, alert_grace: float = 5.0) -> dict[str, Any] | None:
@@ -62,13 +68,11 @@ def _wait_for_study(config: Config, timeout: float, alert_grace: float = 5.0) ->
     Whether a category alerts is the manifest's business, so a result that raised no
     alert within ``alert_grace`` seconds of being delivered counts as finished.
     """
-    from aenode.receive.cli import study_status
-
     deadline = time.monotonic() + timeout
     last, delivered_at = "", None
     row: dict[str, Any] | None = None
     while time.monotonic() < deadline:
-        rows = study_status(config.node.data_dir, config.model.primary)
+        rows = study_status(config)
         row = rows[0] if rows else None
         if row:
             state = f"state {row['state']}, {row['instances']} instances"
@@ -91,13 +95,6 @@ def _wait_for_study(config: Config, timeout: float, alert_grace: float = 5.0) ->
 
 
 def run_demo(out: Path, pattern: str, seed: int, keep_running: bool, slices: int | None = None) -> int:
-    from aenode.peers.orthanc import Orthanc
-    from aenode.peers.webhook import WebhookServer
-    from aenode.phantom import generate_study
-    from aenode.pipeline import running_node
-    from aenode.report.preview import sc_png_bytes
-    from aenode.report.publish import results_path
-
     if not Path(STORESCU).exists():
         _say(f"demo: {STORESCU} not found: install DCMTK (scripts/setup.sh does)")
         return 1
@@ -110,7 +107,7 @@ def run_demo(out: Path, pattern: str, seed: int, keep_running: bool, slices: int
     study = generate_study(out / "study", pattern, seed=seed, slices=slices)
     files = sum(n for _uid, _desc, n, _folder in study.series)
     _say(f"   {files} files in {len(study.series)} series, {time.monotonic() - t0:.1f} s "
-         f"(ground truth: {study.category}, kept beside the DICOM in {study.truth_dir.name}/)")
+         f"(ground truth: {study.category}, kept beside the DICOM in {study.truth_dir}/)")
 
     log_file = (out / "node.log").open("a", encoding="utf-8")
     configure_logging("INFO", json=True, stream=log_file)  # the terminal shows the story, the file the detail

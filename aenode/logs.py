@@ -141,7 +141,7 @@ def scrub_phi(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[st
     exc_info = event_dict.pop("exc_info", None)
     if exc_info:
         # Render the traceback here so that the scrubber sees its text.
-        event_dict = structlog.processors.format_exc_info(_logger, _method, {**event_dict, "exc_info": exc_info})
+        event_dict = dict(structlog.processors.format_exc_info(_logger, _method, {**event_dict, "exc_info": exc_info}))
     clean: dict[str, Any] = {}
     for key, value in event_dict.items():
         clean[key] = REDACTED if key.lower() in _PHI_KEYS else _scrub_value(value)

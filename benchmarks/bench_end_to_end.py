@@ -61,7 +61,7 @@ from machine import describe  # noqa: E402
 from aenode.config import Config, parse_config  # noqa: E402
 from aenode.peers.orthanc import Orthanc, free_port  # noqa: E402
 from aenode.phantom import generate_study  # noqa: E402
-from aenode.pipeline import NodeHandle, running_node  # noqa: E402
+from aenode.node import Node, running_node  # noqa: E402
 from aenode.report.publish import results_path  # noqa: E402
 
 STORESCU = "/usr/bin/storescu"  # DCMTK; pynetdicom's own `storescu` script shadows it on PATH
@@ -182,7 +182,7 @@ def orthanc_srs(pacs: Orthanc, seen: dict[str, dict], study_uid: str) -> int:
     return sum(1 for t in seen.values() if t.get("Modality") == "SR" and t.get("StudyInstanceUID") == study_uid)
 
 
-def send_and_time(node: NodeHandle, pacs: Orthanc, config: Config, folder: Path, study_uid: str,
+def send_and_time(node: Node, pacs: Orthanc, config: Config, folder: Path, study_uid: str,
                   n_models: int, poll: float, timeout: float = 120.0) -> Run:
     data_dir = Path(config.node.data_dir)
     run = Run(study_uid)

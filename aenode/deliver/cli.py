@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from aenode.cli import load_config_or_report
+from aenode.config import load_config_or_report
 
 
 def _config(args: argparse.Namespace):

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aenode.infer.engine import Model, Prediction
-from aenode.load.volume import LoadError, Volume, load_series
+from aenode.load.volume import DEFAULT_MAX_VOXELS, LoadError, Volume, load_series
 from aenode.logs import get_logger
-from aenode.select.rules import InstanceInfo, SelectionResult, select_series
+from aenode.select.rules import SelectionResult, select_series
+from aenode.store.db import is_transient
+from aenode.store.meta import InstanceHeader
 
 log = get_logger("aenode.infer")
 
@@ -75,13 +77,17 @@ class StudyAnalysis:
 
 
 def analyse_instances(
-    instances: Sequence[InstanceInfo],
+    instances: Sequence[InstanceHeader],
     models: Iterable[Model],
     *,
     own_ae_titles: Iterable[str] = (),
     own_series_uids: Iterable[str] = (),
     keep_volumes: bool = False,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    study_uid: str | None = None,
 ) -> StudyAnalysis:
+    """Select, load and run every model on one study's instances (``study_uid`` names the
+    study in log lines)."""
     own_ae = tuple(own_ae_titles)
     own_series = tuple(own_series_uids)
     volumes: dict[tuple[str, str, float], Volume | LoadError] = {}
@@ -98,7 +104,7 @@ def analyse_instances(
         if key not in volumes:
             try:
                 volumes[key] = load_series(list(sel.selected.instances), tilt=rules.tilt,
-                                           max_tilt_deg=rules.max_tilt_deg)
+                                           max_tilt_deg=rules.max_tilt_deg, max_voxels=max_voxels)
             except LoadError as exc:
                 volumes[key] = exc
         t_load = time.perf_counter() - t0
@@ -111,7 +117,9 @@ def analyse_instances(
         try:
             pred = model.predict(vol)
         except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the others
-            log.error("inference failed", model=m.name, error=type(exc).__name__)
+            if is_transient(exc):
+                raise  # out of memory or disk: the whole study is retried later
+            log.error("inference_failed", study_uid=study_uid, model=m.name, error=type(exc).__name__)
             outcomes.append(ModelOutcome(m.name, m.version, "error", f"inference failed: {type(exc).__name__}: {exc}", sel))
             continue
         timings = {"load": t_load, **pred.timings}

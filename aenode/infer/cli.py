@@ -8,13 +8,17 @@ DICOM files in it, bad configuration).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import pydicom
+
 from aenode.config import ConfigError, load_config
+from aenode.store.meta import BadInstance, InstanceHeader, meta_from_dataset
 
 
 def register(subparsers: Any) -> None:
@@ -35,28 +39,26 @@ def _is_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def scan_folder(root: Path) -> tuple[list, list[str], int]:
-    """Header facts of every DICOM file under ``root``; (infos, corrupt file names, non-DICOM count)."""
-    import pydicom
-
-    from aenode.select.rules import InstanceInfo
+def scan_folder(root: Path) -> tuple[list[InstanceHeader], list[str], int]:
+    """Header facts of every DICOM file under ``root``; (headers, corrupt file names, non-DICOM count)."""
 
     files = [root] if root.is_file() else sorted(
         Path(dirpath) / f for dirpath, _, names in os.walk(root) for f in names)
-    infos, corrupt, other = [], [], 0
+    infos: list[InstanceHeader] = []
+    corrupt: list[str] = []
+    other = 0
     for f in files:
         magic = _is_dicom_file(f)
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True, force=not magic)
             if "SOPClassUID" not in ds or "SeriesInstanceUID" not in ds:
-                raise ValueError("not a DICOM instance")
-        except Exception:  # noqa: BLE001
+                raise BadInstance("not a DICOM instance")
+            infos.append(dataclasses.replace(meta_from_dataset(ds), path=f.resolve()))
+        except Exception:  # noqa: BLE001 - any unreadable file is reported by name, not raised
             if magic:
                 corrupt.append(str(f.relative_to(root)) if f != root else f.name)
             else:
                 other += 1
-            continue
-        infos.append(InstanceInfo.from_dataset(ds, f))
     return infos, corrupt, other
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,30 @@ from aenode.logs import get_logger
 log = get_logger("aenode.infer")
 
 _PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+_stderr_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def onnxruntime_messages(model: str) -> Iterator[None]:
+    """Route what ONNX Runtime's C++ core prints on stderr into the node's JSON log.
+
+    ONNX Runtime's Python API offers no logging callback, and its warnings (provider
+    fall-backs, CUDA start-up) go straight to file descriptor 2, where they would break
+    the JSON-lines log.  So while a session is created or first run, fd 2 points at a
+    temporary file whose lines are then logged as ``onnxruntime_message`` events.
+    """
+    with _stderr_lock, tempfile.TemporaryFile() as capture:
+        saved = os.dup(2)
+        try:
+            os.dup2(capture.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode("utf-8", "replace").splitlines():
+                if line.strip():
+                    log.warning("onnxruntime_message", model=model, message=line.strip()[:2000])
 
 
 def resolve_providers(wanted: list[str], device_id: int = 0) -> list[Any]:
@@ -29,7 +58,7 @@ def resolve_providers(wanted: list[str], device_id: int = 0) -> list[Any]:
     for name in wanted:
         ort_name = _PROVIDER_NAMES[name]
         if ort_name not in available:
-            log.warning("execution provider unavailable, falling back", provider=name,
+            log.warning("execution_provider_unavailable", provider=name,
                         fallback="cpu", available=sorted(available))
             continue
         out.append((ort_name, {"device_id": device_id}) if name == "cuda" else ort_name)
@@ -83,18 +112,33 @@ class Model:
         wanted = providers or ["cpu"]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
+        opts.log_severity_level = 2  # warnings and worse, routed into our log below
         resolved = resolve_providers(wanted, device_id)
         try:
-            self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=resolved)
+            with onnxruntime_messages(self.manifest.name):
+                self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=resolved)
         except Exception as exc:  # noqa: BLE001
             raise ManifestError(str(onnx_path), [f"onnx: ONNX Runtime cannot load the model ({exc})"]) from None
         self.providers = self.session.get_providers()
         if any(not isinstance(p, str) for p in resolved) and "CUDAExecutionProvider" not in self.providers:
-            log.warning("CUDA provider could not start for this model; running on CPU", model=self.manifest.name)
+            log.warning("model_cuda_unavailable", model=self.manifest.name,
+                        hint="the CUDA provider could not start; running on the CPU")
         self._check_io()
-        log.info("model loaded", model=self.manifest.name, version=self.manifest.version,
+        log.info("model_loaded", model=self.manifest.name, version=self.manifest.version,
                  providers=self.providers)
+
+    def warm_up(self) -> float:
+        """One run on a zero input so the first study does not pay the provider's start-up
+        (about 0.9 s for CUDA); returns the seconds it took."""
+        m = self.manifest
+        shape = [1, *(int(d) for d in m.input.shape[1:])]
+        x = np.zeros(shape, dtype=np.float16 if m.input.dtype == "float16" else np.float32)
+        t0 = time.perf_counter()
+        with onnxruntime_messages(m.name):
+            self.run(x)
+        seconds = time.perf_counter() - t0
+        log.info("model_warmed_up", model=m.name, seconds=round(seconds, 3), providers=self.providers)
+        return seconds
 
     @property
     def name(self) -> str:

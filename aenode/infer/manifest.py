@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from aenode.config import read_toml, validation_problems
+from aenode.select.rules import SelectionRules
 
 MANIFEST_NAME = "model.toml"
 
@@ -93,32 +94,6 @@ class Preprocessing(_Section):
             raise ValueError("hu_window: low must be below high")
         if self.mode == "spacing" and self.spacing_mm is None:
             raise ValueError("spacing_mm: required when mode = \"spacing\"")
-        return self
-
-
-class SelectionRules(_Section):
-    modality: list[str] = Field(default_factory=lambda: ["CT"], min_length=1)
-    image_type: list[str] = Field(default_factory=lambda: ["ORIGINAL", "PRIMARY", "AXIAL"])
-    slice_thickness_mm: list[Annotated[float, Field(ge=0)]] = Field(
-        default_factory=lambda: [0.5, 3.0], min_length=2, max_length=2)
-    min_slices: int = Field(40, ge=1)
-    min_coverage_mm: float = Field(150.0, ge=0)
-    max_tilt_deg: float = Field(0.5, ge=0)  # beyond this the loader resamples or refuses
-    tilt: Literal["resample", "refuse"] = "resample"
-    axial_tolerance_deg: float = Field(35.0, ge=0, le=60)  # generous: tilted gantries
-    # Preference when several series qualify, applied in order.
-    prefer: list[Literal["thinnest", "kernel", "most_slices", "coverage", "latest"]] = Field(
-        default_factory=lambda: ["thinnest", "kernel", "most_slices"])
-    # Words in ConvolutionKernel or SeriesDescription that mark a lung/sharp reconstruction.
-    kernel_keywords: list[str] = Field(
-        default_factory=lambda: ["LUNG", "SHARP", "B60", "B70", "B60F", "B70F", "BONE", "YC", "FC51", "FC52", "FC86"])
-    # Series descriptions that are never analysed (besides the node's own output).
-    exclude_descriptions: list[str] = Field(default_factory=lambda: ["LOCALIZER", "SCOUT", "TOPOGRAM", "MIP", "MPR"])
-
-    @model_validator(mode="after")
-    def _range(self) -> SelectionRules:
-        if self.slice_thickness_mm[0] > self.slice_thickness_mm[1]:
-            raise ValueError("slice_thickness_mm: minimum above maximum")
         return self
 
 

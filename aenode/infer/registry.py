@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from aenode.config import Config
@@ -44,7 +45,7 @@ class ModelRegistry:
                 model = Model(pkg, providers=providers, device_id=device_id)
             except ManifestError as exc:
                 failed[pkg.name] = str(exc)
-                log.error("model package refused", package=pkg.name, problem=str(exc))
+                log.error("model_package_refused", package=pkg.name, problem=str(exc))
                 continue
             if enabled is not None and model.name not in enabled:
                 continue
@@ -58,8 +59,13 @@ class ModelRegistry:
                     failed[name] = f"enabled model {name!r} not found under {path}"
         return cls(models, failed)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Model]:
         return iter(self.models)
+
+    def warm_up(self) -> None:
+        """One dummy run per model (logged with its time), so sessions are warm before work."""
+        for model in self.models:
+            model.warm_up()
 
     def __len__(self) -> int:
         return len(self.models)

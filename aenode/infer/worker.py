@@ -1,10 +1,12 @@
 """The analysis worker: completed studies -> selection -> loading -> every model -> results.
 
-Loaded by :mod:`aenode.pipeline` as ``"aenode.infer.worker:AnalysisWorker"``.  Models are
-loaded once when the worker starts (warm ONNX Runtime sessions).  Per study: claim it,
-analyse it, record each model's result, publish SR/SC when the report stage is installed,
-and finish the study as ``analysed``, ``skipped`` (no eligible series, with the reason) or
-``error`` (with the reason).  Nothing a study contains can stop the worker.
+Built by :mod:`aenode.node`.  Models are loaded once when the worker starts (warm ONNX
+Runtime sessions).  Per study: claim it, analyse it, hand each model's outcome to the
+:class:`ResultPublisher` (SR/SC written and queued for PACS), then record the result in
+the index -- in that order, so that whatever follows a recorded result (alerts, the
+dashboard) only ever sees results whose SR/SC are durably on their way -- and finish the
+study as ``analysed``, ``skipped`` (no eligible series, with the reason) or ``error``
+(with the reason).  Nothing a study contains can stop the worker.
 """
 
 from __future__ import annotations
@@ -12,44 +14,65 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Protocol
 
 from aenode.config import Config
-from aenode.infer.analyse import StudyAnalysis, analyse_instances
+from aenode.infer.analyse import ModelOutcome, StudyAnalysis, analyse_instances
+from aenode.infer.engine import Model
 from aenode.infer.registry import ModelRegistry
+from aenode.load.volume import Volume
 from aenode.logs import get_logger
-from aenode.select.rules import InstanceInfo
+from aenode.store.db import is_transient
+from aenode.store.index import COMPLETE, ERROR, Index
 
 log = get_logger("aenode.infer.worker")
 
+# Transient faults (disk full, out of memory...) are retried with exponential backoff:
+# 30 s, 1 min, 2 min ... capped at 15 min, for about a day; then the study is ``error``
+# with the reason, and ``aenode retry --studies`` queues it again.  Only invalid input
+# (no eligible series, an undecodable file) ends in ``error`` at once.
+RETRY_BASE_SECONDS = 30.0
+RETRY_CAP_SECONDS = 900.0
+RETRY_MAX_ATTEMPTS = 100
 
-def _publisher() -> tuple[Any, Any] | None:
-    try:
-        from aenode.report.adapters import report_input_from_outcome
-        from aenode.report.publish import publish_result
-    except ImportError:
-        return None
-    return report_input_from_outcome, publish_result
+
+class ResultPublisher(Protocol):
+    """What the analysis stage needs from the stages after it (report + deliver)."""
+
+    def publish(self, study_uid: str, revision: int, model: Model, outcome: ModelOutcome,
+                volume: Volume) -> list[str]:
+        """Write the result's objects durably and queue them; returns their SOP Instance UIDs.
+        Idempotent per (study, revision, model)."""
 
 
 class AnalysisWorker:
-    def __init__(self, config: Config, index: Any, *, registry: ModelRegistry | None = None,
-                 poll_seconds: float = 0.5, publish: bool = True):
+    def __init__(self, config: Config, index: Index, registry: ModelRegistry,
+                 publisher: ResultPublisher | None, *, poll_seconds: float = 0.5,
+                 retry_base_seconds: float = RETRY_BASE_SECONDS, clock: Callable[[], float] = time.monotonic):
         self.config = config
+        self.retry_base_seconds = retry_base_seconds
+        self._clock = clock
+        self._deferred: dict[tuple[str, int], float] = {}   # claimed studies waiting to retry
+        self._attempts: dict[tuple[str, int], int] = {}
         self.index = index
-        self.registry = registry if registry is not None else ModelRegistry.from_config(config)
+        self.registry = registry
+        self.publisher = publisher
         self.poll_seconds = poll_seconds
         self.name = f"infer-{os.getpid()}-{threading.get_ident() % 10000}"
-        self.publish = _publisher() if publish else None
-        log.info("analysis worker ready", models=[m.name for m in self.registry],
+        log.info("analysis_worker_ready", models=[m.name for m in self.registry],
                  refused=sorted(self.registry.failed))
 
     def run(self, stop_event: threading.Event) -> None:
         while not stop_event.is_set():
+            due = self.next_due()
+            if due is not None:
+                self.process(*due)
+                continue
             try:
                 claim = self.index.claim_next_complete(self.name)
             except Exception:  # noqa: BLE001 - a locked or busy index: try again later
-                log.exception("claim failed")
+                log.exception("study_claim_failed")
                 stop_event.wait(self.poll_seconds)
                 continue
             if claim is None:
@@ -63,60 +86,93 @@ class AnalysisWorker:
         try:
             state, reason = self._analyse(study_uid, revision)
         except Exception as exc:  # noqa: BLE001 - never let one study stop the node
-            log.exception("analysis failed", revision=revision)
-            state, reason = "error", f"internal error during analysis: {type(exc).__name__}"
+            if is_transient(exc) and self._defer(study_uid, revision, exc):
+                return COMPLETE
+            log.exception("analysis_failed", study_uid=study_uid, revision=revision)
+            state, reason = ERROR, f"internal error during analysis: {type(exc).__name__}"
+        self._attempts.pop((study_uid, revision), None)
         try:
             self.index.finish_study(study_uid, revision, state, reason)
         except Exception:  # noqa: BLE001
-            log.exception("finish_study failed", revision=revision)
-        log.info("study analysed", state=state, revision=revision, seconds=round(time.perf_counter() - t0, 2))
+            log.exception("study_finish_failed", study_uid=study_uid, revision=revision)
+        log.info("study_analysed", study_uid=study_uid, state=state, revision=revision,
+                 seconds=round(time.perf_counter() - t0, 2))
         return state
+
+    def _defer(self, study_uid: str, revision: int, exc: BaseException) -> bool:
+        """Keep the claim and retry later after a transient fault; False once retries are
+        used up.  Nothing needs writing for this (the disk may be full): the worker remembers
+        the study, and a restart re-queues every ``analysing`` study anyway."""
+        key = (study_uid, revision)
+        attempts = self._attempts.get(key, 0)
+        if attempts >= RETRY_MAX_ATTEMPTS:
+            self._attempts.pop(key, None)
+            return False
+        delay = min(RETRY_CAP_SECONDS, self.retry_base_seconds * 2 ** attempts)
+        self._attempts[key] = attempts + 1
+        self._deferred[key] = self._clock() + delay
+        why = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
+        try:
+            self.index.note_retry(study_uid, revision, f"waiting to retry after a transient fault ({why})")
+        except Exception:  # noqa: BLE001 - best effort: the database may be as full as the disk
+            log.warning("study_retry_note_failed", study_uid=study_uid, revision=revision)
+        log.warning("analysis_deferred", study_uid=study_uid, revision=revision, attempt=attempts + 1,
+                    retry_in_s=round(delay, 1), error=type(exc).__name__)
+        return True
+
+    def next_due(self) -> tuple[str, int] | None:
+        """A deferred study whose retry time has come, if any."""
+        now = self._clock()
+        for key, due in sorted(self._deferred.items(), key=lambda kv: kv[1]):
+            if due <= now:
+                del self._deferred[key]
+                return key
+        return None
 
     def _analyse(self, study_uid: str, revision: int) -> tuple[str, str | None]:
         if not len(self.registry):
             refused = "; ".join(f"{k}: {v}" for k, v in self.registry.failed.items())
-            return "error", "no model loaded" + (f" ({refused})" if refused else f" from {self.config.model.path}")
-        rows = self.index.instances(study_uid)
-        infos = [InstanceInfo.from_row(r) for r in rows]
-        analysis = analyse_instances(infos, list(self.registry), own_ae_titles=[self.config.node.ae_title],
-                                     keep_volumes=self.publish is not None)
-        self._record(study_uid, revision, analysis)
-        reason = analysis.reason
-        if analysis.state == "analysed" and self.publish is not None:
-            problem = self._publish(study_uid, revision, analysis)
-            if problem:
-                return "error", problem
-        return analysis.state, reason
+            return ERROR, "no model loaded" + (f" ({refused})" if refused else f" from {self.config.model.path}")
+        analysis = analyse_instances(self.index.instances(study_uid), list(self.registry),
+                                     own_ae_titles=[self.config.node.ae_title],
+                                     keep_volumes=self.publisher is not None, study_uid=study_uid)
+        for outcome in analysis.outcomes:
+            if outcome.state != "analysed" or outcome.prediction is None:
+                continue
+            result_uids: list[str] = []
+            if self.publisher is not None:
+                problem = self._publish(study_uid, revision, analysis, outcome, result_uids)
+                if problem:
+                    return ERROR, problem
+            self._record(study_uid, revision, outcome, result_uids)
+        return analysis.state, analysis.reason
 
-    def _record(self, study_uid: str, revision: int, analysis: StudyAnalysis) -> None:
-        for o in analysis.outcomes:
-            if o.state != "analysed" or o.prediction is None:
-                continue
-            p = o.prediction
-            detail = {
-                "version": o.version, "alerts": p.alerts, "timings_s": {k: round(v, 3) for k, v in o.timings.items()},
-                "volume_warnings": o.volume_warnings, "lesion_volume_ml": p.lesion_volume_ml,
-                "lung_volume_ml": p.lung_volume_ml,
-                "skipped_series": [{"series_uid": uid, "reason": why} for uid, why in o.selection.skipped.items()],
-            }
-            self.index.record_result(study_uid, revision, o.model, p.category,
-                                     probabilities={k: round(v, 4) for k, v in p.probabilities.items()},
-                                     selected_series=o.selected_series, involvement=p.involvement_percent,
-                                     detail=detail)
-
-    def _publish(self, study_uid: str, revision: int, analysis: StudyAnalysis) -> str | None:
-        assert self.publish is not None
-        to_input, publish = self.publish
-        for o in analysis.outcomes:
-            if o.state != "analysed" or o.prediction is None or o.selected_series is None:
-                continue
-            volume = analysis.volumes.get(o.selected_series)
-            if volume is None:
-                continue
-            try:
-                model = self.registry.get(o.model)
-                publish(self.config, to_input(model.manifest, o.prediction, volume, o.selected_series, revision))
-            except Exception as exc:  # noqa: BLE001
-                log.exception("publishing results failed", model=o.model, revision=revision)
-                return f"{o.model}: results could not be published ({type(exc).__name__}: {exc})"
+    def _publish(self, study_uid: str, revision: int, analysis: StudyAnalysis, outcome: ModelOutcome,
+                 result_uids: list[str]) -> str | None:
+        assert self.publisher is not None
+        volume = analysis.volumes.get(outcome.selected_series or "")
+        if volume is None:
+            return None
+        try:
+            result_uids += self.publisher.publish(study_uid, revision, self.registry.get(outcome.model),
+                                                  outcome, volume)
+        except Exception as exc:  # noqa: BLE001 - reported on the study, the worker goes on
+            if is_transient(exc):
+                raise  # disk full and the like: the study waits and is analysed again
+            log.exception("result_publish_failed", study_uid=study_uid, model=outcome.model, revision=revision)
+            return f"{outcome.model}: results could not be published ({type(exc).__name__}: {exc})"
         return None
+
+    def _record(self, study_uid: str, revision: int, o: ModelOutcome, result_uids: list[str]) -> None:
+        p = o.prediction
+        assert p is not None
+        detail = {
+            "version": o.version, "alerts": p.alerts, "timings_s": {k: round(v, 3) for k, v in o.timings.items()},
+            "volume_warnings": o.volume_warnings, "lesion_volume_ml": p.lesion_volume_ml,
+            "lung_volume_ml": p.lung_volume_ml, "result_uids": result_uids,
+            "skipped_series": [{"series_uid": uid, "reason": why} for uid, why in o.selection.skipped.items()],
+        }
+        self.index.record_result(study_uid, revision, o.model, p.category,
+                                 probabilities={k: round(v, 4) for k, v in p.probabilities.items()},
+                                 selected_series=o.selected_series, involvement=p.involvement_percent,
+                                 detail=detail)

@@ -19,9 +19,13 @@ import numpy as np
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from aenode.select.rules import InstanceInfo
+from aenode.store.db import is_transient
+from aenode.store.meta import BadInstance, InstanceHeader, read_meta
 
 _NATIVE_LE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
+# 1,000 slices of 768 x 768: far beyond a chest CT, small enough (1.2 GB int16) to refuse
+# a header-declared pixel bomb before allocating it.
+DEFAULT_MAX_VOXELS = 1000 * 768 * 768
 
 
 class LoadError(Exception):
@@ -53,7 +57,8 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.hu.shape)  # type: ignore[return-value]
+        z, y, x = self.hu.shape
+        return int(z), int(y), int(x)
 
     def to_sitk(self) -> Any:
         import SimpleITK as sitk
@@ -65,12 +70,17 @@ class Volume:
         return img
 
 
-def _read_header(path: str) -> InstanceInfo:
+def _read_header(path: str | Path) -> InstanceHeader:
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception as exc:  # noqa: BLE001
-        raise LoadError(f"corrupt or unreadable file {Path(path).name}: {type(exc).__name__}") from None
-    return InstanceInfo.from_dataset(ds, path)
+        return read_meta(path)
+    except BadInstance as exc:
+        raise LoadError(f"corrupt or unreadable file {Path(path).name}: {exc}") from None
+
+
+def _path(info: InstanceHeader) -> str:
+    if info.path is None:
+        raise LoadError(f"instance {info.sop_instance_uid} has no stored file")
+    return str(info.path)
 
 
 def _pixel_slice(ds: pydicom.Dataset, out: np.ndarray, name: str) -> None:
@@ -102,6 +112,8 @@ def _pixel_slice(ds: pydicom.Dataset, out: np.ndarray, name: str) -> None:
         try:
             arr = ds.pixel_array
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file
+            if is_transient(exc):
+                raise  # out of memory: the study is retried, not refused
             raise LoadError(f"file {name}: pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
         if arr.shape != (rows, cols):
             raise LoadError(f"file {name}: decoded pixels have shape {arr.shape}, expected {(rows, cols)}")
@@ -117,33 +129,35 @@ def _pixel_slice(ds: pydicom.Dataset, out: np.ndarray, name: str) -> None:
         out[...] = tmp
     else:
         tmp = arr.astype(np.float32)
-        tmp *= np.float32(slope)
-        tmp += np.float32(intercept)
+        np.multiply(tmp, np.float32(slope), out=tmp)
+        np.add(tmp, np.float32(intercept), out=tmp)
         np.clip(np.rint(tmp, out=tmp), -32768, 32767, out=tmp)
         out[...] = tmp
 
 
 def load_series(
-    instances: Sequence[InstanceInfo] | Sequence[str | Path],
+    instances: Sequence[InstanceHeader] | Sequence[str | Path],
     *,
     spacing_tolerance: float = 0.1,
     max_missing_fraction: float = 0.05,
     max_tilt_deg: float = 0.5,
     tilt: Literal["resample", "refuse"] = "resample",
     pad_hu: int = -1000,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> Volume:
     """Read the files of one series into a :class:`Volume`.
 
     ``spacing_tolerance`` is relative (0.1 = gaps may differ from the nominal spacing by
     10 %).  Gaps that are whole multiples of the nominal spacing are missing slices: up to
     ``max_missing_fraction`` of the series they are filled by linear interpolation and
-    reported; more, and the series is refused.
+    reported; more, and the series is refused.  ``max_voxels`` bounds the volume before
+    anything is allocated, so a header that declares a huge matrix cannot exhaust memory.
     """
-    infos = [i if isinstance(i, InstanceInfo) else _read_header(str(i)) for i in instances]
+    infos = [i if isinstance(i, InstanceHeader) else _read_header(i) for i in instances]
     if not infos:
         raise LoadError("no instances to load")
     if any(i.image_position is None or i.image_orientation is None for i in infos):
-        infos = [_read_header(i.path) if i.image_position is None or i.image_orientation is None else i
+        infos = [_read_header(_path(i)) if i.image_position is None or i.image_orientation is None else i
                  for i in infos]
     if any(i.image_position is None or i.image_orientation is None for i in infos):
         raise LoadError("ImagePositionPatient or ImageOrientationPatient missing")
@@ -197,17 +211,22 @@ def load_series(
     if tilt_deg > max_tilt_deg and tilt == "refuse":
         raise LoadError(f"gantry tilt {tilt_deg:.1f} deg (> {max_tilt_deg:g}); refused, not resampled")
 
-    first = pydicom.dcmread(infos[0].path, stop_before_pixels=True) if infos[0].rows is None else None
+    first = pydicom.dcmread(_path(infos[0]), stop_before_pixels=True) if infos[0].rows is None else None
     rows = int(infos[0].rows if infos[0].rows is not None else first.Rows)  # type: ignore[union-attr]
     cols = int(infos[0].columns if infos[0].columns is not None else first.Columns)  # type: ignore[union-attr]
+    if rows <= 0 or cols <= 0 or n_out * rows * cols > max_voxels:
+        raise LoadError(f"volume of {n_out} x {rows} x {cols} voxels exceeds the limit of {max_voxels}"
+                        " ([limits] max_volume_voxels)")
     hu = np.empty((n_out, rows, cols), dtype=np.int16)
     slot = np.concatenate([[0], np.cumsum(steps)])  # output index of each read slice
     pixel_spacing: tuple[float, float] | None = None
     for k, info in enumerate(infos):
-        name = Path(info.path).name
+        name = Path(_path(info)).name
         try:
-            ds = pydicom.dcmread(info.path)
+            ds = pydicom.dcmread(_path(info))
         except Exception as exc:  # noqa: BLE001
+            if is_transient(exc):
+                raise  # out of memory or an I/O fault: the study is retried, not refused
             raise LoadError(f"corrupt or unreadable file {name}: {type(exc).__name__}") from None
         if pixel_spacing is None:
             ps = ds.get("PixelSpacing")
@@ -217,8 +236,8 @@ def load_series(
         _pixel_slice(ds, hu[slot[k]], name)
 
     # Fill missing slices by linear interpolation between their neighbours.
-    for k in np.nonzero(steps > 1)[0]:
-        a, b = slot[k], slot[k + 1]
+    for gap in np.nonzero(steps > 1)[0]:
+        a, b = int(slot[gap]), int(slot[gap + 1])
         lo, hi = hu[a].astype(np.float32), hu[b].astype(np.float32)
         for j in range(a + 1, b):
             w = (j - a) / (b - a)
@@ -235,8 +254,7 @@ def load_series(
         for k in range(n_out):
             offset = (positions[0] + normal * (k * nominal)) - positions[0]  # on the normal
             # where slice k actually lies (interpolate positions for filled slices)
-            src = np.searchsorted(slot, k, side="right") - 1
-            src = min(src, len(infos) - 1)
+            src = min(int(np.searchsorted(slot, k, side="right")) - 1, len(infos) - 1)
             if slot[src] == k:
                 actual = positions[src]
             else:
@@ -253,7 +271,7 @@ def load_series(
     paths: list[str] = [""] * n_out
     for k, info in enumerate(infos):
         uids[slot[k]] = info.sop_instance_uid
-        paths[slot[k]] = info.path
+        paths[slot[k]] = _path(info)
     direction = np.stack([row, col, normal], axis=1)
     return Volume(
         hu=hu,

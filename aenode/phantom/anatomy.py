@@ -11,6 +11,7 @@ so the table is at large +y and "dependent" means posterior.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import overload
 
 import numpy as np
 
@@ -50,6 +51,11 @@ class PatientParams:
     @property
     def rib_w(self) -> float:
         return 9.0
+
+    @overload
+    def wall(self, s: float) -> float: ...
+    @overload
+    def wall(self, s: np.ndarray) -> np.ndarray: ...
 
     def wall(self, s: np.ndarray | float) -> np.ndarray | float:
         """Body-surface-to-pleura thickness as a function of sin(theta) (posterior thicker)."""
@@ -401,6 +407,7 @@ class AnatomyMaps:
         P = np.broadcast_to(self.paren[wy, wx], L.shape).copy()
         labw = np.zeros(L.shape, np.uint8)
         if les_w is not None:
+            assert les_hu is not None and les_lab is not None, "lesion slabs come together"
             lw = les_w[:, wy, wx]
             has = (lw > 0) & inl
             if has.any():

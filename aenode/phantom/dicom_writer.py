@@ -70,10 +70,10 @@ class StudyContext:
 
 def _file_meta(sop_class: str, sop_uid: str, ts: str) -> FileMetaDataset:
     fm = FileMetaDataset()
-    fm.MediaStorageSOPClassUID = sop_class
-    fm.MediaStorageSOPInstanceUID = sop_uid
+    fm.MediaStorageSOPClassUID = UID(sop_class)
+    fm.MediaStorageSOPInstanceUID = UID(sop_uid)
     fm.TransferSyntaxUID = UID(ts)
-    fm.ImplementationClassUID = IMPLEMENTATION_UID
+    fm.ImplementationClassUID = UID(IMPLEMENTATION_UID)
     fm.ImplementationVersionName = IMPLEMENTATION_VERSION
     return fm
 

@@ -29,7 +29,7 @@ def render_localizer(pattern: str, seed: int, z_center: float, length_mm: float 
                         noise=False, z_center=z_center, variant=variant, threads=1)
     mu = np.clip(v.hu.astype(np.float32) + 1000.0, 0, None) / 1000.0  # relative to water
     proj = mu.sum(axis=1) * (fov / 96)  # mm of water-equivalent path, (z, x)
-    img = Image.fromarray(proj.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR)
+    img = Image.fromarray(proj.astype(np.float32), mode="F").resize((size, size), Image.Resampling.BILINEAR)
     a = np.asarray(img, np.float32)
     a = a / max(float(a.max()), 1.0) * 3000.0
     rng = np.random.default_rng([seed, 131])

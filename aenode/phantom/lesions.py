@@ -183,15 +183,15 @@ def plan_lesions(cl: CoarseLung, pattern: str, seed: int, variant: str | None = 
             plan.prims.append(("cavity", c, ro, rng.uniform(3.5, 7.0), 5))
         plan.features = ["cavitation", "thick-walled"]
     elif chosen == "septal-effusion":
-        sides = (-1, 1) if rng.random() < 0.6 else (-1,)
-        plan.pleural = Pleural(effusion_sides=sides, effusion_depth=rng.uniform(20, 45),
+        eff_sides = (-1, 1) if rng.random() < 0.6 else (-1,)
+        plan.pleural = Pleural(effusion_sides=eff_sides, effusion_depth=rng.uniform(20, 45),
                                effusion_top=p.z_dome_r + rng.uniform(25, 60))
         plan.prims.append(("septal", rng.uniform(10, 14), 0.7, rng.uniform(-300, -200), 8,
                            cl.z_bottom + 0.6 * (cl.z_top - cl.z_bottom)))
-        plan.features = ["smooth-septal-thickening", "pleural-effusion", "bilateral-effusion" if len(sides) == 2 else "right-effusion"]
+        plan.features = ["smooth-septal-thickening", "pleural-effusion", "bilateral-effusion" if len(eff_sides) == 2 else "right-effusion"]
     elif chosen == "atelectasis":
-        sides = (-1, 1) if rng.random() < 0.5 else (int(rng.choice([-1, 1])),)
-        plan.pleural = Pleural(atelectasis_sides=sides, atelectasis_depth=rng.uniform(4.0, 7.0),
+        atel_sides = (-1, 1) if rng.random() < 0.5 else (int(rng.choice([-1, 1])),)
+        plan.pleural = Pleural(atelectasis_sides=atel_sides, atelectasis_depth=rng.uniform(4.0, 7.0),
                                atelectasis_top=p.z_dome_r + rng.uniform(5, 25))
         plan.features = ["dependent-atelectasis"]
     else:  # normal

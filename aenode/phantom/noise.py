@@ -54,7 +54,9 @@ class NoisePool:
         ny, nx = shape_yx
         sd = KERNELS[kernel][1] * np.sqrt((0.75 * 0.75 * 1.0) / float(np.prod(spacing_zyx)))
         sd = float(np.clip(sd, 1.5, 60.0))
-        t = rng.standard_normal((tiles, ny + self.PAD, nx + self.PAD), dtype=np.float32)
+        # float32 throughout at run time; numpy's stubs widen float32 - float32 to float64, so t is
+        # declared as a plain ndarray rather than NDArray[float32].
+        t: np.ndarray = rng.standard_normal((tiles, ny + self.PAD, nx + self.PAD), dtype=np.float32)
         if kernel == "sharp":
             t = t - 0.6 * blur3(t)
         else:

@@ -29,8 +29,8 @@ def grow_tree(cl: CoarseLung, seed: int) -> np.ndarray:
                  (0.5, 0.7, -0.5), (0.3, 0.1, -1.0), (0.5, 0.9, 0.2), (0.4, -0.8, 0.3),
                  (0.8, 0.3, -0.6), (0.2, 0.4, 0.9), (0.7, -0.5, -0.8), (0.2, 0.8, -1.0)]
         stack = []
-        for d in roots:
-            d = np.array([side * d[0], d[1], d[2]], float)
+        for r0 in roots:
+            d = np.array([side * r0[0], r0[1], r0[2]], float)
             d /= np.linalg.norm(d)
             stack.append((h + side * np.array([6.0, 0, 0]), d, rng.uniform(3.6, 4.6), 0))
         while stack:

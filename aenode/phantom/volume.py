@@ -70,7 +70,8 @@ def make_grid(p: PatientParams, shape_zyx, spacing_zyx, z_center: float | None =
     zc = p.z_center if z_center is None else z_center
     # Reconstruction centre at the isocentre (x=0, y=0), like a scanner.
     origin = (-(nx - 1) / 2.0 * dx, -(ny - 1) / 2.0 * dy, zc + (nz - 1) / 2.0 * dz)
-    return Grid((nz, ny, nx), (dz, dy, dx), tuple(round(float(o), 4) for o in origin)), dx * nx
+    ox, oy, oz = (round(float(o), 4) for o in origin)
+    return Grid((nz, ny, nx), (dz, dy, dx), (ox, oy, oz)), dx * nx
 
 
 def generate_volume(pattern: str, seed: int, *, shape_zyx=(300, 512, 512), spacing_zyx=None,
@@ -109,7 +110,7 @@ def generate_volume(pattern: str, seed: int, *, shape_zyx=(300, 512, 512), spaci
         h, lm, lb = maps.render_slab(
             zs[s], vessel[s], canvas.w[s] if canvas else None, canvas.hu[s] if canvas else None,
             canvas.lab[s] if canvas else None, airways)
-        if noise:
+        if pool is not None:  # i.e. noise=True
             h = apply_kernel(h, kernel)
             for k in range(k0, k1):
                 h[k - k0] += pool.slice_noise(k)

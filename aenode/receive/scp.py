@@ -269,7 +269,7 @@ class StorageSCP:
                 return STATUS_CANNOT_UNDERSTAND
             except OSError as exc:
                 return self._resource_failure(exc, "commit")
-            own = calling_ae == self.own_ae or meta.is_own_output
+            own = calling_ae == self.own_ae or meta.own_output
             try:
                 self.index.record_instance(meta, final, tmp.size, calling_ae, time.time(), own_output=own)
             except Exception as exc:  # noqa: BLE001 - e.g. the disk filled up under SQLite

@@ -1,18 +1,17 @@
 """Build a :class:`ReportInput` from what the inference stage produces.
 
 ``report_input_from_outcome(manifest, prediction, volume, series_uid, revision)`` takes the
-model manifest (:class:`aenode.infer.manifest.Manifest`), the
-:class:`aenode.infer.engine.Prediction`, and the loaded :class:`aenode.load.volume.Volume`
-of the analysed series.  Duck-typed, so this module imports nothing from those stages.
+model manifest, the prediction and the loaded volume of the analysed series.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from pydicom import dcmread
 
+from aenode.infer.engine import Prediction
+from aenode.infer.manifest import Manifest
+from aenode.load.volume import Volume
 from aenode.report.models import (
     ClassConcept,
     CodingScheme,
@@ -24,7 +23,8 @@ from aenode.report.models import (
 )
 
 
-def report_input_from_outcome(manifest: Any, prediction: Any, volume: Any, series_uid: str, revision: int,
+def report_input_from_outcome(manifest: Manifest, prediction: Prediction, volume: Volume, series_uid: str,
+                              revision: int,
                               *, sop_class_uid: str | None = None,
                               predecessors: list[PredecessorRef] | None = None) -> ReportInput:
     # Slices that came from an instance (a gap filled by the loader has no UID).

@@ -23,9 +23,9 @@ from aenode.report.banner import (
     render_banner,
     window_to_uint8,
 )
-from aenode.report.marks import NODE_MANUFACTURER, OUTPUT_DESCRIPTION_PREFIX, SOFTWARE_PREFIX
 from aenode.report.models import ReportInput
 from aenode.report.uids import ResultUIDs, result_uids
+from aenode.store.marks import NODE_MANUFACTURER, OUTPUT_DESCRIPTION_PREFIX, SOFTWARE_PREFIX
 
 SC_SERIES_NUMBER = 9901
 SC_SERIES_DESCRIPTION = f"{OUTPUT_DESCRIPTION_PREFIX} - KEY IMAGES"
@@ -126,7 +126,7 @@ def build_sc(inp: ReportInput, *, uids: ResultUIDs | None = None) -> hd.sc.SCIma
             sc[elem.tag] = elem
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "YES"
-    sc.Laterality = None  # Type 2C: lungs are paired, the image shows both (empty = not one side)
+    sc.Laterality = ""  # Type 2C: lungs are paired, the image shows both (empty = not one side)
     sc.SoftwareVersions = f"{SOFTWARE_PREFIX} {__version__}"
     sc.ManufacturerModelName = "aenode"
     sc.DerivationDescription = (

@@ -21,9 +21,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from aenode import __version__
-from aenode.report.marks import NODE_MANUFACTURER, OUTPUT_DESCRIPTION_PREFIX, SOFTWARE_PREFIX
 from aenode.report.models import ClassConcept, PredecessorRef, ReportInput
 from aenode.report.uids import ResultUIDs, device_uid, result_uids
+from aenode.store.marks import NODE_MANUFACTURER, OUTPUT_DESCRIPTION_PREFIX, SOFTWARE_PREFIX
 
 SR_SERIES_NUMBER = 9900
 SR_SERIES_DESCRIPTION = OUTPUT_DESCRIPTION_PREFIX  # 34 characters, fits LO

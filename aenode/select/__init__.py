@@ -1,14 +1,13 @@
 """Series selection: which series of a study a model analyses, and why the others not.
 
-Pure functions over per-instance header facts (:class:`InstanceInfo`), which come either
-from the store's index rows or from DICOM headers read off disk (``aenode predict``).
+Pure functions over the store's instance headers (:class:`aenode.store.meta.InstanceHeader`),
+which come either from the index or from DICOM headers read off disk (``aenode predict``),
+and the ``[selection]`` rules of a model manifest (:class:`SelectionRules`).
 """
 
 from aenode.select.rules import (
-    CT_IMAGE_STORAGE,
-    ENHANCED_CT_IMAGE_STORAGE,
-    InstanceInfo,
     SelectionResult,
+    SelectionRules,
     SeriesSummary,
     group_series,
     select_series,
@@ -16,10 +15,8 @@ from aenode.select.rules import (
 )
 
 __all__ = [
-    "CT_IMAGE_STORAGE",
-    "ENHANCED_CT_IMAGE_STORAGE",
-    "InstanceInfo",
     "SelectionResult",
+    "SelectionRules",
     "SeriesSummary",
     "group_series",
     "select_series",

@@ -6,140 +6,49 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from aenode.infer.manifest import SelectionRules
+from aenode.store.meta import CT_IMAGE_STORAGE, InstanceHeader
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 _IMAGE_SOP_CLASSES = {CT_IMAGE_STORAGE}  # single-frame CT; the loader reads these
 
 
-def _split_multi(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return tuple(p.strip().upper() for p in value.replace("/", "\\").split("\\") if p.strip())
-    return tuple(str(p).strip().upper() for p in value if str(p).strip())
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _floats(value: Any, n: int) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        parts = [p for p in re.split(r"[\\,\s\[\]]+", value) if p]
-    else:
-        parts = list(value)
-    try:
-        out = tuple(float(p) for p in parts)
-    except (TypeError, ValueError):
-        return None
-    return out if len(out) == n else None
+Preference = Literal["thinnest", "kernel", "most_slices", "coverage", "latest"]
+_DEFAULT_PREFERENCE: tuple[Preference, ...] = ("thinnest", "kernel", "most_slices")
 
 
-def _float(value: Any) -> float | None:
-    try:
-        return None if value is None or value == "" else float(value)
-    except (TypeError, ValueError):
-        return None
+class SelectionRules(_Section):
+    """The `[selection]` table of a model manifest: which series that model may analyse."""
 
+    modality: list[str] = Field(default_factory=lambda: ["CT"], min_length=1)
+    image_type: list[str] = Field(default_factory=lambda: ["ORIGINAL", "PRIMARY", "AXIAL"])
+    slice_thickness_mm: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [0.5, 3.0], min_length=2, max_length=2)
+    min_slices: int = Field(40, ge=1)
+    min_coverage_mm: float = Field(150.0, ge=0)
+    max_tilt_deg: float = Field(0.5, ge=0)  # beyond this the loader resamples or refuses
+    tilt: Literal["resample", "refuse"] = "resample"
+    axial_tolerance_deg: float = Field(35.0, ge=0, le=60)  # generous: tilted gantries
+    # Preference when several series qualify, applied in order.
+    prefer: list[Preference] = Field(default_factory=lambda: list(_DEFAULT_PREFERENCE))
+    # Words in ConvolutionKernel or SeriesDescription that mark a lung/sharp reconstruction.
+    kernel_keywords: list[str] = Field(
+        default_factory=lambda: ["LUNG", "SHARP", "B60", "B70", "B60F", "B70F", "BONE", "YC", "FC51", "FC52", "FC86"])
+    # Series descriptions that are never analysed (besides the node's own output).
+    exclude_descriptions: list[str] = Field(default_factory=lambda: ["LOCALIZER", "SCOUT", "TOPOGRAM", "MIP", "MPR"])
 
-@dataclass(frozen=True)
-class InstanceInfo:
-    """Header facts about one stored instance; no patient data."""
-
-    path: str
-    series_uid: str
-    sop_class_uid: str = CT_IMAGE_STORAGE
-    sop_instance_uid: str | None = None
-    modality: str | None = None
-    image_type: tuple[str, ...] = ()
-    series_description: str = ""
-    series_number: int | None = None
-    convolution_kernel: str = ""
-    slice_thickness: float | None = None
-    image_position: tuple[float, float, float] | None = None
-    image_orientation: tuple[float, ...] | None = None
-    instance_number: int | None = None
-    rows: int | None = None
-    columns: int | None = None
-    transfer_syntax: str | None = None
-    calling_ae: str | None = None
-    own_output: bool = False  # the store marked it as the node's own SR/SC output
-
-    @classmethod
-    def from_row(cls, row: Any) -> InstanceInfo:
-        """From an index row (object with attributes, or a mapping); tolerant of naming."""
-
-        def get(*names: str) -> Any:
-            for n in names:
-                if isinstance(row, dict):
-                    if n in row and row[n] is not None:
-                        return row[n]
-                elif getattr(row, n, None) is not None:
-                    return getattr(row, n)
-            return None
-
-        def as_int(v: Any) -> int | None:
-            try:
-                return None if v is None or v == "" else int(v)
-            except (TypeError, ValueError):
-                return None
-
-        return cls(
-            path=str(get("path", "file_path", "abs_path", "filename")),
-            series_uid=str(get("series_uid", "series_instance_uid")),
-            sop_class_uid=str(get("sop_class_uid", "sop_class") or CT_IMAGE_STORAGE),
-            sop_instance_uid=get("sop_instance_uid", "sop_uid"),
-            modality=get("modality"),
-            image_type=_split_multi(get("image_type")),
-            series_description=str(get("series_description") or ""),
-            series_number=as_int(get("series_number")),
-            convolution_kernel=str(get("convolution_kernel", "kernel") or ""),
-            slice_thickness=_float(get("slice_thickness")),
-            image_position=_floats(get("image_position", "image_position_patient", "position"), 3),  # type: ignore[arg-type]
-            image_orientation=_floats(get("image_orientation", "image_orientation_patient", "orientation"), 6),
-            instance_number=as_int(get("instance_number")),
-            rows=as_int(get("rows")),
-            columns=as_int(get("columns", "cols")),
-            transfer_syntax=get("transfer_syntax", "transfer_syntax_uid"),
-            calling_ae=get("calling_ae", "calling_ae_title", "source_ae"),
-            own_output=bool(get("own_output") or False),
-        )
-
-    @classmethod
-    def from_dataset(cls, ds: Any, path: str | Path) -> InstanceInfo:
-        """From a pydicom dataset read with ``stop_before_pixels=True``."""
-        meta = getattr(ds, "file_meta", None)
-        kernel = ds.get("ConvolutionKernel")
-        try:
-            from aenode.report.marks import is_node_output
-
-            own = bool(is_node_output(ds))
-        except ImportError:  # the report stage is not installed
-            own = False
-        return cls(
-            path=str(path),
-            series_uid=str(ds.get("SeriesInstanceUID", "")),
-            sop_class_uid=str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else "")),
-            sop_instance_uid=str(ds.get("SOPInstanceUID", "")) or None,
-            modality=ds.get("Modality"),
-            image_type=_split_multi(ds.get("ImageType")),
-            series_description=str(ds.get("SeriesDescription", "") or ""),
-            series_number=int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None,
-            convolution_kernel="\\".join(_split_multi(kernel)) if kernel is not None else "",
-            slice_thickness=_float(ds.get("SliceThickness")),
-            image_position=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
-            image_orientation=_floats(ds.get("ImageOrientationPatient"), 6),
-            instance_number=int(ds.InstanceNumber) if ds.get("InstanceNumber") not in (None, "") else None,
-            rows=ds.get("Rows"),
-            columns=ds.get("Columns"),
-            transfer_syntax=str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None,
-            own_output=own,
-        )
+    @model_validator(mode="after")
+    def _range(self) -> SelectionRules:
+        if self.slice_thickness_mm[0] > self.slice_thickness_mm[1]:
+            raise ValueError("slice_thickness_mm: minimum above maximum")
+        return self
 
 
 @dataclass(frozen=True)
@@ -158,7 +67,7 @@ class SeriesSummary:
     calling_ae: str | None
     consistent: bool  # one orientation and one matrix size throughout
     own_output: bool = False
-    instances: tuple[InstanceInfo, ...] = field(repr=False, default=())
+    instances: tuple[InstanceHeader, ...] = field(repr=False, default=())
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -170,8 +79,8 @@ class SeriesSummary:
         }
 
 
-def group_series(instances: Iterable[InstanceInfo]) -> dict[str, list[InstanceInfo]]:
-    out: dict[str, list[InstanceInfo]] = {}
+def group_series(instances: Iterable[InstanceHeader]) -> dict[str, list[InstanceHeader]]:
+    out: dict[str, list[InstanceHeader]] = {}
     for inst in instances:
         out.setdefault(inst.series_uid, []).append(inst)
     return out
@@ -184,7 +93,7 @@ def _mode(values: Sequence[Any]) -> Any:
     return max(counts, key=counts.get) if counts else None  # type: ignore[arg-type]
 
 
-def summarise_series(series_uid: str, instances: Sequence[InstanceInfo]) -> SeriesSummary:
+def summarise_series(series_uid: str, instances: Sequence[InstanceHeader]) -> SeriesSummary:
     first = instances[0]
     orientations = {tuple(round(v, 3) for v in i.image_orientation) for i in instances if i.image_orientation}
     sizes = {(i.rows, i.columns) for i in instances}
@@ -319,7 +228,7 @@ class SelectionResult:
 
 
 def select_series(
-    instances: Iterable[InstanceInfo],
+    instances: Iterable[InstanceHeader],
     rules: SelectionRules,
     *,
     own_ae_titles: Iterable[str] = (),

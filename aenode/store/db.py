@@ -30,8 +30,30 @@ Row = tuple[Any, ...]
 _SQLITE_ID = "INTEGER PRIMARY KEY AUTOINCREMENT"
 
 
+def _statements(script: str) -> list[str]:
+    return [s.strip().replace("{id}", _SQLITE_ID) for s in script.split(";") if s.strip()]
+
+
 class StoreError(Exception):
     """A database could not be opened or used (names the database, never row contents)."""
+
+
+_TRANSIENT_ERRNOS = frozenset({28, 122, 12, 5, 24, 23})  # ENOSPC EDQUOT ENOMEM EIO EMFILE ENFILE
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for faults that pass by themselves (disk full, out of memory or descriptors,
+    a busy database), as opposed to invalid input: work that failed so is retried later."""
+    if isinstance(exc, MemoryError):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in _TRANSIENT_ERRNOS
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        return any(w in text for w in ("full", "locked", "busy", "disk i/o", "out of memory"))
+    if isinstance(exc, StoreError):
+        return exc.__cause__ is not None and is_transient(exc.__cause__)
+    return False
 
 
 class Transaction:
@@ -67,7 +89,7 @@ class Database:
 
     dialect = "sqlite"
 
-    def __init__(self, path: str | Path, schema: str, *, synchronous: str = "FULL"):
+    def __init__(self, path: str | Path, schema: str, *, migrations: Sequence[str] = ()):
         self.path = Path(path)
         self.name = self.path.name
         self._lock = threading.RLock()
@@ -76,11 +98,28 @@ class Database:
             self._conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
                                          check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(f"PRAGMA synchronous={synchronous}")
+            self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA busy_timeout=30000")
-            self._conn.executescript(schema.replace("{id}", _SQLITE_ID))
+            with self.tx() as t:
+                for stmt in _statements(schema):
+                    t.execute(stmt)
+                self._migrate(t, migrations)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"{self.name}: cannot open ({exc})") from exc
+
+    @staticmethod
+    def _migrate(t: Transaction, migrations: Sequence[str]) -> None:
+        """Versioned schema changes: ``migrations[k]`` takes the schema from version k to
+        k + 1 (``schema`` is version 0); each runs once, in the transaction that records it."""
+        t.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = t.one("SELECT version FROM schema_version")
+        version = int(row[0]) if row else 0
+        if row is None:
+            t.execute("INSERT INTO schema_version (version) VALUES (0)")
+        for k in range(version, len(migrations)):
+            for stmt in _statements(migrations[k]):
+                t.execute(stmt)
+            t.execute("UPDATE schema_version SET version=?", (k + 1,))
 
     def close(self) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from aenode.logs import get_logger
 from aenode.store.index import Index
@@ -24,7 +25,8 @@ log = get_logger("aenode.store")
 class ActivityTracker:
     """Which open associations are sending to which study (thread-safe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._by_assoc: dict[object, set[str]] = defaultdict(set)
         self._senders: dict[str, int] = defaultdict(int)
@@ -38,7 +40,7 @@ class ActivityTracker:
                 self._senders[study_uid] += 1
 
     def ended(self, assoc_key: object) -> None:
-        now = time.time()
+        now = self._clock()
         with self._lock:
             for study in self._by_assoc.pop(assoc_key, ()):
                 self._senders[study] -= 1
@@ -58,8 +60,10 @@ class ActivityTracker:
 
 class Stabiliser:
     def __init__(self, index: Index, tracker: ActivityTracker, quiet_seconds: float,
-                 after_release_seconds: float, interval: float | None = None):
+                 after_release_seconds: float, interval: float | None = None,
+                 clock: Callable[[], float] = time.time):
         self.index = index
+        self._clock = clock
         self.tracker = tracker
         self.quiet = quiet_seconds
         self.after_release = after_release_seconds
@@ -75,7 +79,8 @@ class Stabiliser:
                 and now - released >= self.after_release)
 
     def tick(self) -> list[str]:
-        now = time.time()
+        """Declare every study complete whose quiet period has passed; returns their UIDs."""
+        now = self._clock()
         done = []
         for study_uid, last in self.index.receiving_studies():
             if self.due(study_uid, last, now) and self.index.mark_complete(study_uid, last):
@@ -102,7 +107,7 @@ def reconcile(index: Index, spool: Spool) -> int:
             continue
         try:
             meta = read_meta(path)
-            own = meta.is_own_output
+            own = meta.own_output
             st = path.stat()
             index.record_instance(meta, path, st.st_size, calling_ae=None,
                                   received_at=st.st_mtime, own_output=own)

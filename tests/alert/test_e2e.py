@@ -16,12 +16,12 @@ import pytest
 from pydicom import dcmread
 
 from aenode.config import REPO_MODELS_DIR, parse_config
-from aenode.pipeline import running_node
+from aenode.node import running_node
 from tests.alert.conftest import all_channels
 from tests.alert.helpers import CANARY_NAME, outbox_rows
 from tests.alert.servers import free_port, wait_for
 
-phantom = pytest.importorskip("aenode.phantom")
+import aenode.phantom as phantom
 STORESCU = "/usr/bin/storescu" if Path("/usr/bin/storescu").is_file() else None  # DCMTK, not pynetdicom's
 pytestmark = pytest.mark.skipif(STORESCU is None, reason="DCMTK storescu not installed")
 
@@ -54,12 +54,12 @@ def test_storescu_to_alerts(tmp_path, peers):
     study = phantom.generate_study(tmp_path / "study", "typical", seed=5, slices=20, extra_series=False,
                                    patient_name=CANARY_NAME)
     config = _config(tmp_path, all_channels(wh, sm, ml))
-    workers = ("aenode.alert.worker:AlertWorker", "aenode.deliver.worker:DeliveryWorker")
+    workers = ("alert", "delivery")
     uid = study.study_instance_uid
     with running_node(config, workers=workers) as node:
         _storescu(node.port, _primary_series(tmp_path, study))
         assert wait_for(lambda: (s := node.index.study(uid)) is not None and s.state == "complete", 30)
-        first = dcmread(node.index.instances(uid)[0].file_path, stop_before_pixels=True)
+        first = dcmread(node.index.instances(uid)[0].path, stop_before_pixels=True)
         # What the analysis worker records for a Typical study.
         node.index.record_result(uid, 1, "covid-typicality", "typical",
                                  {"typical": 0.88, "indeterminate": 0.07, "atypical": 0.03, "negative": 0.02},
@@ -82,7 +82,6 @@ def test_storescu_to_alerts(tmp_path, peers):
 @pytest.mark.skipif(not (REPO_MODELS_DIR / "covid-typicality" / "model.onnx").is_file(),
                     reason="the covid-typicality model package has no model.onnx yet")
 def test_full_pipeline(tmp_path, peers):
-    pytest.importorskip("aenode.infer.worker")
     wh, sm, ml = peers
     study = phantom.generate_study(tmp_path / "study", "typical", seed=11, extra_series=False)
     config = _config(tmp_path, all_channels(wh, sm, ml))

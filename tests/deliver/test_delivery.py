@@ -14,7 +14,7 @@ from aenode.config import parse_config
 from aenode.deliver.dicom import Peer, echo
 from aenode.deliver.outbox import Outbox
 from aenode.deliver.worker import DeliveryWorker
-from aenode.report.publish import publish_result
+from aenode.deliver.publish import publish_result
 from tests.deliver.conftest import NODE_AE
 from tests.orthanc import Orthanc, free_port
 from tests.report.factory import make_input

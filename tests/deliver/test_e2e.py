@@ -20,13 +20,13 @@ from pydicom import dcmread
 
 from aenode.config import parse_config
 from aenode.deliver.outbox import Outbox
-from aenode.pipeline import running_node
+from aenode.node import running_node
 from aenode.report.models import ReportInput, SourceRef, header_from_dataset
-from aenode.report.publish import publish_result
+from aenode.deliver.publish import publish_result
 from tests.deliver.conftest import NODE_AE
 from tests.report.factory import CLASSES, MODEL, SCHEME
 
-phantom = pytest.importorskip("aenode.phantom")
+import aenode.phantom as phantom
 
 
 def node_config(tmp_path: Path, node_port: int, orthanc, **extra):
@@ -62,7 +62,7 @@ def orthanc_study(orthanc, study_uid: str) -> list[dict]:
 def test_result_roundtrip_and_no_loop(tmp_path, orthanc, node_port):
     study = phantom.generate_study(tmp_path / "study", "typical", seed=3, slices=30, extra_series=False)
     config = node_config(tmp_path, node_port, orthanc)
-    with running_node(config, workers=("aenode.deliver.worker:DeliveryWorker",)) as node:
+    with running_node(config, workers=("delivery",)) as node:
         storescu(node.port, tmp_path / "study" / Path(study.series[0][3]).name)
         uid = study.study_instance_uid
         wait(lambda: (s := node.index.study(uid)) is not None and s.state == "complete")
@@ -70,8 +70,8 @@ def test_result_roundtrip_and_no_loop(tmp_path, orthanc, node_port):
         assert len(instances) == 30
         # what the analysis stage would hand over: headers + refs in slice order, a result
         rows = sorted(instances, key=lambda r: r.image_position[2])
-        first = dcmread(rows[0].file_path, stop_before_pixels=True)
-        vol = np.stack([dcmread(r.file_path).pixel_array for r in rows]).astype(np.int16) - 1024
+        first = dcmread(rows[0].path, stop_before_pixels=True)
+        vol = np.stack([dcmread(r.path).pixel_array for r in rows]).astype(np.int16) - 1024
         inp = ReportInput(header=header_from_dataset(first), series_instance_uid=rows[0].series_uid,
                           source_refs=[SourceRef(r.sop_class_uid, r.sop_instance_uid) for r in rows],
                           classes=CLASSES, probabilities=[0.8, 0.1, 0.05, 0.05], category="typical",

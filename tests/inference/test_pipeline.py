@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import threading
@@ -15,6 +16,8 @@ from aenode.config import Config
 from aenode.infer.analyse import analyse_instances
 from aenode.infer.cli import scan_folder
 from aenode.infer.worker import AnalysisWorker
+from aenode.store.index import Index
+from aenode.store.meta import InstanceHeader, read_meta
 from tests.inference.conftest import PATTERNS, PER_PATTERN_SLOW, _generate
 
 
@@ -103,7 +106,7 @@ def test_predict_cli_errors(heldout_studies, tmp_path, capsys):
 class FakeIndex:
     """The store's hand-off contract, in memory (the real Index is tested below)."""
 
-    def __init__(self, studies: dict[str, list[dict]]):
+    def __init__(self, studies: dict[str, list[InstanceHeader]]):
         self.queue = [(uid, 1) for uid in studies]
         self.rows = studies
         self.finished: dict[str, tuple[str, str | None]] = {}
@@ -125,21 +128,11 @@ class FakeIndex:
     def record_result(self, study_uid, revision, model, category, probabilities=None, selected_series=None,
                       involvement=None, detail=None):
         self.results.append((study_uid, model, category, probabilities, selected_series, involvement, detail))
+        return len(self.results)
 
 
-def _rows(folder: Path) -> list[dict]:
-    rows = []
-    for f in sorted(folder.rglob("*.dcm")):
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        rows.append({"file_path": str(f), "series_uid": ds.SeriesInstanceUID, "sop_class_uid": ds.SOPClassUID,
-                     "sop_instance_uid": ds.SOPInstanceUID, "modality": ds.get("Modality"),
-                     "image_type": "\\".join(ds.get("ImageType", [])), "series_description": ds.get("SeriesDescription"),
-                     "slice_thickness": ds.get("SliceThickness"),
-                     "image_position": tuple(float(v) for v in ds.ImagePositionPatient) if "ImagePositionPatient" in ds else None,
-                     "image_orientation": tuple(float(v) for v in ds.ImageOrientationPatient) if "ImageOrientationPatient" in ds else None,
-                     "instance_number": ds.get("InstanceNumber"), "rows": ds.get("Rows"), "columns": ds.get("Columns"),
-                     "calling_ae": "CT1"})
-    return rows
+def _rows(folder: Path) -> list[InstanceHeader]:
+    return [dataclasses.replace(read_meta(f), calling_ae="CT1") for f in sorted(folder.rglob("*.dcm"))]
 
 
 def test_worker_flows_and_survives_corrupt_series(heldout_studies, models, tmp_path):
@@ -154,7 +147,7 @@ def test_worker_flows_and_survives_corrupt_series(heldout_studies, models, tmp_p
     shutil.copytree(good / "003_axial_thick", thick_only / "t")
     shutil.copytree(good / "001_localizer", thick_only / "l")
     index = FakeIndex({"good": _rows(good), "bad": _rows(bad), "thick": _rows(thick_only)})
-    worker = AnalysisWorker(Config(), index, registry=models, publish=False)
+    worker = AnalysisWorker(Config(), index, models, None)
     stop = threading.Event()
     t = threading.Thread(target=worker.run, args=(stop,))
     t.start()
@@ -177,19 +170,17 @@ def test_worker_flows_and_survives_corrupt_series(heldout_studies, models, tmp_p
 
 
 def test_worker_with_store_index(heldout_studies, models, tmp_path):
-    store = pytest.importorskip("aenode.store.index")
-    meta_mod = pytest.importorskip("aenode.store.meta")
     src = next(s for s in heldout_studies if s[0] == "negative")[2]
     data_dir = tmp_path / "data"
     shutil.copytree(src, data_dir / "spool" / "study", ignore=shutil.ignore_patterns("ground_truth"))
-    index = store.Index(data_dir / "index.sqlite", data_dir=data_dir)
+    index = Index.for_data_dir(data_dir)
     study_uid = None
     for f in sorted((data_dir / "spool").rglob("*.dcm")):
-        meta = meta_mod.read_meta(f)
+        meta = read_meta(f)
         study_uid = meta.study_uid
         index.record_instance(meta, f, f.stat().st_size, "CT1", received_at=0.0)
     assert index.mark_complete(study_uid, 0.0)
-    worker = AnalysisWorker(Config(), index, registry=models, publish=False)
+    worker = AnalysisWorker(Config(), index, models, None)
     claim = index.claim_next_complete("test")
     assert worker.process(claim.study_uid, claim.revision) == "analysed"
     results = {r.model: r for r in index.results(study_uid)}

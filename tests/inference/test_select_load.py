@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pydicom
 import pytest
 
-from aenode.infer.manifest import SelectionRules
 from aenode.load import LoadError, load_series
-from aenode.select import InstanceInfo, select_series
+from aenode.select import SelectionRules, select_series
+from aenode.store.meta import read_meta
 from tests.inference.fakect import RLELossless, write_series
 
 RULES = SelectionRules(slice_thickness_mm=[0.5, 3.0], min_slices=10, min_coverage_mm=20)
 
 
 def infos(files):
-    return [InstanceInfo.from_dataset(pydicom.dcmread(f, stop_before_pixels=True), f) for f in files]
+    return [read_meta(f) for f in files]
 
 
 def test_prefers_thinnest_then_kernel(tmp_path):
@@ -58,20 +60,33 @@ def test_ineligible_series_reasons(tmp_path, kwargs, expect):
 
 def test_node_output_never_selected(tmp_path):
     uid, files, _ = write_series(tmp_path, n=20)
-    rows = [InstanceInfo(**{**i.__dict__, "calling_ae": "AENODE"}) for i in infos(files)]
+    rows = [dataclasses.replace(i, calling_ae="AENODE") for i in infos(files)]
     sel = select_series(rows, RULES, own_ae_titles=["AENODE"])
     assert sel.selected is None and sel.skipped[uid] == "the node's own output"
-    rows = [InstanceInfo(**{**i.__dict__, "own_output": True}) for i in infos(files)]
+    rows = [dataclasses.replace(i, own_output=True) for i in infos(files)]
     assert select_series(rows, RULES).skipped[uid] == "the node's own output"
 
 
-def test_from_row_accepts_index_rows():
-    row = {"file_path": "/x/1.dcm", "series_uid": "1.2", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
-           "modality": "CT", "image_type": "ORIGINAL\\PRIMARY\\AXIAL", "slice_thickness": 1.0,
-           "image_position": (0.0, 0.0, 5.0), "image_orientation": (1, 0, 0, 0, 1, 0), "rows": 512}
-    info = InstanceInfo.from_row(row)
-    assert info.path == "/x/1.dcm" and info.image_type == ("ORIGINAL", "PRIMARY", "AXIAL")
-    assert info.image_position == (0.0, 0.0, 5.0) and info.rows == 512
+def test_index_returns_the_header_it_was_given(tmp_path):
+    """The index stores and returns the one header record selection works on."""
+    from aenode.store.index import Index
+
+    uid, files, _ = write_series(tmp_path / "data" / "spool", n=3)
+    index = Index.for_data_dir(tmp_path / "data")
+    try:
+        sent = infos(files)
+        for h in sent:
+            index.record_instance(h, h.path, 10, "CT1", received_at=5.0)
+        got = {h.sop_instance_uid: h for h in index.instances(sent[0].study_uid)}
+        for h in sent:
+            back = got[h.sop_instance_uid]
+            assert dataclasses.replace(back, path=None, calling_ae=None, size=None, received_at=None,
+                                       revision=None) == dataclasses.replace(h, path=None)
+            assert back.path == h.path and back.calling_ae == "CT1" and back.revision == 1
+        assert select_series(got.values(), RULES.model_copy(update={"min_slices": 3, "min_coverage_mm": 0})
+                             ).selected.series_uid == uid
+    finally:
+        index.close()
 
 
 def test_load_sorts_and_rescales(tmp_path):

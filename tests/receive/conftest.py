@@ -14,7 +14,7 @@ import pytest
 
 from aenode.config import parse_config
 from aenode.logs import configure_logging
-from aenode.pipeline import running_node
+from aenode.node import running_node
 
 STORESCU = "/usr/bin/storescu"  # DCMTK, not a pyenv shim of pynetdicom's apps
 ECHOSCU = "/usr/bin/echoscu"

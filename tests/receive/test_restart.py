@@ -16,7 +16,7 @@ import pytest
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from aenode.pipeline import running_node
+from aenode.node import running_node
 from aenode.store.index import ANALYSED, COMPLETE, RECEIVING, Index
 
 from .conftest import echoscu, make_config, storescu, wait_for, write_toml

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,29 +12,24 @@ from pydicom.dataset import Dataset
 
 from aenode.config import parse_config
 from aenode.deliver.outbox import Outbox
-from aenode.report import is_node_output, result_uids
+from aenode.deliver.publish import publish_result
+from aenode.report import result_uids
 from aenode.report.models import ReportInput, SourceRef
-from aenode.report.publish import publish_result, write_dataset
+from aenode.report.publish import write_dataset
 from aenode.report.sc import build_sc, key_slices
 from aenode.report.sr import build_sr
+from aenode.store.marks import is_node_output
 from tests.report.factory import CLASSES, MODEL, make_input
-
-needs_tools = pytest.mark.skipif(not (shutil.which("dciodvfy") and Path("/usr/bin/dsrdump").exists()),
-                                 reason="dicom3tools / dcmtk not installed")
-
 
 def dciodvfy_errors(path: Path) -> list[str]:
     r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
-
 
 def dsrdump(path: Path) -> str:
     r = subprocess.run(["/usr/bin/dsrdump", str(path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return r.stdout
 
-
-@needs_tools
 @pytest.mark.parametrize("category,lesion", [("typical", True), ("negative", False), ("indeterminate", True)])
 def test_sr_and_sc_are_valid_dicom(tmp_path, category, lesion):
     inp = make_input(n=30, category=category, lesion=lesion)
@@ -54,7 +48,6 @@ def test_sr_and_sc_are_valid_dicom(tmp_path, category, lesion):
     assert "{probability}" in dump
     assert '(%,UCUM,"percent")' in dump  # involvement given (0 % for negative)
 
-
 def test_sr_content(tmp_path):
     inp = make_input(n=25)
     sr = build_sr(inp)
@@ -71,7 +64,6 @@ def test_sr_content(tmp_path):
     schemes = {i.CodingSchemeDesignator: i for i in sr.CodingSchemeIdentificationSequence}
     assert schemes["99AENODE"].CodingSchemeName == "aenode COVID-19 CT categories"
     assert "PredecessorDocumentsSequence" not in sr
-
 
 def test_sc_content():
     inp = make_input(n=40, size=64)
@@ -90,12 +82,10 @@ def test_sc_content():
     # overlay tint present (orange: red > blue clearly somewhere in the image area)
     assert ((px[..., 0].astype(int) - px[..., 2]) > 60).any()
 
-
 def test_key_slices_negative_are_representative():
     assert key_slices(None, 100) == [30, 45, 59, 74]
     assert key_slices(np.zeros((100, 4, 4), np.uint8), 100) == [30, 45, 59, 74]
     assert key_slices(None, 1) == [0]
-
 
 def test_uids_deterministic_and_revision_names_predecessor():
     study = "1.2.826.0.1.3680043.8.498.1"
@@ -118,15 +108,12 @@ def test_uids_deterministic_and_revision_names_predecessor():
     sc2 = build_sc(make_input(study_uid=study, series_uid=series, refs=refs))
     assert sc1.SOPInstanceUID == sc2.SOPInstanceUID == u1.sc_sop_instance_uid
 
-
-@needs_tools
 def test_revision_sr_is_valid(tmp_path):
     inp = make_input(n=12, revision=3, with_volume=False)
     p = tmp_path / "sr3.dcm"
     write_dataset(build_sr(inp), p)
     assert dciodvfy_errors(p) == []
     assert "Predecessor Docs    : 1" in dsrdump(p)
-
 
 def test_is_node_output():
     inp = make_input(n=8)
@@ -144,7 +131,6 @@ def test_is_node_output():
     assert is_node_output(renamed)
     assert is_node_output(ct, calling_ae="AENODE", node_ae_title="AENODE")
     assert not is_node_output(ct, calling_ae="CT01", node_ae_title="AENODE")
-
 
 @pytest.mark.parametrize("change,match", [
     (dict(probabilities=[1.2, 0, 0, 0]), "probabilities"),
@@ -167,7 +153,6 @@ def test_report_input_refuses_bad_input(change, match):
     fields.update(change)
     with pytest.raises((ValueError, TypeError), match=match):
         ReportInput(**fields)
-
 
 def test_publish_result_writes_and_enqueues_idempotently(tmp_path):
     config = parse_config({"node": {"data_dir": str(tmp_path), "ae_title": "AENODE"},

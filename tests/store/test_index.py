@@ -9,14 +9,14 @@ import pytest
 from pydicom.uid import generate_uid
 
 from aenode.store.index import ANALYSED, ANALYSING, COMPLETE, ERROR, RECEIVING, SKIPPED, Index
-from aenode.store.meta import InstanceMeta, read_meta
+from aenode.store.meta import InstanceHeader, read_meta
 from aenode.store.spool import Spool, UnsafePath
 from aenode.store.stabilise import ActivityTracker, Stabiliser, reconcile
 from tests.receive.dicomgen import ct_slice
 
 
-def meta(study: str, sop: str | None = None, series: str = "1.2.3") -> InstanceMeta:
-    return InstanceMeta(study_uid=study, series_uid=series, sop_instance_uid=sop or generate_uid(),
+def meta(study: str, sop: str | None = None, series: str = "1.2.3") -> InstanceHeader:
+    return InstanceHeader(study_uid=study, series_uid=series, sop_instance_uid=sop or generate_uid(),
                         sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax="1.2.840.10008.1.2.1",
                         modality="CT", instance_number=1)
 
@@ -52,8 +52,8 @@ def test_lifecycle_reopen_and_stale_finish(index, tmp_path):
     assert index.finish_study("1.2.840.1", 2, ANALYSED)
     (r,) = index.results("1.2.840.1")
     assert r.category == "typical" and r.probabilities == {"typical": 0.8} and r.detail["result_uids"] == ["9.9"]
-    (row,) = [i for i in index.instances("1.2.840.1") if i.file_path.name == "a.dcm"]
-    assert row.file_path == tmp_path / "a.dcm" and row.file_path.is_absolute()
+    (row,) = [i for i in index.instances("1.2.840.1") if i.path.name == "a.dcm"]
+    assert row.path == tmp_path / "a.dcm" and row.path.is_absolute()
     assert [s.instance_count for s in index.series("1.2.840.1")] == [2]
 
 
@@ -134,5 +134,5 @@ def test_spool_paths_and_reconcile(tmp_path):
     idx = Index.for_data_dir(tmp_path)  # an index that lost the row (e.g. power loss)
     assert reconcile(idx, spool) == 1 and reconcile(idx, spool) == 0
     (row,) = idx.instances(ds.StudyInstanceUID)
-    assert row.file_path == path and idx.study(ds.StudyInstanceUID).state == RECEIVING
+    assert row.path == path and idx.study(ds.StudyInstanceUID).state == RECEIVING
     idx.close()

@@ -21,7 +21,7 @@ import pytest
 
 from aenode.config import REPO_MODELS_DIR, parse_config
 from aenode.peers import wait_for
-from aenode.pipeline import running_node
+from aenode.node import running_node
 from tests.web.conftest import PASSWORDS, TOKEN, free_port, web_section
 
 STORESCU = "/usr/bin/storescu"
@@ -73,7 +73,7 @@ def test_healthz_and_destination_down(tmp_path, hashes):
         "web": web_section(hashes, health_cache_seconds=0),
     })
     try:
-        with running_node(config, workers=("aenode.web.worker:WebWorker",)) as node:
+        with running_node(config, workers=("web",)) as node:
             w = web_worker(node)
             r = httpx.get(f"{w.url}/healthz", timeout=30)
             body = r.json()

@@ -11,14 +11,12 @@ the node's own AE title are its output too.
 
 from __future__ import annotations
 
-from typing import Any
-
 OUTPUT_DESCRIPTION_PREFIX = "AI RESULT - NOT FOR DIAGNOSTIC USE"
 NODE_MANUFACTURER = "aenode"
 SOFTWARE_PREFIX = "aenode"
 
 
-def _text(ds: Any, keyword: str) -> str:
+def _text(ds: object, keyword: str) -> str:
     try:
         value = ds.get(keyword) if hasattr(ds, "get") else getattr(ds, keyword, None)
     except Exception:  # noqa: BLE001 - a malformed header is simply "not ours" on that mark
@@ -30,7 +28,7 @@ def _text(ds: Any, keyword: str) -> str:
     return str(value)
 
 
-def is_node_output(ds_header: Any, *, calling_ae: str | None = None, node_ae_title: str | None = None) -> bool:
+def is_node_output(ds_header: object, *, calling_ae: str | None = None, node_ae_title: str | None = None) -> bool:
     """True when ``ds_header`` (a pydicom Dataset or a mapping of keywords) is the node's
     own output, or when it was sent by the node's own AE title (both given).
 

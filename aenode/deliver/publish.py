@@ -1,0 +1,69 @@
+"""Results on their way to PACS: the report stage's files, queued for every destination.
+
+``publish_result(config, report_input)`` writes the SR/SC (:mod:`aenode.report.publish`)
+and adds one outbox row per (object, destination); a retry after a crash finds the same
+files and the same rows (both are keyed by the result's deterministic UIDs).
+:class:`OutboxPublisher` is what :mod:`aenode.node` hands the analysis worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom import dcmread
+
+from aenode.config import Config
+from aenode.deliver.outbox import Outbox
+from aenode.deliver.worker import notify
+from aenode.infer.analyse import ModelOutcome
+from aenode.infer.engine import Model
+from aenode.load.volume import Volume
+from aenode.logs import get_logger
+from aenode.report.adapters import report_input_from_outcome
+from aenode.report.models import ReportInput
+from aenode.report.publish import write_results
+
+log = get_logger("aenode.deliver")
+
+
+def enqueue_results(config: Config, paths: list[Path], study_uid: str, *, outbox: Outbox) -> list[int]:
+    """One outbox row per (file, destination); returns the row ids."""
+    ids = []
+    for p in paths:
+        sop_uid = str(dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+        for dest in config.destinations:
+            ids.append(outbox.enqueue("dicom", dest.name, sop_uid, str(p), study_uid=study_uid))
+    notify()
+    return ids
+
+
+def publish_result(config: Config, report_input: ReportInput, *, outbox: Outbox | None = None) -> list[Path]:
+    """Write the SR/SC of ``report_input`` under ``config.node.data_dir`` and enqueue them
+    for every ``config.destinations`` entry.  Idempotent per revision."""
+    box = outbox if outbox is not None else Outbox.for_config(config)
+    try:
+        paths = write_results(config.node.data_dir, report_input, node_name=config.node.name)
+        ids = enqueue_results(config, paths, report_input.study_instance_uid, outbox=box)
+    finally:
+        if outbox is None:
+            box.close()
+    log.info("result_published", study_uid=report_input.study_instance_uid, objects=len(paths),
+             outbox_rows=len(ids), revision=report_input.revision, model=report_input.model.name)
+    return paths
+
+
+class OutboxPublisher:
+    """The analysis worker's :class:`aenode.infer.worker.ResultPublisher`: SR/SC into the outbox."""
+
+    def __init__(self, config: Config, outbox: Outbox):
+        self.config = config
+        self.outbox = outbox
+
+    def publish(self, study_uid: str, revision: int, model: Model, outcome: ModelOutcome,
+                volume: Volume) -> list[str]:
+        assert outcome.prediction is not None and outcome.selected_series is not None
+        inp = report_input_from_outcome(model.manifest, outcome.prediction, volume, outcome.selected_series,
+                                        revision)
+        paths = publish_result(self.config, inp, outbox=self.outbox)
+        return [str(dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+                for p in paths]
