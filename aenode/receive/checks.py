@@ -16,7 +16,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from aenode.config import LimitsConfig
-from aenode.store.meta import BadInstance, InstanceMeta, meta_from_dataset
+from aenode.store.meta import BadInstance, InstanceHeader, meta_from_dataset
 
 # Never negotiated: inflating a data set has no bound known in advance (a 1 MB stream can
 # expand to gigabytes on the receiving thread).
@@ -50,7 +50,7 @@ class PixelGeometry:
         return (bits + 7) // 8
 
 
-def read_header(path: str | Path) -> tuple[InstanceMeta, Dataset]:
+def read_header(path: str | Path) -> tuple[InstanceHeader, Dataset]:
     """The instance's header record and the header itself (stops before the pixel data)."""
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)

@@ -78,4 +78,4 @@ def test_fast_paths_are_taken_end_to_end(node):
     for key in ("dul_idle_waits", "association_idle_waits", "spool_temp_files", "bounded_reads"):
         assert after[key] > before.get(key, 0), f"hook '{key}' was never used: see _pynetdicom.py"
     assert len(node.index.instances(study)) == 1
-    assert not list((node.data_dir / "spool" / ".tmp").iterdir())
+    assert not list(node.spool.tmp_dir.iterdir())
