@@ -111,7 +111,7 @@ def _fill(sock: socket.socket, buf: bytearray, start: int, end: int, deadline: f
             if remaining <= 0:
                 raise PDURefused(timeout_reason, timeout_limit)
             try:
-                sock.settimeout(remaining)
+                sock.settimeout(min(remaining, 86400.0))
                 with view[got:end] as part:
                     n = sock.recv_into(part)
             except TimeoutError:

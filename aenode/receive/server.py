@@ -149,6 +149,9 @@ class AssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with the node's connection bounds."""
 
     daemon_threads = True
+    # listen() backlog: socketserver's 5 overflows under a burst of connections and the
+    # kernel then drops SYNs, which costs a well-behaved peer a 1 s retransmission.
+    request_queue_size = 128
 
     def __init__(self, *args: Any, scp: StorageSCP, **kwargs: Any):
         self.scp = scp
