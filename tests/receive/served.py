@@ -101,7 +101,8 @@ def _status_kb(pid: int, key: str) -> int:
 
 def start(config: Path, port: int, data_dir: Path, log: Path, echo, timeout: float = 60) -> Served:
     """``python -m aenode serve --config FILE``; returns once C-ECHO answers."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.Popen([sys.executable, "-m", "aenode", "serve", "--config", str(config)],
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)
     served = Served(proc, port, data_dir, log)
