@@ -16,6 +16,7 @@ import os
 import socket
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -50,10 +51,19 @@ def echo_latency(port: int, n: int) -> list[float]:
     out = []
     for _ in range(n):
         t0 = time.monotonic()
-        ok = echoscu(port).returncode == 0
+        try:
+            ok = echoscu(port).returncode == 0
+        except subprocess.TimeoutExpired:
+            ok = False
         out.append(time.monotonic() - t0 if ok else float("inf"))
         time.sleep(0.2)
     return out
+
+
+def hold(sock: socket.socket, stop: threading.Event) -> None:
+    """Keep the connection until the node closes it or the attack is stopped."""
+    while not stop.is_set() and not closed_by_peer(sock, 0.5):
+        pass
 
 
 def looping(stop: threading.Event, body: Callable[[], None]) -> Callable[[], None]:
@@ -70,7 +80,7 @@ def attack_declared_length(port: int, i: int, stop: threading.Event) -> Callable
     def body() -> None:
         s = connect(port, f"127.0.10.{1 + i}")
         s.sendall(b"\x01\x00\xff\xff\xff\xff")
-        closed_by_peer(s, 15)
+        hold(s, stop)
         s.close()
     return looping(stop, body)
 
@@ -80,7 +90,7 @@ def attack_pdata_length(port: int, i: int, stop: threading.Event) -> Callable[[]
         a = RawAssociation(port, f"127.0.11.{1 + i}")
         if a.ok:
             a.send(b"\x04\x00\xff\xff\xff\xff" + b"\0" * 1024)
-            closed_by_peer(a.sock, 15)
+            hold(a.sock, stop)
         a.close()
         time.sleep(0.02)
     return looping(stop, body)
@@ -92,7 +102,7 @@ def attack_full_pdu_held(port: int, i: int, stop: threading.Event) -> Callable[[
         a = RawAssociation(port, f"127.0.12.{1 + i}")
         if a.ok:
             a.send(b"\x04\x00" + struct.pack(">L", 4 * MiB) + b"\0" * (4 * MiB - 1))
-            closed_by_peer(a.sock, 60)
+            hold(a.sock, stop)
         a.close()
         time.sleep(0.05)
     return looping(stop, body)
@@ -103,8 +113,7 @@ def attack_idle(port: int, i: int, stop: threading.Event) -> Callable[[], None]:
 
     def body() -> None:
         s = connect(port, source)
-        while not stop.is_set() and not closed_by_peer(s, 0.5):
-            pass
+        hold(s, stop)
         s.close()
     return looping(stop, body)
 
@@ -215,6 +224,7 @@ def main() -> int:
         for name, n, make in attacks:
             stop = threading.Event()
             rows.append(run_attack(node, name, [make(node.port, i, stop) for i in range(n)], stop, args.seconds))
+            print(rows[-1], flush=True)
         stop = threading.Event()
         rows.append(run_attack(node, "pixel bombs (DCMTK, refused 0xC000)", [attack_pixel_bombs(node.port, 0, stop, bombs)],
                                stop, args.seconds))

@@ -21,6 +21,7 @@ bounded by ``[limits]`` (see docs/SECURITY.md):
 from __future__ import annotations
 
 import errno
+import queue
 import socket
 import socketserver
 import ssl
@@ -169,7 +170,15 @@ class AssociationServer(ThreadedAssociationServer):
         self._refusal_log = RateLimit()
         self._connection_log = RateLimit()
         self._accept_log = RateLimit(per_second=1.0, burst=5)
+        # Pending connections are served by threads started once, here: starting a thread per
+        # accepted connection costs a GIL hand-over each, which under a connection flood made
+        # accept() fall behind and the kernel drop every peer's SYN (C-ECHO waited ~60 s).
+        self._work: queue.SimpleQueue[tuple[socket.socket, Any] | None] = queue.SimpleQueue()
         super().__init__(*args, **kwargs)
+        self._workers = [threading.Thread(target=self._pending_worker, name=f"aenode-scp-pending-{k}", daemon=True)
+                         for k in range(self.limits.max_pending_connections)]
+        for worker in self._workers:
+            worker.start()
 
     # ---- accept ----------------------------------------------------------------------
 
@@ -221,13 +230,24 @@ class AssociationServer(ThreadedAssociationServer):
         return True
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request(request, client_address)
-        except Exception:  # noqa: BLE001 - e.g. no thread could be started
-            conn = self._by_socket.get(request)
-            if conn is not None:
-                self._forget(conn)
-            raise
+        self._work.put((request, client_address))  # no thread started here (see __init__)
+
+    def _pending_worker(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            request, client_address = item
+            try:
+                self.finish_request(request, client_address)
+            except Exception:  # noqa: BLE001 - the handler cleans up; never lose the worker
+                self.handle_error(request, client_address)
+
+    def service_actions(self) -> None:
+        # pynetdicom runs a full gc.collect() every 60 accept-loop turns; under a connection
+        # flood that stalls accept() (and so every peer's TCP handshake).  Connections here
+        # release their resources explicitly; the interpreter's own GC does the rest.
+        pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.error("connection_error", error="unexpected exception in the connection thread")
@@ -235,6 +255,8 @@ class AssociationServer(ThreadedAssociationServer):
     def shutdown(self) -> None:  # pynetdicom's also edits ae._servers, which the node does not use
         socketserver.BaseServer.shutdown(self)
         self.server_close()
+        for _ in self._workers:
+            self._work.put(None)
 
     # ---- bookkeeping -------------------------------------------------------------------
 
@@ -312,35 +334,49 @@ def _send_quietly(sock: socket.socket, data: bytes) -> None:
 
 
 class ConnectionHandler(RequestHandler):
-    """Runs one connection in its own thread, from TLS handshake to clean-up."""
+    """One connection: the pending phase on a pending worker, then its own thread once admitted."""
 
     server: AssociationServer
 
     def handle(self) -> None:
         server = self.server
         conn = server.take(self.request)
+        handed_off = False
         try:
-            self._serve(conn)
+            handed_off = self._serve(conn)
         except Exception as exc:  # noqa: BLE001 - a connection must never take the listener down
+            conn.failed(exc)
+        finally:
+            if not handed_off:
+                self._finish(conn)
+
+    def _run(self, conn: Connection, assoc: Association) -> None:
+        """The admitted association's own thread: run it to its end, then clean up."""
+        try:
+            assoc.start()
+            _pynetdicom.finish_acceptor(assoc, timeout=None)
+        except Exception as exc:  # noqa: BLE001 - clean up whatever happened
             conn.failed(exc)
         finally:
             self._finish(conn)
 
-    def _serve(self, conn: Connection) -> None:
+    def _serve(self, conn: Connection) -> bool:
+        """The pending phase; True once the association runs on its own thread."""
         server, scp, limits = self.server, self.server.scp, self.server.limits
         if scp.ssl_context is not None:
             raw = self.request
             try:
                 raw.settimeout(scp.handshake_timeout)
                 tls = scp.ssl_context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+                conn.sock = tls  # the raw socket object is detached now; eviction shuts this one
                 tls.do_handshake()
             except (OSError, ssl.SSLError, ValueError) as exc:
                 conn.outcome, conn.reason = "tls_failed", type(exc).__name__
-                return
+                return False
             self.request = tls
         sock: socket.socket = self.request
         try:
-            data = conn.reader.read_associate_request(sock, time.monotonic() + limits.associate_timeout_seconds)
+            data = conn.reader.read_associate_request(sock, conn.accepted_at + limits.associate_timeout_seconds)
             header = parse_associate_header(data)
             request = A_ASSOCIATE_RQ()
             try:
@@ -349,11 +385,11 @@ class ConnectionHandler(RequestHandler):
                 raise PDURefused("undecodable_pdu") from None
         except PeerClosed:
             conn.outcome = "evicted" if conn.evicted else "closed"
-            return
+            return False
         except PDURefused as exc:
             conn.refused(exc)
             _send_quietly(sock, abort_pdu())
-            return
+            return False
         finally:
             server.unpend(conn)
         conn.calling_ae, conn.called_ae = header.calling_ae, header.called_ae
@@ -364,13 +400,13 @@ class ConnectionHandler(RequestHandler):
             (result, source, reason), why = rejection
             conn.outcome, conn.reason = "rejected", why
             _send_quietly(sock, reject_pdu(result, source, reason))
-            return
+            return False
         sock.settimeout(limits.idle_timeout_seconds)
         assoc = _pynetdicom.create_acceptor(self, request, conn)
         server.bind_assoc(conn, assoc)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-        assoc.start()
-        _pynetdicom.finish_acceptor(assoc, timeout=None)
+        threading.Thread(target=self._run, args=(conn, assoc), name="aenode-scp-association", daemon=True).start()
+        return True
 
     def _check(self, conn: Connection, header: AssociateHeader) -> tuple[tuple[int, int, int], str] | None:
         scp = self.server.scp
