@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from aenode import __version__, demo, node
+from aenode import __version__, alert, deliver, demo, node
 from aenode.config import load_config_or_report, render_toml
 from aenode.deliver import cli as deliver_cli
 from aenode.infer import cli as infer_cli
@@ -30,6 +30,8 @@ def _config_check(args: argparse.Namespace) -> int:
         return 2
     print(f"# effective configuration ({args.file or 'built-in defaults'}); valid")
     print(render_toml(config), end="")
+    for warning in [*deliver.transport_warnings(config), *alert.transport_warnings(config)]:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -38,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     try:
-        node.run_node(config)
+        node.run_node(config, args.log_level)
     except OSError as exc:
         get_logger("aenode.node").error("serve_failed", error=type(exc).__name__, errno=exc.errno,
                                         detail=exc.strerror)

@@ -19,7 +19,9 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     model_validator,
 )
@@ -125,6 +127,16 @@ class StabilityConfig(_Section):
     after_release_seconds: float = Field(2.0, ge=0)
 
 
+class WorkersConfig(_Section):
+    """How ``aenode serve`` spreads the work over processes."""
+
+    # Analysis processes (selection, decoding, preprocessing, models); None = a share of
+    # the cores that leaves room for receiving and delivering (see aenode/node.py).
+    analysis: int | None = Field(None, ge=1, le=256)
+    # Threads each analysis process may use for its numeric libraries; None = cores / analysis.
+    threads_per_analysis: int | None = Field(None, ge=1, le=256)
+
+
 class RetentionConfig(_Section):
     """How long received images stay on disk once their study's results are delivered."""
 
@@ -139,11 +151,71 @@ class SourceConfig(_Section):
     host: str | None = None
 
 
-class DestinationConfig(_Section):
+class DicomTLSConfig(_Section):
+    """TLS for C-STORE/C-ECHO to a PACS (DICOM TLS, PS3.15 B.1).  Verification of the
+    PACS certificate is on unless ``verify = false`` (then only encryption remains)."""
+
+    ca_file: Path | None = None  # CA bundle that signs the PACS certificate; None = system CAs
+    cert_file: Path | None = None  # client certificate, for a PACS that wants one
+    key_file: Path | None = None
+    verify: bool = True
+    server_name: str | None = None  # name in the PACS certificate; None = ``host``
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> DicomTLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file: give both (client certificate) or neither")
+        return self
+
+
+class DicomDestination(_Section):
+    """A PACS reached by C-STORE (DICOM upper layer), optionally over TLS."""
+
+    type: Literal["dicom"] = "dicom"
     name: str = Field(min_length=1)
     ae_title: AETitle
     host: str
     port: Port
+    tls: DicomTLSConfig | None = None
+
+
+class DicomWebDestination(_Section):
+    """A PACS reached by DICOMweb STOW-RS (``POST {url}/studies``)."""
+
+    type: Literal["dicomweb"]
+    name: str = Field(min_length=1)
+    url: str = Field(pattern=r"^https?://[^/\s]+")
+    token: str | None = Field(None, min_length=1)  # bearer token
+    username: str | None = Field(None, min_length=1)  # basic auth, with password
+    password: str | None = None
+    ca_file: Path | None = None  # CA bundle to verify the server; None = system CAs
+    insecure: bool = False  # allow http:// (results carry patient data in clear)
+
+    @model_validator(mode="after")
+    def _auth_and_transport(self) -> DicomWebDestination:
+        if self.token is not None and self.username is not None:
+            raise ValueError("token and username: choose bearer token or basic auth, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password: basic auth needs both")
+        if self.url.lower().startswith("http://") and not self.insecure:
+            raise ValueError("url: http:// sends patient data in clear; use https:// or set insecure = true")
+        return self
+
+
+def _destination_type(value: object) -> str:
+    """``type`` of a ``[[destinations]]`` entry; absent means "dicom" (the first wave's keys)."""
+    if isinstance(value, dict):
+        return str(value.get("type", "dicom"))
+    return str(getattr(value, "type", "dicom"))
+
+
+# One entry of ``[[destinations]]``.  A new destination type adds its model here (and one
+# module under aenode/deliver/destinations/ registering its sender and probe).
+DestinationConfig = Annotated[
+    Annotated[DicomDestination, Tag("dicom")] | Annotated[DicomWebDestination, Tag("dicomweb")],
+    Discriminator(_destination_type),
+]
+DESTINATION_TYPES: tuple[str, ...] = ("dicom", "dicomweb")
 
 
 Provider = Literal["cuda", "cpu"]
@@ -201,6 +273,16 @@ class WebConfig(_Section):
     # Re-issue the SR as a VERIFIED revision when a radiologist confirms the AI category.
     reissue_verified_sr: bool = False
     health_cache_seconds: float = Field(30.0, ge=0)  # C-ECHO results of /healthz are reused this long
+    # Session cookies carry the Secure flag when the request came over TLS (directly or via a
+    # trusted proxy) or the dashboard is public (non-loopback host); true/false forces it.
+    secure_cookies: bool | None = None
+    # Password verifications (argon2, 64 MiB each) running at once / waiting; more -> HTTP 429.
+    login_concurrency: int = Field(1, ge=1, le=8)
+    login_queue: int = Field(8, ge=0, le=1000)
+    # Failed logins: an account's attempts are delayed at most this long (exponential back-off),
+    # an address that keeps failing is blocked at most this long.
+    login_max_delay_seconds: float = Field(30.0, gt=0, le=3600)
+    login_max_block_seconds: float = Field(3600.0, gt=0, le=7 * 86400)
     users: list[WebUser] = Field(default_factory=list)
     tokens: list[WebToken] = Field(default_factory=list)
 
@@ -216,40 +298,82 @@ class WebConfig(_Section):
         return self
 
 
-class WebhookConfig(_Section):
-    url: str = Field(pattern=r"^https?://")
-    secret: str | None = None
-    timeout_seconds: float = Field(10.0, gt=0)
-    ca_file: Path | None = None  # CA bundle to verify an https receiver; None = system CAs
+class AlertChannelConfig(_Section):
+    """What every alert channel's table has.  Each channel is one field of
+    :class:`AlertsConfig` (the table name is the channel's kind, e.g. ``[alerts.webhook]``)
+    and one module in ``aenode/alert/channels/`` that registers the same kind."""
+
     # Alert only for these classes on this channel; None = the model manifest's alert classes.
     categories: list[str] | None = None
+    timeout_seconds: float = Field(10.0, gt=0)
 
 
-class SMTPConfig(_Section):
+class WebhookConfig(AlertChannelConfig):
+    url: str = Field(pattern=r"^https?://")
+    secret: str | None = None
+    ca_file: Path | None = None  # CA bundle to verify an https receiver; None = system CAs
+    # An http:// URL sends patient identifiers in clear: refused unless set (loopback tests).
+    insecure: bool = False
+
+    @model_validator(mode="after")
+    def _https_unless_insecure(self) -> WebhookConfig:
+        if self.url.lower().startswith("http://") and not self.insecure:
+            raise ValueError("url: http:// sends patient identifiers in clear; use https:// (or set"
+                             " insecure = true for a receiver on this machine)")
+        return self
+
+
+class SMTPConfig(AlertChannelConfig):
     host: str
     port: Port = 25
     sender: str
     recipients: list[str] = Field(min_length=1)
-    security: Literal["none", "starttls", "tls"] = "none"
+    # "starttls" (upgrade on the submission/relay port) or "tls" (implicit TLS, SMTPS, 465);
+    # "none" is cleartext and needs insecure = true (a relay on this machine).
+    security: Literal["none", "starttls", "tls"] = "starttls"
+    insecure: bool = False
     username: str | None = None
     password: str | None = None
     timeout_seconds: float = Field(30.0, gt=0)
     ca_file: Path | None = None  # CA bundle to verify the server's certificate; None = system CAs
-    # Alert only for these classes on this channel; None = the model manifest's alert classes.
-    categories: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _tls_unless_insecure(self) -> SMTPConfig:
+        if self.security == "none" and self.username is not None:
+            raise ValueError("username: AUTH is never sent in clear; use security = \"starttls\" or \"tls\"")
+        if self.security == "none" and not self.insecure:
+            raise ValueError("security: \"none\" sends patient identifiers in clear; use \"starttls\" or"
+                             " \"tls\" (or set insecure = true for a relay on this machine)")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username: username and password go together")
+        return self
 
 
-class HL7Config(_Section):
+class HL7Config(AlertChannelConfig):
     host: str
     port: Port
-    timeout_seconds: float = Field(10.0, gt=0)
     receiving_application: str = ""  # MSH-5
     receiving_facility: str = ""  # MSH-6
-    # Alert only for these classes on this channel; None = the model manifest's alert classes.
-    categories: list[str] | None = None
+    # MLLP inside TLS (the receiver's certificate verified against ca_file or the system
+    # CAs; cert_file/key_file present a client certificate when the receiver asks).
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None  # name to verify in the certificate; None = host
+
+    @model_validator(mode="after")
+    def _tls_files_need_tls(self) -> HL7Config:
+        if not self.tls and any(f is not None for f in (self.ca_file, self.cert_file, self.key_file)):
+            raise ValueError("tls: ca_file/cert_file/key_file are set but tls = false")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file: needs cert_file")
+        return self
 
 
 class AlertsConfig(_Section):
+    # One field per alert channel kind (an AlertChannelConfig); aenode/alert/channels/
+    # registers the sender of each and a test checks that the two lists agree.
     webhook: WebhookConfig | None = None
     smtp: SMTPConfig | None = None
     hl7: HL7Config | None = None
@@ -257,6 +381,22 @@ class AlertsConfig(_Section):
     include_birth_date: bool = False
     # Base of the study link in alerts; None = http://{web.host}:{web.port}
     dashboard_url: str | None = Field(None, pattern=r"^https?://")
+
+    @classmethod
+    def channel_kinds(cls) -> list[str]:
+        """The channel kinds this configuration knows, in declaration order."""
+        return [name for name, field in cls.model_fields.items()
+                if any(isinstance(t, type) and issubclass(t, AlertChannelConfig)
+                       for t in getattr(field.annotation, "__args__", (field.annotation,)))]
+
+    def channels(self) -> dict[str, AlertChannelConfig]:
+        """The configured channels: kind -> its table."""
+        out: dict[str, AlertChannelConfig] = {}
+        for kind in self.channel_kinds():
+            cfg = getattr(self, kind)
+            if cfg is not None:
+                out[kind] = cfg
+        return out
 
 
 class DeliveryConfig(_Section):
@@ -266,7 +406,7 @@ class DeliveryConfig(_Section):
     backoff_base_seconds: float = Field(5.0, gt=0)  # delay after attempt n: base * 2**(n-1) ...
     backoff_cap_seconds: float = Field(600.0, gt=0)  # ... but never more than this
     poll_seconds: float = Field(1.0, gt=0)  # how often the worker looks for due rows
-    timeout_seconds: float = Field(30.0, gt=0)  # association / DIMSE / network timeout
+    timeout_seconds: float = Field(30.0, gt=0)  # association / DIMSE / network / HTTP timeout
 
 
 class Config(_Section):
@@ -279,6 +419,7 @@ class Config(_Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @model_validator(mode="after")
@@ -301,8 +442,13 @@ class ConfigError(Exception):
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
     out = ""
+    previous: int | str | None = None
     for part in loc:
+        if isinstance(previous, int) and part in DESTINATION_TYPES:
+            previous = part
+            continue  # the tag pydantic adds for a discriminated union is not a TOML key
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        previous = part
     return out or "(top level)"
 
 
@@ -398,7 +544,7 @@ def render_toml(config: Config) -> str:
                   and not (isinstance(v, list) and v and isinstance(v[0], dict))}
         lines.append(f"[[{name}]]" if array else f"[{name}]")
         for k, v in simple.items():
-            if k in {"password", "secret", "session_secret", "password_hash", "token_sha256"}:
+            if k in {"password", "secret", "session_secret", "password_hash", "token_sha256", "token"}:
                 v = "********"
             lines.append(f"{k} = {scalar(v)}")
         lines.append("")

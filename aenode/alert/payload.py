@@ -19,6 +19,7 @@ import pydicom
 
 from aenode.config import Config
 from aenode.logs import get_logger
+from aenode.store.index import Index
 
 log = get_logger("aenode.alert")
 
@@ -40,7 +41,7 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
-def read_header(index: Any, study_uid: str, series_uid: str | None = None) -> dict[str, str | None]:
+def read_header(index: Index, study_uid: str, series_uid: str | None = None) -> dict[str, str | None]:
     """The alert's header fields from one readable stored instance of the study.
 
     Returns every keyword in the two lists above (values ``None`` when absent); which of
@@ -51,8 +52,10 @@ def read_header(index: Any, study_uid: str, series_uid: str | None = None) -> di
     preferred = [r for r in rows if series_uid and r.series_uid == series_uid]
     others = [r for r in rows if not (series_uid and r.series_uid == series_uid) and not r.own_output]
     for row in (*preferred, *others):
+        if row.path is None:
+            continue
         try:
-            ds = pydicom.dcmread(str(row.file_path), stop_before_pixels=True,
+            ds = pydicom.dcmread(str(row.path), stop_before_pixels=True,
                                  specific_tags=list(keywords))
         except Exception as exc:  # noqa: BLE001 - try the next instance
             log.warning("alert_header_unreadable", study_uid=study_uid, error=type(exc).__name__)

@@ -111,8 +111,8 @@ def model_rules(config: Config, model: str, detail: dict[str, Any] | None = None
 
 
 def channel_classes(config: Config, channel: str, rules: ModelRules) -> list[str]:
-    cfg = getattr(config.alerts, channel, None)
-    override = getattr(cfg, "categories", None) if cfg is not None else None
+    cfg = config.alerts.channels().get(channel)
+    override = cfg.categories if cfg is not None else None
     return list(override) if override is not None else rules.alert_classes
 
 
@@ -122,7 +122,7 @@ def decide(rules: ModelRules, classes: list[str], category: str | None,
     if not category:
         return None
     probs = probabilities or {}
-    passing = []
+    passing: list[tuple[str, float | None]] = []
     for name in classes:
         rule = rules.classes.get(name)
         threshold = rule.threshold if rule is not None else 0.5
@@ -146,7 +146,7 @@ def action(previous: dict[str, Any] | None, now: Decision) -> tuple[bool, bool] 
     """(send, update) given the last alert sent on the channel, or None for nothing to send."""
     prev_alerting = bool(previous and previous["alerting"])
     if now.alerting:
-        if prev_alerting and previous["category"] == now.category:
+        if prev_alerting and previous is not None and previous["category"] == now.category:
             return None
         return (True, previous is not None)
     if prev_alerting:

@@ -1,39 +1,34 @@
-"""The outbox senders for alerts: kinds ``webhook``, ``smtp``, ``hl7``.
+"""The outbox senders for alerts: one kind per registered channel.
 
 Each outbox row's ``payload`` is the alert document (JSON) and ``object_id`` the alert key;
-``destination`` is the channel name.  Importing this module registers the three kinds in
-:mod:`aenode.deliver.senders`.
+``kind`` and ``destination`` are the channel kind.  :func:`register_senders` registers
+every channel of :data:`aenode.alert.channels.REGISTRY` with :mod:`aenode.deliver.senders`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from aenode.alert.base import AlertSendError, pause_after_send
-from aenode.alert.hl7 import send_hl7
+from aenode.alert.base import AlertSendError, Channel, pause_after_send
+from aenode.alert.channels import REGISTRY
 from aenode.alert.payload import phi_of
-from aenode.alert.smtp_channel import send_email
-from aenode.alert.webhook import send_webhook
+from aenode.config import Config
 from aenode.deliver.dicom import DeliveryError
-from aenode.deliver.senders import register_sender
+from aenode.deliver.outbox import OutboxRow
+from aenode.deliver.senders import Sender, register_sender
 from aenode.logs import get_logger, phi_values
 
 log = get_logger("aenode.alert")
 
-_CHANNEL_SEND: dict[str, Callable[[Any, dict[str, Any], str], Any]] = {
-    "webhook": send_webhook,
-    "smtp": send_email,
-    "hl7": send_hl7,
-}
 
+def _make_sender(channel: Channel) -> Sender:
+    kind = channel.kind
 
-def _make_sender(kind: str) -> Callable[[Any, str, Sequence[Any]], dict[int, DeliveryError | None]]:
-    send = _CHANNEL_SEND[kind]
-
-    def sender(config: Any, destination: str, rows: Sequence[Any]) -> dict[int, DeliveryError | None]:
-        cfg = getattr(config.alerts, kind, None)
+    def sender(config: object, destination: str, rows: Sequence[OutboxRow]) -> dict[int, DeliveryError | None]:
+        if not isinstance(config, Config):
+            raise TypeError(f"alert sender {kind!r} needs the node's Config")
+        cfg = config.alerts.channels().get(kind)
         out: dict[int, DeliveryError | None] = {}
         for row in rows:
             if cfg is None:
@@ -46,7 +41,7 @@ def _make_sender(kind: str) -> Callable[[Any, str, Sequence[Any]], dict[int, Del
                 continue
             with phi_values(phi_of(payload)):
                 try:
-                    send(cfg, payload, row.object_id)
+                    channel.send(cfg, payload, row.object_id)
                 except AlertSendError as exc:
                     out[row.id] = DeliveryError(str(exc))
                     continue
@@ -60,5 +55,10 @@ def _make_sender(kind: str) -> Callable[[Any, str, Sequence[Any]], dict[int, Del
     return sender
 
 
-for _kind in _CHANNEL_SEND:
-    register_sender(_kind, _make_sender(_kind))
+def register_senders() -> None:
+    """Register every alert channel with the outbox (idempotent; the node and the worker call it)."""
+    for channel in REGISTRY.values():
+        register_sender(channel.kind, _make_sender(channel))
+
+
+register_senders()  # importing the module registers them too (the delivery worker imports it)

@@ -1,9 +1,11 @@
 """Alert state per study, for ``aenode status`` and the dashboard.
 
 ``alert_status(data_dir, study_uid)`` -> ``{channel: {"state", "category", "update",
-"revision", "attempts", "last_error"}}`` for the newest alert of each channel, from the
-alert decisions and their outbox rows (``pending`` / ``sending`` / ``sent`` / ``failed``;
-``decided`` if not yet handed to the outbox).  Empty when no alert was raised.
+"alerting", "revision", "attempts", "last_error"}}`` for the newest alert of each outbox
+channel, from the alert decisions and their outbox rows (``pending`` / ``sending`` /
+``sent`` / ``failed``; ``decided`` if not yet handed to the outbox).  Empty when no alert
+was raised.  The built-in "dashboard" channel is not listed: it sends nothing (read it
+with :meth:`AlertStore.current_alert`).
 """
 
 from __future__ import annotations
@@ -11,31 +13,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from aenode.alert.base import CHANNELS
-from aenode.alert.store import ALERTS_FILE, AlertStore
+from aenode.alert.channels import REGISTRY
+from aenode.alert.store import AlertStore
+from aenode.deliver.outbox import Outbox
+from aenode.store.datadir import DataDir
 
 
-def alert_status(data_dir: str | Path, study_uid: str, outbox: Any | None = None) -> dict[str, dict[str, Any]]:
-    path = Path(data_dir) / ALERTS_FILE
-    if not path.is_file():
+def alert_status(data_dir: str | Path, study_uid: str,
+                 outbox: Outbox | None = None) -> dict[str, dict[str, Any]]:
+    files = DataDir.of(data_dir)
+    if not files.alerts_db.is_file():
         return {}
-    store = AlertStore(path)
-    try:
-        alerts = store.alerts(study_uid)
-    finally:
-        store.close()
+    with AlertStore(files.alerts_db) as store:
+        alerts = [a for a in store.alerts(study_uid) if a.channel in REGISTRY]
     if not alerts:
         return {}
     own = outbox is None
-    if own:
-        from aenode.deliver.outbox import OUTBOX_FILE, Outbox
-
-        outbox = Outbox(Path(data_dir) / OUTBOX_FILE)
+    box = Outbox(files.outbox_db) if outbox is None else outbox
     try:
-        rows = {(r.kind, r.object_id): r for r in outbox.rows(study_uid=study_uid) if r.kind in CHANNELS}
+        rows = {(r.kind, r.object_id): r for r in box.rows(study_uid=study_uid) if r.kind in REGISTRY}
     finally:
         if own:
-            outbox.close()
+            box.close()
     out: dict[str, dict[str, Any]] = {}
     for a in sorted(alerts, key=lambda a: (a.revision, a.created)):
         row = rows.get((a.channel, a.key))

@@ -1,110 +1,120 @@
 """The alert worker: recorded results -> alert decisions -> outbox rows.
 
-Pipeline factory: ``AlertWorker(config, index)`` with ``run(stop_event)``.  Each pass:
+``AlertWorker(config, index, outbox=..., store=...)`` with ``run(stop_event)``.  Each pass:
 
-1. reads the index's ``results`` rows added since the last pass (``results.id`` cursor);
-2. per (study, model) takes the newest revision not decided on yet and, per configured
-   channel, applies :mod:`aenode.alert.rules` against the last alert on that channel;
+1. reads the results recorded since the last pass through ``Index.results_after`` (the
+   index's result id is the cursor; the index records a result only once its SR/SC are
+   durably written and enqueued, so an alert never precedes the report it is about);
+2. per (study, model) takes the newest revision not decided on yet; records the built-in
+   "dashboard" decision (alerting or not) and, per configured channel, applies
+   :mod:`aenode.alert.rules` against the last alert on that channel;
 3. commits the decisions (with their payloads) and the cursor in one transaction;
-4. enqueues every alert not yet in the outbox (``kind`` = channel, ``object_id`` = the
-   alert key; a repeat is a no-op) and wakes the delivery worker.
+4. enqueues every outbox-channel alert not yet in the outbox (``kind`` = channel,
+   ``object_id`` = the alert key; a repeat is a no-op) and wakes the delivery worker.
 
 Delivery, retries, backoff, ``failed`` and ``aenode retry`` are the outbox's
-(:mod:`aenode.deliver`); the senders are in :mod:`aenode.alert.senders`.
+(:mod:`aenode.deliver`); the senders are in :mod:`aenode.alert.senders`.  The contract is
+at-least-once with a stable key per (study, revision, model, channel).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
-from typing import Any
 
-import aenode.alert.senders  # noqa: F401 - registers the alert kinds with the outbox
-from aenode.alert.base import CHANNELS, alert_key
+from aenode.alert.base import alert_key
+from aenode.alert.channels import configured_channels
 from aenode.alert.payload import build_payload, phi_of, read_header
-from aenode.alert.rules import action, channel_classes, decide, model_rules
-from aenode.alert.store import AlertRow, AlertStore
+from aenode.alert.rules import ModelRules, action, channel_classes, decide, model_rules
+from aenode.alert.senders import register_senders
+from aenode.alert.store import DASHBOARD, AlertRow, AlertStore
 from aenode.config import Config
+from aenode.deliver.outbox import Outbox
+from aenode.deliver.worker import notify
 from aenode.logs import get_logger, phi_values
+from aenode.store.index import Index, ResultRow
 
 log = get_logger("aenode.alert")
 
-
-def configured_channels(config: Config) -> list[str]:
-    return [c for c in CHANNELS if getattr(config.alerts, c) is not None]
+DASHBOARD_SCHEMA = "aenode.alert.dashboard/v1"
 
 
 class AlertWorker:
-    def __init__(self, config: Config, index: Any, *, outbox: Any | None = None,
+    def __init__(self, config: Config, index: Index, *, outbox: Outbox | None = None,
                  store: AlertStore | None = None, batch: int = 500):
+        register_senders()
         self.config = config
         self.index = index
         self.batch = batch
         self._own_outbox = outbox is None
-        if outbox is None:
-            from aenode.deliver.outbox import Outbox
-
-            outbox = Outbox.for_config(config)
-        self.outbox = outbox
+        self.outbox = outbox if outbox is not None else Outbox.for_config(config)
         self._own_store = store is None
-        self.store = store or AlertStore.for_data_dir(config.node.data_dir)
-        self._results_db = sqlite3.connect(f"file:{index.db_path}?mode=ro", uri=True, timeout=30.0,
-                                           check_same_thread=False)
-        self._results_db.execute("PRAGMA busy_timeout=30000")
+        self.store = store if store is not None else AlertStore.for_data_dir(config.node.data_dir)
         self._lock = threading.Lock()
+        self._full_batch = False  # the last pass read a whole batch: more may be waiting
 
     # ---- one pass --------------------------------------------------------------------
 
-    def _new_results(self, after: int) -> list[tuple]:
-        return self._results_db.execute(
-            "SELECT id, study_uid, revision, model, category, probabilities_json, selected_series,"
-            " detail_json FROM results WHERE id > ? ORDER BY id LIMIT ?", (after, self.batch)).fetchall()
-
     def decide_new(self) -> int:
-        """Steps 1-3; returns how many alerts were decided."""
-        rows = self._new_results(self.store.cursor())
+        """Steps 1-3; returns how many outbox-channel alerts were decided."""
+        rows = self.index.results_after(self.store.cursor(), self.batch)
+        self._full_batch = len(rows) >= self.batch
         if not rows:
             return 0
-        newest: dict[tuple[str, str], tuple] = {}
+        newest: dict[tuple[str, str], ResultRow] = {}
         for r in rows:
-            k = (r[1], r[3])
-            if k not in newest or (r[2], r[0]) >= (newest[k][2], newest[k][0]):
+            k = (r.study_uid, r.model)
+            if k not in newest or (r.revision, r.id) >= (newest[k].revision, newest[k].id):
                 newest[k] = r
-        channels = configured_channels(self.config)
+        channels = list(configured_channels(self.config))
         seen: list[tuple[str, str, int]] = []
         decided: list[AlertRow] = []
         for (study_uid, model), r in newest.items():
-            revision = int(r[2])
-            if revision <= self.store.seen_revision(study_uid, model):
+            if r.revision <= self.store.seen_revision(study_uid, model):
                 continue  # an older revision recorded late, or a replaced row
-            seen.append((study_uid, model, revision))
-            decided += self._decide_one(study_uid, model, revision, r, channels)
-        self.store.commit_decisions(max(r[0] for r in rows), seen, decided)
+            seen.append((study_uid, model, r.revision))
+            decided += self._decide_one(r, channels)
+        self.store.commit_decisions(max(r.id for r in rows), seen, decided)
+        sent = 0
         for a in decided:
             log.info("alert_decided", study_uid=a.study_uid, revision=a.revision, model=a.model,
                      channel=a.channel, category=a.category, update=a.is_update, alerting=a.alerting,
                      alert_id=a.key)
-        return len(decided)
+            sent += a.channel != DASHBOARD
+        return sent
 
-    def _decide_one(self, study_uid: str, model: str, revision: int, r: tuple,
-                    channels: list[str]) -> list[AlertRow]:
-        category = r[4]
-        probabilities = json.loads(r[5]) if r[5] else None
-        detail = json.loads(r[7]) if r[7] else None
-        if not channels or not category:
-            return []
-        rules = model_rules(self.config, model, detail if isinstance(detail, dict) else None)
-        if rules is None:
+    def _dashboard(self, r: ResultRow, rules: ModelRules | None, now: float) -> AlertRow:
+        """The decision the dashboard shows: every newest revision, alerting or not."""
+        decision = None
+        if rules is not None:
+            decision = decide(rules, rules.alert_classes, r.category, r.probabilities)
+        alerting = bool(decision and decision.alerting)
+        category = decision.category if decision is not None else (r.category or "none")
+        prev = self.store.last_alert(r.study_uid, r.model, DASHBOARD)
+        payload = {"schema": DASHBOARD_SCHEMA, "alerting": alerting, "category": category,
+                   "probability": decision.probability if decision is not None else None,
+                   "result_category": r.category}
+        return AlertRow(alert_key(r.study_uid, r.revision, r.model, DASHBOARD), r.study_uid, r.revision,
+                        r.model, DASHBOARD, category, alerting, prev is not None,
+                        prev.category if prev is not None else None,
+                        json.dumps(payload, sort_keys=True), now, False)
+
+    def _decide_one(self, r: ResultRow, channels: list[str]) -> list[AlertRow]:
+        study_uid, model, revision = r.study_uid, r.model, r.revision
+        detail = r.detail if isinstance(r.detail, dict) else None
+        now = time.time()
+        rules = model_rules(self.config, model, detail)
+        if rules is None and r.category:
             log.error("alert_rules_unknown", model=model, study_uid=study_uid,
                       hint="no manifest for this model under [model] path; no alert decided")
-            return []
-        out: list[AlertRow] = []
-        header: dict[str, Any] | None = None
-        now = time.time()
+        out = [self._dashboard(r, rules, now)]
+        if rules is None or not channels or not r.category:
+            return out
+        header: dict[str, str | None] | None = None
         for channel in channels:
-            decision = decide(rules, channel_classes(self.config, channel, rules), category, probabilities)
+            decision = decide(rules, channel_classes(self.config, channel, rules), r.category,
+                              r.probabilities)
             if decision is None:
                 continue
             prev = self.store.last_alert(study_uid, model, channel)
@@ -114,15 +124,15 @@ class AlertWorker:
                 continue
             _, update = act
             if header is None:
-                header = read_header(self.index, study_uid, r[6])
+                header = read_header(self.index, study_uid, r.selected_series)
             key = alert_key(study_uid, revision, model, channel)
             previous = prev.category if (prev is not None and update) else None
             payload = build_payload(
                 config=self.config, key=key, channel=channel, study_uid=study_uid, revision=revision,
                 model=rules.model, model_version=rules.version or (detail or {}).get("version"),
                 category=decision.category, category_code=rules.code(decision.category),
-                probability=decision.probability, result_category=category, probabilities=probabilities,
-                header=header, update=update, previous_category=previous,
+                probability=decision.probability, result_category=r.category,
+                probabilities=r.probabilities, header=header, update=update, previous_category=previous,
                 previous_category_code=rules.code(previous), alerting=decision.alerting, created=now)
             out.append(AlertRow(key, study_uid, revision, model, channel, decision.category,
                                 decision.alerting, update, previous,
@@ -138,12 +148,7 @@ class AlertWorker:
             self.store.mark_enqueued(a.key)
             n += 1
         if n:
-            try:
-                from aenode.deliver.worker import notify
-
-                notify()
-            except ImportError:  # pragma: no cover - outbox without in-process wake-up
-                pass
+            notify()
         return n
 
     def run_once(self) -> int:
@@ -156,21 +161,21 @@ class AlertWorker:
         # The new-results query is one primary-key range scan: poll often, so an alert
         # leaves within ~0.25 s of the result even with a slow outbox poll.
         poll = min(self.config.delivery.poll_seconds, 0.25)
-        log.info("alert worker started", channels=configured_channels(self.config))
+        log.info("alert_worker_started", channels=list(configured_channels(self.config)))
         try:
             while not stop_event.is_set():
                 try:
-                    while self.run_once() and not stop_event.is_set():
-                        pass
+                    self.run_once()
+                    while self._full_batch and not stop_event.is_set():
+                        self.run_once()
                 except Exception:  # noqa: BLE001 - keep the worker alive (e.g. a locked DB)
-                    log.exception("alert loop error")
+                    log.exception("alert_loop_failed")
                 stop_event.wait(poll)
         finally:
             self.close()
-            log.info("alert worker stopped")
+            log.info("alert_worker_stopped")
 
     def close(self) -> None:
-        self._results_db.close()
         if self._own_store:
             self.store.close()
         if self._own_outbox:

@@ -9,6 +9,7 @@ first).  All objects due for one destination go over one association.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,21 +18,16 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 
+from aenode.deliver.errors import DeliveryError
 from aenode.logs import get_logger
 
 log = get_logger("aenode.deliver.dicom")
 
+VERIFICATION = UID("1.2.840.10008.1.1")  # Verification SOP Class (C-ECHO)
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
-
-class DeliveryError(Exception):
-    """A failed attempt; ``permanent`` means retrying cannot help (e.g. payload missing)."""
-
-    def __init__(self, message: str, *, permanent: bool = False):
-        super().__init__(message)
-        self.permanent = permanent
+__all__ = ["DeliveryError", "Peer", "echo", "store"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +35,8 @@ class Peer:
     ae_title: str
     host: str
     port: int
+    # DICOM TLS: (client context, server name to verify); None = plain TCP.
+    tls: tuple[ssl.SSLContext, str] | None = None
 
 
 def _ae(calling_ae_title: str, timeout: float) -> AE:
@@ -53,11 +51,11 @@ def _ae(calling_ae_title: str, timeout: float) -> AE:
 def echo(peer: Peer, calling_ae_title: str, timeout: float = 10.0) -> tuple[bool, str]:
     """C-ECHO ``peer``: (ok, human-readable detail)."""
     ae = _ae(calling_ae_title, timeout)
-    ae.add_requested_context(Verification)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=peer.tls)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
-        return False, f"association {why}"
+        return False, f"association {why}" + (" over TLS" if peer.tls else "")
     try:
         status = assoc.send_c_echo()
         code = getattr(status, "Status", None)
@@ -111,7 +109,7 @@ def store(peer: Peer, paths: Sequence[str], calling_ae_title: str, timeout: floa
         return results
     ae = _ae(calling_ae_title, timeout)
     by_class: dict[str, list[str]] = {}
-    for p, ds in datasets.items():
+    for ds in datasets.values():
         ts = str(ds.file_meta.TransferSyntaxUID)
         by_class.setdefault(str(ds.SOPClassUID), [])
         if ts not in by_class[str(ds.SOPClassUID)]:
@@ -119,10 +117,11 @@ def store(peer: Peer, paths: Sequence[str], calling_ae_title: str, timeout: floa
     for sop_class, syntaxes in by_class.items():
         proposed = list(dict.fromkeys([*syntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
         ae.add_requested_context(sop_class, proposed)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=peer.tls)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"
-        raise DeliveryError(f"association to {peer.ae_title}@{peer.host}:{peer.port} {why}")
+        over = " over TLS (handshake or certificate check may have failed)" if peer.tls else ""
+        raise DeliveryError(f"association to {peer.ae_title}@{peer.host}:{peer.port} {why}{over}")
     try:
         accepted: dict[str, set[str]] = {}
         for cx in assoc.accepted_contexts:

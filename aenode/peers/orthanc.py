@@ -1,12 +1,19 @@
 """A real Orthanc PACS on free loopback ports, for tests and the demo.
 
 Each instance has its own temporary configuration, storage and index; REST is on
-127.0.0.1 only (RemoteAccessAllowed false), no authentication.  ``stop()`` and
-``start()`` again keep the same ports and storage (a PACS that was down for a while).
+127.0.0.1 only (RemoteAccessAllowed false).  ``stop()`` and ``start()`` again keep the
+same ports and storage (a PACS that was down for a while).
+
+On request: the DICOMweb plugin (Debian ``orthanc-dicomweb``, ``dicomweb=True``; STOW-RS
+etc. under :attr:`Orthanc.dicomweb_url`), HTTP basic authentication
+(``users={"name": "password"}``; the runner's own REST calls use the first user) and
+DICOM TLS on the DICOM port (``dicom_tls=(cert, key, trusted_ca)``; a client
+certificate is then optional).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -21,6 +28,7 @@ from pathlib import Path
 from aenode.peers import wait_for
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 def free_port() -> int:
@@ -31,7 +39,8 @@ def free_port() -> int:
 
 class Orthanc:
     def __init__(self, workdir: Path, *, aet: str = "ORTHANC", modalities: dict | None = None,
-                 extra: dict | None = None):
+                 extra: dict | None = None, dicomweb: bool = False, users: dict[str, str] | None = None,
+                 dicom_tls: tuple[Path, Path, Path] | None = None):
         self.workdir = Path(workdir).resolve()  # Orthanc runs with this as its cwd
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.aet = aet
@@ -59,6 +68,21 @@ class Orthanc:
             "LimitJobs": 10,
             "SaveJobs": False,
         }
+        if dicomweb:
+            if not DICOMWEB_PLUGIN.is_file():
+                raise RuntimeError(f"DICOMweb plugin not installed ({DICOMWEB_PLUGIN}): apt install orthanc-dicomweb")
+            cfg["Plugins"] = [str(DICOMWEB_PLUGIN)]
+            cfg["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True}
+        self._auth: str | None = None
+        if users:
+            cfg["AuthenticationEnabled"] = True
+            cfg["RegisteredUsers"] = dict(users)
+            name, password = next(iter(users.items()))
+            self._auth = "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()
+        if dicom_tls is not None:
+            cert, key, trusted = dicom_tls
+            cfg.update({"DicomTlsEnabled": True, "DicomTlsCertificate": str(cert), "DicomTlsPrivateKey": str(key),
+                        "DicomTlsTrustedCertificates": str(trusted), "DicomTlsRemoteCertificateRequired": False})
         cfg.update(extra or {})
         self.config_path = self.workdir / "orthanc.json"
         self.config_path.write_text(json.dumps(cfg, indent=2))
@@ -67,6 +91,17 @@ class Orthanc:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """Base URL of the DICOMweb plugin (STOW-RS is ``POST {dicomweb_url}/studies``)."""
+        return f"{self.url}/dicom-web"
+
+    def _request(self, path: str, data: bytes | None = None, method: str = "GET") -> urllib.request.Request:
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if self._auth:
+            req.add_header("Authorization", self._auth)
+        return req
 
     def start(self, timeout: float = 30.0) -> Orthanc:
         env = {**os.environ, "TCP_NODELAY": "1"}
@@ -100,12 +135,12 @@ class Orthanc:
 
     # REST -----------------------------------------------------------------------
     def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=10) as r:
+        with urllib.request.urlopen(self._request(path), timeout=10) as r:
             return json.loads(r.read())
 
     def post(self, path: str, body) -> object:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method="POST")
+        req = self._request(path, data, "POST")
         with urllib.request.urlopen(req, timeout=60) as r:
             raw = r.read()
             return json.loads(raw) if raw else None

@@ -79,6 +79,7 @@ class Retention:
             fsync_dir(folder)
             try:
                 folder.rmdir()  # empty series folder
+                self.spool.forget_dir(folder)
                 fsync_dir(folder.parent)
             except OSError:
                 pass
@@ -94,6 +95,7 @@ class Retention:
         self._unlink(stale, purged_at)
         try:
             folder.rmdir()
+            self.spool.forget_dir(folder)
             fsync_dir(folder.parent)
         except OSError:
             pass

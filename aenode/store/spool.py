@@ -66,6 +66,11 @@ class Spool:
     def absolute(self, rel: str) -> Path:
         return self.data_dir / rel
 
+    def forget_dir(self, directory: Path) -> None:
+        """Folders under ``directory`` may be gone (retention removed them)."""
+        with self._lock:
+            self._known_dirs = {d for d in self._known_dirs if not d.is_relative_to(directory)}
+
     def _ensure_dir(self, directory: Path) -> None:
         if directory in self._known_dirs:
             return
@@ -104,7 +109,13 @@ class Spool:
             os.fsync(fd)
         self._ensure_dir(final.parent)
         try:
-            os.replace(tmp_path, final)
+            try:
+                os.replace(tmp_path, final)
+            except FileNotFoundError:
+                # Retention removed the (empty) folder since it was made: make it again.
+                self.forget_dir(final.parent)
+                self._ensure_dir(final.parent)
+                os.replace(tmp_path, final)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise

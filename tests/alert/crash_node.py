@@ -13,8 +13,9 @@ import time
 
 from aenode.alert.worker import AlertWorker
 from aenode.config import parse_config
-from aenode.deliver.outbox import OUTBOX_FILE, Outbox
+from aenode.deliver.outbox import Outbox
 from aenode.deliver.worker import DeliveryWorker
+from aenode.store.datadir import DataDir
 from aenode.store.index import Index
 
 
@@ -23,7 +24,7 @@ def main(path: str) -> int:
     index = Index.for_data_dir(config.node.data_dir)
     # The default 300 s lease: the restarted process must take over the row the killed one
     # held at start-up (resume_interrupted), not when the lease runs out.
-    outbox = Outbox(config.node.data_dir / OUTBOX_FILE, max_attempts=20, backoff_base_seconds=0.1,
+    outbox = Outbox(DataDir.of(config.node.data_dir).outbox_db, max_attempts=20, backoff_base_seconds=0.1,
                     backoff_cap_seconds=0.5)
     alerts = AlertWorker(config, index, outbox=outbox)
     delivery = DeliveryWorker(config, index, outbox=outbox)

@@ -2,8 +2,9 @@
 
 - :class:`WebhookServer`: from :mod:`aenode.peers.webhook` (the demo uses it too).
 - :class:`SMTPServer`: aiosmtpd; plain, STARTTLS (optionally requiring AUTH) or implicit TLS.
-- :class:`MLLPServer`: an MLLP listener that parses each message with hl7apy and ACKs
-  with the queued codes first (e.g. ``AE``), then ``AA``.
+- :class:`MLLPServer`: an MLLP listener (optionally inside TLS, optionally requiring a
+  client certificate) that parses each message with hl7apy and ACKs with the queued
+  codes first (e.g. ``AE``), then ``AA``.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from pathlib import Path
 from hl7apy.core import Message
 from hl7apy.parser import parse_message
 
-from aenode.alert.hl7 import frame, read_frame
+from aenode.alert.channels.hl7 import frame, read_frame
 from aenode.peers import wait_for  # noqa: F401 - the alert tests import it from here
 from aenode.peers.orthanc import free_port
 from aenode.peers.webhook import WebhookServer  # noqa: F401 - re-exported for the tests
 
 
-def self_signed(dir_: Path) -> tuple[Path, Path]:
-    cert, key = dir_ / "cert.pem", dir_ / "key.pem"
+def self_signed(dir_: Path, name: str = "cert") -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1/localhost (openssl, which the machine has)."""
+    cert, key = dir_ / f"{name}.pem", dir_ / f"{name}-key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
          "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
@@ -45,6 +47,7 @@ class SMTPServer:
 
         self.messages: list[dict] = []
         self.port = port or free_port()
+        self.security, self.cert = security, cert
         outer = self
 
         class Handler:
@@ -88,9 +91,21 @@ class SMTPServer:
 # ---- MLLP -----------------------------------------------------------------------------
 
 class MLLPServer:
-    def __init__(self, port: int | None = None, codes: list[str] | None = None, silent: int = 0):
-        """``codes``: ACK codes answered first (then AA); ``silent``: messages left unanswered first."""
+    def __init__(self, port: int | None = None, codes: list[str] | None = None, silent: int = 0, *,
+                 cert: Path | None = None, key: Path | None = None, client_ca: Path | None = None):
+        """``codes``: ACK codes answered first (then AA); ``silent``: messages left unanswered
+        first; ``cert``/``key``: serve MLLP inside TLS; ``client_ca``: require a client
+        certificate signed by it."""
         self.messages: list[dict] = []
+        self.tls_failures = 0
+        self.tls, self.cert = cert is not None, cert
+        ctx = None
+        if cert is not None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(str(cert), str(key))
+            if client_ca is not None:
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(str(client_ca))
         self.codes = list(codes or [])
         self.silent = silent
         self.port = port or free_port()
@@ -98,6 +113,13 @@ class MLLPServer:
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self):
+                self.request.settimeout(5)
+                if ctx is not None:
+                    try:
+                        self.request = ctx.wrap_socket(self.request, server_side=True)
+                    except (ssl.SSLError, OSError):
+                        outer.tls_failures += 1
+                        return
                 try:
                     raw = read_frame(self.request)
                 except (ConnectionError, OSError, ValueError):
@@ -111,7 +133,8 @@ class MLLPServer:
                     time.sleep(1.5)
                     return
                 code = outer.codes.pop(0) if outer.codes else "AA"
-                outer.messages.append({"text": text, "control_id": control_id, "ack": code, "msg": msg})
+                outer.messages.append({"text": text, "control_id": control_id, "ack": code, "msg": msg,
+                                       "tls": isinstance(self.request, ssl.SSLSocket)})
                 ack = Message("ACK", version="2.5")
                 ack.msh.msh_3 = "TESTRCV"
                 ack.msh.msh_9 = "ACK^R01^ACK"

@@ -8,8 +8,8 @@ import json
 import logging
 
 from aenode.alert.base import alert_key, hl7_control_id
+from aenode.alert.channels.webhook import SIGNATURE_HEADER, verify_signature
 from aenode.alert.store import AlertStore
-from aenode.alert.webhook import SIGNATURE_HEADER, verify_signature
 from aenode.logs import configure_logging
 from tests.alert.conftest import all_channels
 from tests.alert.helpers import ACCESSION, CANARY_BIRTH, CANARY_NAME, MODEL, PATIENT_ID, drive, outbox_rows
@@ -72,11 +72,12 @@ def test_negative_result_sends_nothing(env, peers):
     assert outbox_rows(config) == []
 
 
-def test_channels_that_are_down_get_the_alert_when_back(env):
-    # Webhook answers 503 twice, HL7 AE once, SMTP is not listening at first.
-    wh = WebhookServer(statuses=[503, 503]).start()
-    ml = MLLPServer(codes=["AE"]).start()
-    sm = SMTPServer()
+def test_channels_that_are_down_get_the_alert_when_back(env, cert):
+    # Webhook answers 503 twice, HL7 AE once, SMTP is not listening at first (all over TLS).
+    crt, key = cert
+    wh = WebhookServer(statuses=[503, 503], cert=crt, key=key).start()
+    ml = MLLPServer(codes=["AE"], cert=crt, key=key).start()
+    sm = SMTPServer(security="starttls", cert=crt, key=key)
     try:
         config = env.config(all_channels(wh, sm, ml))
         env.record("Typical")
@@ -101,7 +102,7 @@ def test_channel_down_beyond_max_attempts_is_failed_then_retry(env):
 
     wh = WebhookServer(statuses=[500] * 3).start()
     try:
-        config = env.config({"webhook": {"url": wh.url}},
+        config = env.config({"webhook": {"url": wh.url, "insecure": True}},
                             delivery={"max_attempts": 3, "backoff_base_seconds": 0.05,
                                       "backoff_cap_seconds": 0.1, "poll_seconds": 0.05})
         env.record("Typical")
@@ -190,6 +191,8 @@ def test_canary_never_leaks_with_default_configuration(env, peers):
     finally:
         configure_logging("INFO", json=True)
     assert len(wh.accepted) == len(sm.messages) == len(ml.messages) == 1
+    # The default transport is encrypted on every channel.
+    assert wh.accepted[0]["tls"] and sm.messages[0]["tls"] and ml.messages[0]["tls"]
     needles = [CANARY_NAME, "CANARY", "LEAK", CANARY_BIRTH]
     haystacks = {
         "webhook body": wh.accepted[0]["body"].decode(),
@@ -226,7 +229,14 @@ def test_canary_appears_only_in_bodies_when_configured(env, peers):
     assert "CANARY" not in msg["Subject"] and CANARY_BIRTH not in msg["Subject"]
     pid = next(s for s in ml.messages[0]["text"].split("\r") if s.startswith("PID"))
     assert pid.split("|")[5] == "CANARY^PHI^SHOULD^LEAK^NOT" and pid.split("|")[7] == CANARY_BIRTH
+    # ... carried only inside TLS, and never into the logs, the outbox's errors or the
+    # dashboard's decision.
+    assert wh.accepted[0]["tls"] and sm.messages[0]["tls"] and ml.messages[0]["tls"]
     assert "CANARY" not in log.getvalue() and CANARY_BIRTH not in log.getvalue()
+    assert not any(r.last_error for r in outbox_rows(config))
+    with AlertStore.for_data_dir(env.data_dir) as store:
+        dashboard = store.current_alert(env.study_uid, MODEL)
+        assert dashboard is not None and "CANARY" not in dashboard.payload_json
 
 
 def test_alert_store_records_decisions(env, peers):
@@ -237,10 +247,37 @@ def test_alert_store_records_decisions(env, peers):
     store = AlertStore.for_data_dir(env.data_dir)
     try:
         rows = store.alerts(env.study_uid)
-        assert sorted(r.channel for r in rows) == ["hl7", "smtp", "webhook"]
-        assert all(r.enqueued and r.category == "Typical" and r.revision == 1 for r in rows)
+        assert sorted(r.channel for r in rows) == ["dashboard", "hl7", "smtp", "webhook"]
+        assert all(r.category == "Typical" and r.revision == 1 and r.alerting for r in rows)
+        # Outbox channels are handed to the outbox; the dashboard's decision never is.
+        assert {r.channel: r.enqueued for r in rows} == {"dashboard": False, "hl7": True, "smtp": True,
+                                                         "webhook": True}
+        assert [a.study_uid for a in store.current_alerts(10)] == [env.study_uid]
     finally:
         store.close()
+    assert {r.kind for r in outbox_rows(config)} == {"hl7", "smtp", "webhook"}
+
+
+def test_dashboard_decision_for_every_revision_without_channels(env):
+    """With no channel configured the dashboard still gets a decision per newest revision."""
+    config = env.config({})
+    env.record("Typical")
+    drive(config, env.index)
+    with AlertStore.for_data_dir(env.data_dir) as store:
+        current = store.current_alert(env.study_uid, MODEL)
+        assert current is not None and current.alerting and current.category == "Typical"
+        assert current.probability == 0.91 and current.revision == 1
+        env.record("Negative", revision=2)
+        drive(config, env.index)
+        current = store.current_alert(env.study_uid, MODEL)
+        assert current is not None and not current.alerting and current.revision == 2
+        assert current.category == "Negative" and current.previous_category == "Typical"
+        assert store.current_alerts(10) == []
+        env.record("Atypical", revision=3)  # not alerting either: still recorded
+        drive(config, env.index)
+        assert store.current_alert(env.study_uid, MODEL).revision == 3
+        assert store.counts() == {("dashboard", "Typical"): 1, ("dashboard", "cleared"): 2}
+    assert outbox_rows(config) == []
 
 
 def test_alert_status_for_aenode_status(env, peers):

@@ -6,14 +6,15 @@ import time
 
 import pytest
 from hl7apy.parser import parse_message
+from pydantic import ValidationError
 
 from aenode.alert.base import AlertSendError, alert_key, hl7_control_id
-from aenode.alert.hl7 import build_oru, send_hl7
+from aenode.alert.channels.hl7 import build_oru, send_hl7
+from aenode.alert.channels.smtp import send_email
+from aenode.alert.channels.webhook import SIGNATURE_HEADER, send_webhook, verify_signature
 from aenode.alert.payload import build_payload
-from aenode.alert.smtp_channel import send_email
-from aenode.alert.webhook import SIGNATURE_HEADER, send_webhook, verify_signature
 from aenode.config import HL7Config, SMTPConfig, WebhookConfig, parse_config
-from tests.alert.servers import MLLPServer, SMTPServer, WebhookServer, free_port
+from tests.alert.servers import MLLPServer, SMTPServer, WebhookServer, free_port, self_signed
 
 KEY = alert_key("1.2.3.4", 1, "covid19-ct", "x")
 
@@ -33,21 +34,46 @@ def payload(**over) -> dict:
     return build_payload(**args)
 
 
-def test_webhook_signature_timeout_and_errors():
-    wh = WebhookServer(statuses=[500]).start()
+def test_webhook_signature_timeout_and_errors(cert):
+    crt, key = cert
+    wh = WebhookServer(statuses=[500], cert=crt, key=key).start()
     try:
-        cfg = WebhookConfig(url=wh.url, secret="k3y", timeout_seconds=2)
+        cfg = WebhookConfig(url=wh.url, secret="k3y", timeout_seconds=2, ca_file=crt)
         with pytest.raises(AlertSendError, match="HTTP 500"):
             send_webhook(cfg, payload(), KEY)
         assert send_webhook(cfg, payload(), KEY) == 200
         req = wh.accepted[0]
+        assert req["tls"] and wh.url.startswith("https://")
         assert verify_signature(req["body"], "k3y", req["headers"][SIGNATURE_HEADER])
         assert not verify_signature(req["body"], "other", req["headers"][SIGNATURE_HEADER])
         assert req["headers"]["Idempotency-Key"] == KEY
+        # The receiver's certificate is verified: without its CA the self-signed one is refused.
+        with pytest.raises(AlertSendError, match="webhook: ConnectError"):
+            send_webhook(WebhookConfig(url=wh.url, timeout_seconds=2), payload(), KEY)
+        assert len(wh.requests) == 2
     finally:
         wh.stop()
     with pytest.raises(AlertSendError, match="webhook"):
-        send_webhook(WebhookConfig(url=f"http://127.0.0.1:{free_port()}/", timeout_seconds=1), payload(), KEY)
+        send_webhook(WebhookConfig(url=f"https://127.0.0.1:{free_port()}/", timeout_seconds=1), payload(), KEY)
+
+
+def test_webhook_http_only_with_insecure():
+    with pytest.raises(ValidationError, match="http:// sends patient identifiers in clear"):
+        WebhookConfig(url="http://127.0.0.1:1/hook")
+    with pytest.raises(ValidationError):  # no other spelling slips through
+        WebhookConfig(url="HTTP://127.0.0.1:1/hook")
+    wh = WebhookServer().start()
+    try:
+        assert send_webhook(WebhookConfig(url=wh.url, insecure=True, timeout_seconds=2), payload(), KEY) == 200
+        assert not wh.accepted[0]["tls"]
+        # A configuration built around validation is still refused at send time.
+        forged = WebhookConfig.model_construct(url=wh.url, insecure=False, timeout_seconds=2, secret=None,
+                                               ca_file=None, categories=None)
+        with pytest.raises(AlertSendError, match="insecure"):
+            send_webhook(forged, payload(), KEY)
+        assert len(wh.requests) == 1
+    finally:
+        wh.stop()
 
 
 def test_smtp_starttls_with_auth(cert):
@@ -64,8 +90,35 @@ def test_smtp_starttls_with_auth(cert):
         assert msg["Message-ID"] == f"<alert-{KEY}@aenode.aenode>"
         assert "YAMADA" not in msg["Subject"] and "Typical" in msg["Subject"]
         # Without the CA the self-signed certificate is refused.
-        with pytest.raises(AlertSendError):
+        with pytest.raises(AlertSendError, match="SSLCertVerificationError"):
             send_email(SMTPConfig(**{**base, "ca_file": None}, username="alerts", password="pw"), payload(), KEY)
+        assert len(sm.messages) == 1
+    finally:
+        sm.stop()
+
+
+def test_smtp_starttls_is_the_default_and_never_downgrades():
+    sm = SMTPServer().start()  # plain: does not offer STARTTLS
+    try:
+        base = dict(host="127.0.0.1", port=sm.port, sender="a@example.org", recipients=["ic@example.org"],
+                    timeout_seconds=5)
+        assert SMTPConfig(**base).security == "starttls"
+        with pytest.raises(AlertSendError, match="STARTTLS"):
+            send_email(SMTPConfig(**base), payload(), KEY)
+        assert sm.messages == []
+        # Cleartext only when asked for explicitly (a relay on this machine) ...
+        with pytest.raises(ValidationError, match="sends patient identifiers in clear"):
+            SMTPConfig(**base, security="none")
+        send_email(SMTPConfig(**base, security="none", insecure=True), payload(), KEY)
+        assert len(sm.messages) == 1 and not sm.messages[0]["tls"]
+        # ... and AUTH never goes in clear, insecure or not.
+        with pytest.raises(ValidationError, match="AUTH is never sent in clear"):
+            SMTPConfig(**base, security="none", insecure=True, username="u", password="p")
+        forged = SMTPConfig.model_construct(**{**SMTPConfig(**base, security="none", insecure=True).__dict__,
+                                               "username": "u", "password": "p"})
+        with pytest.raises(AlertSendError, match="refusing to send in clear"):
+            send_email(forged, payload(), KEY)
+        assert len(sm.messages) == 1
     finally:
         sm.stop()
 
@@ -118,3 +171,40 @@ def test_hl7_ae_ar_and_silence_are_failures_then_aa():
         ml.stop()
     with pytest.raises(AlertSendError):
         send_hl7(HL7Config(host="127.0.0.1", port=free_port(), timeout_seconds=0.5), payload(), KEY)
+
+
+def test_hl7_mllp_over_tls(cert, tmp_path):
+    crt, key = cert
+    ml = MLLPServer(cert=crt, key=key).start()
+    try:
+        cfg = HL7Config(host="127.0.0.1", port=ml.port, timeout_seconds=2, tls=True, ca_file=crt)
+        assert send_hl7(cfg, payload(), KEY) == "AA"
+        assert ml.messages[0]["tls"] and ml.messages[0]["control_id"] == hl7_control_id(KEY)
+        # Verification is on: the system CAs do not know the self-signed certificate ...
+        with pytest.raises(AlertSendError, match="SSLCertVerificationError"):
+            send_hl7(HL7Config(host="127.0.0.1", port=ml.port, timeout_seconds=2, tls=True), payload(), KEY)
+        # ... and the name is checked ("other.example" is not in the certificate).
+        with pytest.raises(AlertSendError, match="SSLCertVerificationError"):
+            send_hl7(cfg.model_copy(update={"server_name": "other.example"}), payload(), KEY)
+        # Plain MLLP to a TLS listener is no message at all.
+        with pytest.raises(AlertSendError):
+            send_hl7(HL7Config(host="127.0.0.1", port=ml.port, timeout_seconds=1), payload(), KEY)
+        assert len(ml.accepted) == 1
+    finally:
+        ml.stop()
+    with pytest.raises(ValidationError, match="tls = false"):
+        HL7Config(host="h", port=1, ca_file=crt)
+
+
+def test_hl7_mllp_over_tls_with_client_certificate(cert, tmp_path):
+    crt, key = cert
+    client_crt, client_key = self_signed(tmp_path, "client")
+    ml = MLLPServer(cert=crt, key=key, client_ca=client_crt).start()
+    try:
+        base = dict(host="127.0.0.1", port=ml.port, timeout_seconds=2, tls=True, ca_file=crt)
+        with pytest.raises(AlertSendError):
+            send_hl7(HL7Config(**base), payload(), KEY)  # no client certificate: refused
+        assert send_hl7(HL7Config(**base, cert_file=client_crt, key_file=client_key), payload(), KEY) == "AA"
+        assert len(ml.accepted) == 1 and ml.tls_failures >= 1
+    finally:
+        ml.stop()

@@ -55,6 +55,7 @@ def test_all_design_keys_load(tmp_path: Path) -> None:
         port = 8081
         [alerts.webhook]
         url = "http://127.0.0.1:9999/hook"
+        insecure = true
         [alerts.smtp]
         host = "127.0.0.1"
         port = 2525
@@ -113,7 +114,7 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_config_check_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    good = write(tmp_path, '[node]\nport = 11200\n[alerts.webhook]\nurl = "http://127.0.0.1:1/x"\nsecret = "s3cret"\n')
+    good = write(tmp_path, '[node]\nport = 11200\n[alerts.webhook]\nurl = "http://127.0.0.1:1/x"\ninsecure = true\nsecret = "s3cret"\n')
     assert main(["config", "check", str(good)]) == 0
     out = capsys.readouterr().out
     assert "port = 11200" in out and "s3cret" not in out and "********" in out

@@ -18,15 +18,14 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+import aenode.phantom as phantom
 from aenode.config import parse_config
 from aenode.deliver.outbox import Outbox
+from aenode.deliver.publish import publish_result
 from aenode.node import running_node
 from aenode.report.models import ReportInput, SourceRef, header_from_dataset
-from aenode.deliver.publish import publish_result
 from tests.deliver.conftest import NODE_AE
 from tests.report.factory import CLASSES, MODEL, SCHEME
-
-import aenode.phantom as phantom
 
 
 def node_config(tmp_path: Path, node_port: int, orthanc, **extra):

@@ -21,6 +21,7 @@ from aenode.report.sr import build_sr
 from aenode.store.marks import is_node_output
 from tests.report.factory import CLASSES, MODEL, make_input
 
+
 def dciodvfy_errors(path: Path) -> list[str]:
     r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]

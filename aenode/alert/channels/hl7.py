@@ -1,4 +1,4 @@
-"""HL7 v2.5 ORU^R01 over MLLP.
+"""HL7 v2.5 ORU^R01 over MLLP, optionally inside TLS.
 
 Library: ``hl7apy`` (maintained, MIT) builds the message against the v2.5 structure
 definitions (segment groups, field and data-type names) and parses the ACK.  MLLP framing
@@ -19,6 +19,15 @@ re-send after a crash):
 - OBX 3 CWE: previous category (updates only);
 - OBX ST: study instance UID (DCM 110180) and the dashboard link.
 
+Transport: plain MLLP over TCP by default (what most interface engines still speak on
+the hospital network; ``aenode config check`` warns that it carries the patient ID in
+clear), or MLLP inside TLS with ``tls = true``: the receiver's certificate is verified
+against ``ca_file`` (or the system CAs) and ``server_name`` (or ``host``); ``cert_file`` /
+``key_file`` present a client certificate when the receiver requires one.
+
+For receivers: delivery is at-least-once; a re-send carries the same MSH-10 (the first
+20 hex digits of the alert key) and the same message, so de-duplicate on MSH-10.
+
 ``AA``/``CA`` in MSA-1 (and MSA-2 echoing MSH-10) is success; ``AE``/``AR``/``CE``/``CR``,
 a garbled answer or none within ``timeout_seconds`` raise :class:`AlertSendError`, and
 the outbox retries with the same message control ID.
@@ -28,13 +37,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import socket
-from typing import Any
+import ssl
+from typing import Any, ClassVar
 
 from hl7apy.core import Message
 from hl7apy.parser import parse_message
 
-from aenode.alert.base import AlertSendError, hl7_control_id
-from aenode.config import HL7Config
+from aenode.alert.base import AlertSendError, Channel, hl7_control_id
+from aenode.config import AlertChannelConfig, HL7Config
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 LOCAL_SCHEME = "99AENODE"
@@ -196,15 +206,52 @@ def check_ack(raw: bytes, control_id: str) -> str:
     return code
 
 
+def tls_context(cfg: HL7Config) -> ssl.SSLContext:
+    """The client context for MLLP over TLS: verification on, TLS 1.2 at least."""
+    ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cfg.cert_file is not None:
+        ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file) if cfg.key_file else None)
+    return ctx
+
+
 def send_hl7(cfg: HL7Config, payload: dict[str, Any], key: str) -> str:
-    """Send over MLLP and wait for the ACK; returns MSA-1 (``AA``/``CA``)."""
+    """Send over MLLP (inside TLS when configured) and wait for the ACK; returns MSA-1."""
     message = build_oru(payload, key, cfg)
     control_id = hl7_control_id(key)
     try:
-        with socket.create_connection((cfg.host, cfg.port), timeout=cfg.timeout_seconds) as sock:
-            sock.settimeout(cfg.timeout_seconds)
-            sock.sendall(frame(message))
-            raw = read_frame(sock)
-    except (OSError, ValueError) as exc:
+        ctx = tls_context(cfg) if cfg.tls else None
+        with socket.create_connection((cfg.host, cfg.port), timeout=cfg.timeout_seconds) as raw_sock:
+            sock = raw_sock
+            if ctx is not None:
+                sock = ctx.wrap_socket(raw_sock, server_hostname=cfg.server_name or cfg.host)
+            try:
+                sock.settimeout(cfg.timeout_seconds)
+                sock.sendall(frame(message))
+                raw = read_frame(sock)
+            finally:
+                if sock is not raw_sock:
+                    sock.close()
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise AlertSendError(f"hl7: {type(exc).__name__}: {exc}") from None
     return check_ack(raw, control_id)
+
+
+def _own(cfg: AlertChannelConfig) -> HL7Config:
+    if not isinstance(cfg, HL7Config):
+        raise TypeError(f"hl7 channel got {type(cfg).__name__}")
+    return cfg
+
+
+class HL7Channel(Channel):
+    kind: ClassVar[str] = "hl7"
+    config_type: ClassVar[type[AlertChannelConfig]] = HL7Config
+    key_carrier: ClassVar[str] = "MSH-10 message control ID (first 20 hex digits of the key)"
+
+    def send(self, cfg: AlertChannelConfig, payload: dict[str, Any], key: str) -> None:
+        send_hl7(_own(cfg), payload, key)
+
+    def cleartext(self, cfg: AlertChannelConfig) -> str | None:
+        if not _own(cfg).tls:
+            return "plain MLLP (tls = false): the message is sent unencrypted"
+        return None

@@ -10,6 +10,15 @@ TLS context we must control.
 - ``Message-ID`` is derived from the alert key, so a re-send after a crash carries the same
   ID and mail clients / archives can de-duplicate.
 - The body is plain text rendered from the alert document.
+
+Transport: STARTTLS by default (``security = "starttls"``; a server that does not offer
+it is a failed attempt, never a silent downgrade), or implicit TLS (``"tls"``, SMTPS);
+the server certificate is verified against ``ca_file`` or the system CAs.
+``security = "none"`` needs ``insecure = true`` (a relay on this machine) and AUTH is
+never sent without TLS.
+
+For receivers: delivery is at-least-once; a re-send carries the same ``Message-ID``
+(and ``X-Aenode-Alert-Id``), so de-duplicate on it.
 """
 
 from __future__ import annotations
@@ -20,10 +29,10 @@ import re
 import smtplib
 import ssl
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, ClassVar
 
-from aenode.alert.base import AlertSendError
-from aenode.config import SMTPConfig
+from aenode.alert.base import AlertSendError, Channel
+from aenode.config import AlertChannelConfig, SMTPConfig
 from aenode.logs import get_logger
 
 log = get_logger("aenode.alert")
@@ -102,8 +111,12 @@ def build_email(cfg: SMTPConfig, payload: dict[str, Any], key: str) -> EmailMess
 def send_email(cfg: SMTPConfig, payload: dict[str, Any], key: str) -> None:
     """Send through the configured server; raises :class:`AlertSendError` on any failure."""
     msg = build_email(cfg, payload, key)
-    context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+    if cfg.security == "none" and (cfg.username or not cfg.insecure):
+        # The configuration refuses these already; checked again so no code path skips it.
+        raise AlertSendError("smtp: refusing to send in clear (security = none)")
     try:
+        context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
         if cfg.security == "tls":
             server: smtplib.SMTP = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout_seconds,
                                                     context=context)
@@ -127,3 +140,23 @@ def send_email(cfg: SMTPConfig, payload: dict[str, Any], key: str) -> None:
 
 def _short(exc: BaseException) -> str:
     return str(exc).replace("\n", " ")[:200]
+
+
+def _own(cfg: AlertChannelConfig) -> SMTPConfig:
+    if not isinstance(cfg, SMTPConfig):
+        raise TypeError(f"smtp channel got {type(cfg).__name__}")
+    return cfg
+
+
+class SMTPChannel(Channel):
+    kind: ClassVar[str] = "smtp"
+    config_type: ClassVar[type[AlertChannelConfig]] = SMTPConfig
+    key_carrier: ClassVar[str] = "e-mail header Message-ID <alert-KEY@NODE.aenode> and X-Aenode-Alert-Id"
+
+    def send(self, cfg: AlertChannelConfig, payload: dict[str, Any], key: str) -> None:
+        send_email(_own(cfg), payload, key)
+
+    def cleartext(self, cfg: AlertChannelConfig) -> str | None:
+        if _own(cfg).security == "none":
+            return "security = \"none\" (insecure = true): the e-mail is sent unencrypted"
+        return None
