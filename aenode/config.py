@@ -78,6 +78,46 @@ class NodeConfig(_Section):
     tls: TLSConfig | None = None
 
 
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+
+class LimitsConfig(_Section):
+    """Bounds on what one DICOM peer can make the node hold, before and after it is trusted.
+
+    Everything here is enforced by the receive stage before memory, disk, a thread or an
+    association slot is committed to a peer; docs/SECURITY.md explains each bound.
+    """
+
+    # Largest P-DATA-TF PDU accepted (advertised as our Maximum Length Received).  A larger
+    # declared length aborts the association before anything is allocated.
+    max_pdu_bytes: int = Field(4 * MiB, ge=16 * KiB, le=64 * MiB)
+    # Largest A-ASSOCIATE-RQ (and any other PDU that is not P-DATA) accepted.
+    max_associate_request_bytes: int = Field(256 * KiB, ge=4 * KiB, le=16 * MiB)
+    # Time from the TCP accept (after TLS) to a complete A-ASSOCIATE-RQ.
+    associate_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    # Time from the first to the last byte of one PDU.
+    pdu_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    # Time from the first to the last PDU of one DIMSE message (e.g. one C-STORE request).
+    message_timeout_seconds: float = Field(600.0, gt=0, le=86400)
+    # An established association that sends nothing for this long is aborted.
+    idle_timeout_seconds: float = Field(60.0, gt=0, le=86400)
+    # Connections that have not yet completed their A-ASSOCIATE-RQ; beyond this the oldest
+    # such connection is dropped so that a newcomer is served.
+    max_pending_connections: int = Field(32, ge=1, le=4096)
+    # Open connections (pending and established) from one IP address.
+    max_connections_per_peer: int = Field(8, ge=1, le=1024)
+    # Largest dataset (as received, encoded) of one C-STORE.
+    max_instance_bytes: int = Field(1 * GiB, ge=64 * KiB, le=64 * GiB)
+    # Largest image matrix and frame count declared in an instance's header.
+    max_rows: int = Field(8192, ge=1, le=65535)
+    max_columns: int = Field(8192, ge=1, le=65535)
+    max_frames: int = Field(10000, ge=1, le=2**31 - 1)
+    # Rows x Columns x Frames x Samples per Pixel x Bits Allocated / 8 of one instance.
+    max_decoded_instance_bytes: int = Field(1 * GiB, ge=64 * KiB, le=64 * GiB)
+
+
 class StabilityConfig(_Section):
     """When a study counts as complete (see the receive/store stages)."""
 
@@ -380,6 +420,7 @@ class Config(_Section):
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Config:
