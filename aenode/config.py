@@ -116,6 +116,9 @@ class LimitsConfig(_Section):
     max_frames: int = Field(10000, ge=1, le=2**31 - 1)
     # Rows x Columns x Frames x Samples per Pixel x Bits Allocated / 8 of one instance.
     max_decoded_instance_bytes: int = Field(1 * GiB, ge=64 * KiB, le=64 * GiB)
+    # Voxels of one series volume, checked before the loader allocates it (40 slices
+    # declaring 4096 x 4096 pass the per-instance limits but not this one).
+    max_volume_voxels: int = Field(1000 * 768 * 768, ge=1_000_000, le=2**34)
 
 
 class StabilityConfig(_Section):

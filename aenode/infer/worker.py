@@ -141,7 +141,8 @@ class AnalysisWorker:
             return ERROR, "no model loaded" + (f" ({refused})" if refused else f" from {self.config.model.path}")
         analysis = analyse_instances(self.index.instances(study_uid), list(self.registry),
                                      own_ae_titles=[self.config.node.ae_title],
-                                     keep_volumes=self.publisher is not None, study_uid=study_uid)
+                                     keep_volumes=self.publisher is not None, study_uid=study_uid,
+                                     max_voxels=self.config.limits.max_volume_voxels)
         for outcome in analysis.outcomes:
             if outcome.state != "analysed" or outcome.prediction is None:
                 continue
