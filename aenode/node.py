@@ -40,12 +40,13 @@ from aenode.store.index import Index, ResultRow
 from aenode.store.retention import Retention, remove_purged_orphans
 from aenode.store.spool import Spool
 from aenode.store.stabilise import ActivityTracker, Stabiliser, reconcile
+from aenode.surveil.worker import SurveillanceWorker
 from aenode.web.worker import WebWorker
 
 log = get_logger("aenode.node")
 
-WorkerName = Literal["analysis", "alert", "delivery", "web", "retention"]
-ALL_WORKERS: tuple[WorkerName, ...] = ("analysis", "alert", "delivery", "web", "retention")
+WorkerName = Literal["analysis", "alert", "delivery", "web", "retention", "surveillance"]
+ALL_WORKERS: tuple[WorkerName, ...] = ("analysis", "alert", "delivery", "web", "retention", "surveillance")
 
 
 class _OutboxDelivery:
@@ -111,6 +112,9 @@ class Node:
         if "web" in self._names:
             self.web = WebWorker(self.config, self.index, outbox=self.outbox, alerts=self.alert_store)
             built.append(_Worker("web", self.web.run))
+        if "surveillance" in self._names and self.config.surveillance.enabled:
+            surveillance = SurveillanceWorker(self.config, self.index, outbox=self.outbox)
+            built.append(_Worker("surveillance", surveillance.run))
         if "retention" in self._names and self.config.retention.enabled:
             r = self.config.retention
             retention = Retention(self.index, self.spool, _OutboxDelivery(self.outbox),
