@@ -22,6 +22,7 @@ import time
 import pydicom
 
 from aenode.alert.payload import dashboard_link
+from aenode.alert.senders import register_senders
 from aenode.config import Config
 from aenode.deliver.outbox import Outbox
 from aenode.deliver.worker import notify
@@ -63,6 +64,7 @@ def surveillance_model(config: Config) -> str:
 class SurveillanceWorker:
     def __init__(self, config: Config, index: Index, *, outbox: Outbox | None = None,
                  store: SurveillanceStore | None = None, batch: int = 500):
+        register_senders()  # the outbox can send the alert channels signals go to
         register_submit_sender()
         self.config = config
         self.index = index
