@@ -101,7 +101,9 @@ class Node:
         if "analysis" in self._names:
             registry = ModelRegistry.from_config(self.config)
             registry.warm_up()
-            analysis = AnalysisWorker(self.config, self.index, registry, OutboxPublisher(self.config, self.outbox))
+            hold = None if self.config.backfill.send_results else self.index.is_backfilled
+            analysis = AnalysisWorker(self.config, self.index, registry,
+                                      OutboxPublisher(self.config, self.outbox, hold=hold))
             built.append(_Worker("analysis", analysis.run))
         if "alert" in self._names:
             alerts = AlertWorker(self.config, self.index, outbox=self.outbox, store=self.alert_store)
