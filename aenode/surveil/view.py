@@ -17,7 +17,7 @@ PALETTE = {"typical": "#c0392b", "indeterminate": "#e67e22", "atypical": "#2980b
            "none": "#bdc3c7"}
 _EXTRA = ("#8e44ad", "#16a085", "#d35400", "#2c3e50", "#27ae60")
 
-W, H, PAD_L, PAD_B, PAD_T = 760, 240, 40, 40, 10
+W, H, PAD_L, PAD_B, PAD_T = 760, 250, 40, 40, 22
 
 
 @dataclass
