@@ -379,6 +379,10 @@ class SurveillanceSubmitConfig(_Section):
     timeout_seconds: float = Field(30.0, gt=0)
 
 
+SignalChannel = Literal["webhook"]
+_SIGNAL_CHANNELS: tuple[SignalChannel, ...] = ("webhook",)
+
+
 class SurveillanceConfig(_Section):
     """Surveillance records, trends and surge signals (aenode/surveil)."""
 
@@ -387,7 +391,9 @@ class SurveillanceConfig(_Section):
     surge_categories: list[str] = Field(default_factory=lambda: ["typical", "indeterminate"])
     method: Literal["C1", "C2", "C3"] = "C2"  # EARS method that raises a signal (all three are computed)
     min_count: int = Field(1, ge=0)  # a week with fewer cases never signals
-    alert_channels: list[str] = Field(default_factory=lambda: ["webhook"])
+    # Channels that carry surge signals (aggregate JSON); SMTP and HL7 render patient alerts
+    # only, so the webhook is the one channel for now.
+    alert_channels: list[SignalChannel] = Field(default_factory=lambda: list(_SIGNAL_CHANNELS))
     submit: SurveillanceSubmitConfig | None = None
 
 

@@ -6,6 +6,7 @@ name, ID, birth date and accession never appear in records, reports or the datab
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import os
@@ -194,3 +195,39 @@ def test_store_survives_reopen(tmp_path):
         assert s.cursor() >= 1 and len(s.records()) == 1
         s.check()
     index.close()
+
+
+def test_periodic_fhir_push(tmp_path):
+    """``[surveillance.submit]``: the MeasureReport goes through the outbox to a real HTTP
+    endpoint, once per interval, as valid FHIR with no patient data."""
+    endpoint = WebhookServer().start()
+    try:
+        cfg = config(tmp_path / "data", surveillance={"submit": {"url": endpoint.url, "insecure": True,
+                                                                  "interval_hours": 24, "period_days": 7,
+                                                                  "token": "submit-token-1"}})
+        index = Index.for_data_dir(cfg.node.data_dir)
+        today = dt.date.today()
+        for i in range(6):                      # within the last 7 days, one 10 days ago (outside)
+            add_study(index, cfg.node.data_dir, Case(today - dt.timedelta(days=i), "typical"))
+        add_study(index, cfg.node.data_dir, Case(today - dt.timedelta(days=10), "typical"))
+        outbox = Outbox.for_config(cfg)
+        worker = SurveillanceWorker(cfg, index, outbox=outbox)
+        delivery = DeliveryWorker(cfg, outbox=outbox)
+        worker.run_once()
+        assert wait_for(lambda: (delivery.run_once(), len(endpoint.accepted))[1] >= 1, 15)
+        worker.run_once()
+        delivery.run_once()
+        time.sleep(0.2)
+        assert len(endpoint.accepted) == 1
+        req = endpoint.accepted[0]
+        assert req["headers"]["Content-Type"] == "application/fhir+json"
+        assert req["headers"]["Authorization"] == "Bearer submit-token-1"
+        mr = MeasureReport.model_validate_json(req["body"])
+        assert mr.group[0].population[0].count == 6
+        _no_canary(req["body"].decode())
+        assert [r.state for r in outbox.rows(kind="surveillance_fhir")] == ["sent"]
+        worker.close()
+        outbox.close()
+        index.close()
+    finally:
+        endpoint.stop()
