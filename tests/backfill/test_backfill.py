@@ -128,6 +128,10 @@ def test_backfill_twenty_studies_from_orthanc(tmp_path):
                 recs = st.records()
                 assert sum(r.backfilled for r in recs) == N and len(recs) == N + 1
                 assert sorted(r.study_date for r in recs if r.backfilled) == [d.isoformat() for d in dates]
+                # the real model's maps give the descriptive findings (typical phantom: bilateral, peripheral)
+                assert {(r.category, r.findings.laterality, r.findings.distribution) for r in recs} == \
+                    {("typical", "bilateral", "peripheral")}
+                assert {r.postal_code for r in recs} == {"100-0001"}
                 # resumable: a second run finds the same studies and retrieves none again
             again = backfill(config, "2024-01-01", "2024-12-31", max_per_hour=RATE, report=lines.append)
             assert (again.retrieved, again.skipped_done, again.failed) == (0, N, 0)
@@ -149,3 +153,31 @@ def test_backfill_twenty_studies_from_orthanc(tmp_path):
     finally:
         hook.stop()
         pacs.stop()
+
+
+def _aenode(*args: str) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.run([sys.executable, "-m", "aenode", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_backfill_cli_errors_name_the_problem(tmp_path):
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f'[node]\ndata_dir = "{tmp_path / "d"}"\n')
+    r = _aenode("backfill", "--from", "2024-01-01", "--until", "2024-02-01", "--config", str(cfg))
+    assert r.returncode == 1 and "no source: give --source NAME or set [backfill] source" in r.stderr
+    r = _aenode("backfill", "--from", "2024-01-01", "--until", "2024-02-01", "--source", "pacs", "--config", str(cfg))
+    assert r.returncode == 1 and "'pacs': no [[destinations]] entry of that name" in r.stderr
+    r = _aenode("backfill", "--from", "2024-02-01", "--until", "2024-01-01", "--config", str(cfg))
+    assert r.returncode == 2 and "--from is after --until" in r.stderr
+    r = _aenode("backfill", "--from", "2024-1-1", "--until", "2024-01-01")
+    assert r.returncode == 2 and "expected a date YYYY-MM-DD" in r.stderr
+    # a source that does not answer: a clear error, not a traceback
+    cfg.write_text(f'[node]\ndata_dir = "{tmp_path / "d"}"\n[delivery]\ntimeout_seconds = 2\n'
+                   f'[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = {free_port()}\n'
+                   '[backfill]\nsource = "pacs"\n')
+    r = _aenode("backfill", "--from", "2024-01-01", "--until", "2024-02-01", "--config", str(cfg))
+    assert r.returncode == 1 and "source pacs: association refused or no answer" in r.stderr
+    assert "Traceback" not in r.stderr
