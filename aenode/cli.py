@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 
 from aenode import __version__, alert, deliver, demo, node
-from aenode.config import load_config_or_report, render_toml
 from aenode.backfill import cli as backfill_cli
+from aenode.config import load_config_or_report, render_toml
 from aenode.deliver import cli as deliver_cli
 from aenode.infer import cli as infer_cli
 from aenode.logs import configure_logging, get_logger
