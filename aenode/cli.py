@@ -14,11 +14,13 @@ import sys
 from collections.abc import Sequence
 
 from aenode import __version__, alert, deliver, demo, node
+from aenode.backfill import cli as backfill_cli
 from aenode.config import load_config_or_report, render_toml
 from aenode.deliver import cli as deliver_cli
 from aenode.infer import cli as infer_cli
 from aenode.logs import configure_logging, get_logger
 from aenode.phantom import cli as phantom_cli
+from aenode.surveil import cli as surveil_cli
 from aenode.web import cli as web_cli
 
 _CONFIG_HELP = "TOML file (default: $AENODE_CONFIG, else built-in defaults)"
@@ -105,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
 
-    for stage_cli in (phantom_cli, infer_cli, deliver_cli, web_cli, demo):
+    for stage_cli in (phantom_cli, infer_cli, deliver_cli, web_cli, surveil_cli, backfill_cli, demo):
         stage_cli.register(sub)
     return parser
 

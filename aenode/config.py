@@ -412,6 +412,53 @@ class DeliveryConfig(_Section):
     timeout_seconds: float = Field(30.0, gt=0)  # association / DIMSE / network / HTTP timeout
 
 
+class SiteConfig(_Section):
+    """Where this node stands, for surveillance records and reports (no patient data)."""
+
+    name: str = Field("", max_length=128)
+    postal_code: str = Field("", pattern=r"^[0-9A-Za-z -]{0,12}$")
+    prefecture: str = Field("", max_length=64)
+
+
+class SurveillanceSubmitConfig(_Section):
+    """Periodic push of the FHIR MeasureReport to a public-health endpoint (HTTPS)."""
+
+    url: str = Field(pattern=r"^https?://[^/\s]+")
+    interval_hours: float = Field(24.0, gt=0)
+    period_days: int = Field(7, ge=1, le=366)  # each report covers the last N days
+    token: str | None = Field(None, min_length=1)  # bearer token
+    ca_file: Path | None = None
+    insecure: bool = False  # allow http:// (the report is aggregate counts only)
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+SignalChannel = Literal["webhook"]
+_SIGNAL_CHANNELS: tuple[SignalChannel, ...] = ("webhook",)
+
+
+class SurveillanceConfig(_Section):
+    """Surveillance records, trends and surge signals (aenode/surveil)."""
+
+    enabled: bool = True
+    model: str | None = None  # the classifier whose results make the records; None = [model] primary
+    surge_categories: list[str] = Field(default_factory=lambda: ["typical", "indeterminate"])
+    method: Literal["C1", "C2", "C3"] = "C2"  # EARS method that raises a signal (all three are computed)
+    min_count: int = Field(1, ge=0)  # a week with fewer cases never signals
+    # Channels that carry surge signals (aggregate JSON); SMTP and HL7 render patient alerts
+    # only, so the webhook is the one channel for now.
+    alert_channels: list[SignalChannel] = Field(default_factory=lambda: list(_SIGNAL_CHANNELS))
+    submit: SurveillanceSubmitConfig | None = None
+
+
+class BackfillConfig(_Section):
+    """``aenode backfill``: retrieve past studies from a PACS (C-FIND + C-MOVE)."""
+
+    source: str | None = None  # a [[destinations]] name (type dicom) that answers C-FIND / C-MOVE
+    max_per_hour: int = Field(120, ge=1, le=100000)
+    send_results: bool = False  # write SR/SC of backfilled studies to PACS
+    move_timeout_seconds: float = Field(600.0, gt=0)
+
+
 class Config(_Section):
     node: NodeConfig = Field(default_factory=NodeConfig)
     stability: StabilityConfig = Field(default_factory=StabilityConfig)
@@ -424,6 +471,9 @@ class Config(_Section):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    site: SiteConfig = Field(default_factory=SiteConfig)
+    surveillance: SurveillanceConfig = Field(default_factory=SurveillanceConfig)
+    backfill: BackfillConfig = Field(default_factory=BackfillConfig)
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Config:

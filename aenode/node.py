@@ -46,12 +46,13 @@ from aenode.store.index import Index, ResultRow
 from aenode.store.retention import Retention, remove_purged_orphans
 from aenode.store.spool import Spool
 from aenode.store.stabilise import ActivityTracker, Stabiliser, reconcile
+from aenode.surveil.worker import SurveillanceWorker
 from aenode.web.worker import WebWorker
 
 log = get_logger("aenode.node")
 
-WorkerName = Literal["analysis", "alert", "delivery", "web", "retention"]
-ALL_WORKERS: tuple[WorkerName, ...] = ("analysis", "alert", "delivery", "web", "retention")
+WorkerName = Literal["analysis", "alert", "delivery", "web", "retention", "surveillance"]
+ALL_WORKERS: tuple[WorkerName, ...] = ("analysis", "alert", "delivery", "web", "retention", "surveillance")
 
 
 class _OutboxDelivery:
@@ -108,7 +109,9 @@ class Node:
         if "analysis" in self._names:
             registry = ModelRegistry.from_config(self.config)
             registry.warm_up()
-            analysis = AnalysisWorker(self.config, self.index, registry, OutboxPublisher(self.config, self.outbox))
+            hold = None if self.config.backfill.send_results else self.index.is_backfilled
+            analysis = AnalysisWorker(self.config, self.index, registry,
+                                      OutboxPublisher(self.config, self.outbox, hold=hold))
             built.append(_Worker("analysis", analysis.run))
         if "alert" in self._names:
             alerts = AlertWorker(self.config, self.index, outbox=self.outbox, store=self.alert_store)
@@ -119,6 +122,9 @@ class Node:
         if "web" in self._names:
             self.web = WebWorker(self.config, self.index, outbox=self.outbox, alerts=self.alert_store)
             built.append(_Worker("web", self.web.run))
+        if "surveillance" in self._names and self.config.surveillance.enabled:
+            surveillance = SurveillanceWorker(self.config, self.index, outbox=self.outbox)
+            built.append(_Worker("surveillance", surveillance.run))
         if "retention" in self._names and self.config.retention.enabled:
             r = self.config.retention
             retention = Retention(self.index, self.spool, _OutboxDelivery(self.outbox),

@@ -317,7 +317,7 @@ def main() -> int:
             })
             runs: list[Run] = []
             with running_node(config) as node:
-                for i, (study_uid, folder, n_files) in enumerate(studies):
+                for i, (study_uid, folder, _n_files) in enumerate(studies):
                     r = send_and_time(node, pacs, config, folder, study_uid, len(models), args.poll)
                     total = r.marks["orthanc"] - r.marks["t0"]
                     tag = "warm-up" if i < args.warmup else f"run {i - args.warmup + 1}"

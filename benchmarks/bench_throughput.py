@@ -55,7 +55,9 @@ def _generate(args: tuple[Path, str, int, int]) -> Path:
     out, pattern, seed, slices = args
     if not (out / "done").exists():
         shutil.rmtree(out, ignore_errors=True)
-        generate_study(out, pattern, seed=seed, slices=slices, extra_series=False, slice_thickness=1.0)
+        # A 320 mm chest: 300 slices of about 1.07 mm (thin enough for both models' rules).
+        generate_study(out, pattern, seed=seed, slices=slices, extra_series=False,
+                       slice_thickness=round(320.0 / slices, 3))
         (out / "done").write_text("ok")
     return out
 
@@ -167,6 +169,17 @@ def wait_ready(echoscu: Path, port: int, log: Path, analysis: int, timeout: floa
     raise RuntimeError("the node did not come up:\n" + log.read_text(errors="replace")[-3000:])
 
 
+def all_final(data_dir: Path, n: int) -> bool:
+    from aenode.store.index import FINAL_STATES, Index
+
+    index = Index.for_data_dir(data_dir)
+    try:
+        states = [s.state for s in index.studies()]
+    finally:
+        index.close()
+    return len(states) >= n and all(s in FINAL_STATES for s in states)
+
+
 def stage_times(data_dir: Path) -> dict[str, float]:
     from aenode.store.index import Index
 
@@ -203,6 +216,9 @@ def one_config(args: argparse.Namespace, tools: dict[str, Path], studies: list[P
         deadline = time.monotonic() + args.timeout
         while pacs.count("SR") < want and time.monotonic() < deadline:
             time.sleep(0.05)
+            if int(time.monotonic()) % 5 == 0 and all_final(work / "data", len(studies)):
+                time.sleep(3)  # everything analysed: give delivery a moment, then stop waiting
+                break
         elapsed = time.perf_counter() - t0
         cpu = _cpu_seconds(node.pid) - cpu0
         gpu.stop_event.set()

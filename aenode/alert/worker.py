@@ -111,6 +111,11 @@ class AlertWorker:
         out = [self._dashboard(r, rules, now)]
         if rules is None or not channels or not r.category:
             return out
+        if self.index.is_backfilled(study_uid):
+            # A past study retrieved by ``aenode backfill`` for surveillance: the dashboard
+            # shows its result, infection control is never alerted about it.
+            log.info("alert_skipped", study_uid=study_uid, model=model, reason="backfilled")
+            return out
         header: dict[str, str | None] | None = None
         for channel in channels:
             decision = decide(rules, channel_classes(self.config, channel, rules), r.category,

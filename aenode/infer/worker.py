@@ -177,6 +177,7 @@ class AnalysisWorker:
             "version": o.version, "alerts": p.alerts, "timings_s": {k: round(v, 3) for k, v in o.timings.items()},
             "volume_warnings": o.volume_warnings, "lesion_volume_ml": p.lesion_volume_ml,
             "lung_volume_ml": p.lung_volume_ml, "result_uids": result_uids,
+            "findings": p.detail.get("findings"),  # laterality, distribution (aenode.infer.findings)
             "skipped_series": [{"series_uid": uid, "reason": why} for uid, why in o.selection.skipped.items()],
         }
         self.index.record_result(study_uid, revision, o.model, p.category,
