@@ -59,9 +59,9 @@ import structlog  # noqa: E402
 from machine import describe  # noqa: E402
 
 from aenode.config import Config, parse_config  # noqa: E402
+from aenode.node import Node, running_node  # noqa: E402
 from aenode.peers.orthanc import Orthanc, free_port  # noqa: E402
 from aenode.phantom import generate_study  # noqa: E402
-from aenode.node import Node, running_node  # noqa: E402
 from aenode.report.publish import results_path  # noqa: E402
 
 STORESCU = "/usr/bin/storescu"  # DCMTK; pynetdicom's own `storescu` script shadows it on PATH
