@@ -9,7 +9,7 @@ mkdir -p /tmp/dcmtk && tar -xzf .dcmtk/dcmtk.tgz -C /tmp/dcmtk
 export LD_LIBRARY_PATH=/tmp/dcmtk/lib:${LD_LIBRARY_PATH:-}
 export DCMDICTPATH=/tmp/dcmtk/share/dicom.dic
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TCP_NODELAY=1
-/tmp/dcmtk/bin/storescu --version | head -1
+/tmp/dcmtk/bin/storescu --version > /tmp/dcmtk/version.txt; head -1 /tmp/dcmtk/version.txt
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
 python3 benchmarks/bench_throughput.py --studies "$studies" --workers "$workers" --providers "$providers" \
