@@ -52,10 +52,10 @@ PHASES = ("ingest", "analysis", "delivery", "alerting")
 # publishing and sending one SR/SC or one alert a fraction of one.  Ingest has no event
 # (the node logs an association when it ends): the kill comes at a random point of a
 # storescu run instead, scaled by how long runs have taken so far.
-TRIGGERS: dict[str, tuple[str, float]] = {
-    "analysis": ("study_complete", 2.5),
-    "delivery": ("result_published", 0.4),
-    "alerting": ("alert_decided", 0.3),
+TRIGGERS: dict[str, tuple[tuple[str, ...], float]] = {
+    "analysis": (("study_complete", "analyses_requeued"), 2.5),
+    "delivery": (("result_published",), 0.4),
+    "alerting": (("alert_decided",), 0.3),
 }
 FINAL_STATES = ("analysed", "skipped", "error")
 SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
@@ -127,7 +127,8 @@ class NodeProcess:
     def __init__(self, config_file: Path, log_file: Path):
         self.config_file, self.log_file = config_file, log_file
         self.proc: subprocess.Popen[bytes] | None = None
-        self.events: Counter[str] = Counter()
+        self.events: Counter[str] = Counter()   # since the last start
+        self.total: Counter[str] = Counter()    # over all runs
         self._cond = threading.Condition()
         self._reader: threading.Thread | None = None
 
@@ -152,13 +153,16 @@ class NodeProcess:
                 if isinstance(event, str):
                     with self._cond:
                         self.events[event] += 1
+                        self.total[event] += 1
                         self._cond.notify_all()
 
-    def wait_event(self, name: str, timeout: float) -> bool:
-        """Wait until the node has logged ``name`` at least once since it started."""
+    def wait_event(self, *names: str, timeout: float) -> bool:
+        """Wait until the node has logged one of ``names`` since it started."""
+        def seen() -> bool:
+            return any(self.events[n] > 0 for n in names)
+
         with self._cond:
-            return self._cond.wait_for(lambda: self.events[name] > 0 or not self.alive(), timeout) \
-                and self.events[name] > 0
+            return self._cond.wait_for(lambda: seen() or not self.alive(), timeout) and seen()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -201,6 +205,7 @@ class Figures:
     acknowledged: int = 0
     resent_files: int = 0
     losses: list[str] = field(default_factory=list)
+    requeued: int = 0           # analyses the node re-queued at a restart
     revisions: int = 0          # study revisions analysed in the end (late slices, partial sends)
     pacs_objects: int = 0       # result objects (SR, SC) Orthanc holds
     webhooks: int = 0           # webhook deliveries accepted
@@ -212,7 +217,7 @@ class Figures:
                 f"by_phase={dict(self.kills_by_phase)} phase_reached={dict(self.triggered_by_phase)} "
                 f"storescu_runs={self.storescu_runs} interrupted_runs={self.storescu_incomplete} "
                 f"acknowledged={self.acknowledged} resent_files={self.resent_files} "
-                f"revisions={self.revisions} pacs_objects={self.pacs_objects} webhooks={self.webhooks} "
+                f"requeued={self.requeued} revisions={self.revisions} pacs_objects={self.pacs_objects} webhooks={self.webhooks} "
                 f"webhook_repeats={self.webhook_repeats} losses={len(self.losses)} seconds={self.seconds:.0f}")
 
 
@@ -328,21 +333,21 @@ class KillLoop:
         """Start the node, send, kill -9 at a random moment of a randomly chosen phase."""
         self.figures.iterations += 1
         phase = self.rng.choice(PHASES)
-        batches = self.rng.choice((1, 1, 2))
+        batches = 1
         if phase == "ingest":
             files = len((self.pending + self.queue)[0].files) if self.pending or self.queue else 20
             delay = self.rng.uniform(0.0, 1.2 * files * sorted(self._seconds_per_file)[len(self._seconds_per_file) // 2])
         else:
-            event, spread = TRIGGERS[phase]
+            events, spread = TRIGGERS[phase]
             delay = self.rng.uniform(0.0, spread)
         self.node.start()
-        if not self.node.wait_event("node_started", 60):
+        if not self.node.wait_event("node_started", timeout=60):
             raise AssertionError(f"node did not start: see {self.node.log_file}")
         stop = threading.Event()
         self._sending.clear()
         sender = threading.Thread(target=self._sender, args=(stop, batches), daemon=True)
         sender.start()
-        reached = self._sending.wait(15.0) if phase == "ingest" else self.node.wait_event(event, 15.0)
+        reached = self._sending.wait(15.0) if phase == "ingest" else self.node.wait_event(*events, timeout=10.0)
         if reached:
             self.figures.triggered_by_phase[phase] += 1
             time.sleep(delay)
@@ -361,13 +366,14 @@ class KillLoop:
         self.settle()
         self.figures.seconds = time.monotonic() - t0
         self.figures.acknowledged = sum(len(s) for s in self.acked.values())
+        self.figures.requeued = self.node.total["analyses_requeued"]
         return self.figures
 
     def settle(self, timeout: float = 300.0) -> None:
         """Send whatever is left (retrying like a modality), wait until the node is idle, stop it."""
         self.figures.iterations += 1
         self.node.start()
-        if not self.node.wait_event("node_started", 60):
+        if not self.node.wait_event("node_started", timeout=60):
             raise AssertionError(f"node did not start: see {self.node.log_file}")
         for _attempt in range(5):
             work, self.pending = self.pending + self.queue, []
