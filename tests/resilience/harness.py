@@ -206,6 +206,7 @@ class Figures:
     resent_files: int = 0
     losses: list[str] = field(default_factory=list)
     requeued: int = 0           # analyses the node re-queued at a restart
+    reconciled: int = 0         # restarts that indexed spool files a kill left unindexed
     revisions: int = 0          # study revisions analysed in the end (late slices, partial sends)
     pacs_objects: int = 0       # result objects (SR, SC) Orthanc holds
     webhooks: int = 0           # webhook deliveries accepted
@@ -217,7 +218,7 @@ class Figures:
                 f"by_phase={dict(self.kills_by_phase)} phase_reached={dict(self.triggered_by_phase)} "
                 f"storescu_runs={self.storescu_runs} interrupted_runs={self.storescu_incomplete} "
                 f"acknowledged={self.acknowledged} resent_files={self.resent_files} "
-                f"requeued={self.requeued} revisions={self.revisions} pacs_objects={self.pacs_objects} webhooks={self.webhooks} "
+                f"requeued={self.requeued} reconciled={self.reconciled} revisions={self.revisions} pacs_objects={self.pacs_objects} webhooks={self.webhooks} "
                 f"webhook_repeats={self.webhook_repeats} losses={len(self.losses)} seconds={self.seconds:.0f}")
 
 
@@ -228,6 +229,7 @@ class KillLoop:
                  late_slices: int = 3):
         self.workdir = workdir
         self.rng = random.Random(seed)
+        self._gaps = random.Random(seed + 1)  # the sender thread's own, so it never shifts self.rng
         self.figures = Figures(seed)
         self.data_dir = workdir / "data"
         self.studies: dict[str, Study] = {}
@@ -289,7 +291,16 @@ class KillLoop:
                                "port": self.orthanc.dicom_port}]})
 
     def __enter__(self) -> KillLoop:
-        self.orthanc.start()
+        for attempt in range(3):
+            try:
+                self.orthanc.start()
+                break
+            except RuntimeError:
+                # free_port() picks a port that another process on this shared machine
+                # may take before Orthanc binds it: pick new ones.
+                if attempt == 2:
+                    raise
+                self.orthanc = Orthanc(self.workdir / f"orthanc{attempt + 1}")
         self.webhook.start()
         self.write_config()
         return self
@@ -327,7 +338,7 @@ class KillLoop:
                 self.pending += work[i:]
                 return
             self._send(batch)
-            stop.wait(self.rng.uniform(0.0, 0.3))
+            stop.wait(self._gaps.uniform(0.0, 0.3))
 
     def iteration(self) -> None:
         """Start the node, send, kill -9 at a random moment of a randomly chosen phase."""
@@ -367,6 +378,7 @@ class KillLoop:
         self.figures.seconds = time.monotonic() - t0
         self.figures.acknowledged = sum(len(s) for s in self.acked.values())
         self.figures.requeued = self.node.total["analyses_requeued"]
+        self.figures.reconciled = self.node.total["reconciled"]
         return self.figures
 
     def settle(self, timeout: float = 300.0) -> None:
@@ -445,8 +457,18 @@ class KillLoop:
                         out.append(f"spooled instance {sop} of {uid} differs from what was sent")
                 if set(stored) - set(study.sop_of.values()):
                     out.append(f"study {uid}: indexed instances that were never sent")
+            # After a clean stop the spool holds exactly the indexed files: nothing renamed
+            # into place and then forgotten (a kill between rename and index is reconciled
+            # at the next start), no temporary file left over.
+            indexed = {Path(i.path).resolve() for uid in self.studies for i in index.instances(uid)
+                       if i.path is not None}
         finally:
             index.close()
+        spool = DataDir.of(self.data_dir).spool
+        on_disk = {p.resolve() for p in spool.rglob("*") if p.is_file()}
+        unindexed = sorted(on_disk - indexed)
+        if unindexed:
+            out.append(f"{len(unindexed)} file(s) in the spool not indexed, e.g. {unindexed[0].relative_to(spool)}")
         return out
 
     def _orthanc_instances(self, study_uid: str) -> dict[str, str]:
