@@ -40,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     try:
-        node.run_node(config)
+        node.run_node(config, args.log_level)
     except OSError as exc:
         get_logger("aenode.node").error("serve_failed", error=type(exc).__name__, errno=exc.errno,
                                         detail=exc.strerror)

@@ -87,6 +87,16 @@ class StabilityConfig(_Section):
     after_release_seconds: float = Field(2.0, ge=0)
 
 
+class WorkersConfig(_Section):
+    """How ``aenode serve`` spreads the work over processes."""
+
+    # Analysis processes (selection, decoding, preprocessing, models); None = a share of
+    # the cores that leaves room for receiving and delivering (see aenode/node.py).
+    analysis: int | None = Field(None, ge=1, le=256)
+    # Threads each analysis process may use for its numeric libraries; None = cores / analysis.
+    threads_per_analysis: int | None = Field(None, ge=1, le=256)
+
+
 class RetentionConfig(_Section):
     """How long received images stay on disk once their study's results are delivered."""
 
@@ -223,6 +233,16 @@ class WebConfig(_Section):
     # Re-issue the SR as a VERIFIED revision when a radiologist confirms the AI category.
     reissue_verified_sr: bool = False
     health_cache_seconds: float = Field(30.0, ge=0)  # C-ECHO results of /healthz are reused this long
+    # Session cookies carry the Secure flag when the request came over TLS (directly or via a
+    # trusted proxy) or the dashboard is public (non-loopback host); true/false forces it.
+    secure_cookies: bool | None = None
+    # Password verifications (argon2, 64 MiB each) running at once / waiting; more -> HTTP 429.
+    login_concurrency: int = Field(1, ge=1, le=8)
+    login_queue: int = Field(8, ge=0, le=1000)
+    # Failed logins: an account's attempts are delayed at most this long (exponential back-off),
+    # an address that keeps failing is blocked at most this long.
+    login_max_delay_seconds: float = Field(30.0, gt=0, le=3600)
+    login_max_block_seconds: float = Field(3600.0, gt=0, le=7 * 86400)
     users: list[WebUser] = Field(default_factory=list)
     tokens: list[WebToken] = Field(default_factory=list)
 
@@ -359,6 +379,7 @@ class Config(_Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Config:

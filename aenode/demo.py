@@ -13,6 +13,7 @@ It does what a hospital deployment does, with real peers started on loopback por
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import socket
@@ -30,6 +31,8 @@ from aenode.peers.webhook import WebhookServer
 from aenode.phantom import generate_study
 from aenode.report.preview import sc_png_bytes
 from aenode.report.publish import results_path
+from aenode.store.datadir import DataDir
+from aenode.web.auth import read_admin_password
 
 STORESCU = "/usr/bin/storescu"  # DCMTK's, not pynetdicom's script of the same name
 
@@ -48,7 +51,7 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _demo_config(data_dir: Path, pacs: Any, webhook_url: str) -> Config:
+def _demo_config(data_dir: Path, pacs: Orthanc, webhook_url: str) -> Config:
     defaults = Config()
     return parse_config({
         "node": {"data_dir": str(data_dir), "port": _free_port(defaults.node.port)},
@@ -137,7 +140,7 @@ def run_demo(out: Path, pattern: str, seed: int, keep_running: bool, slices: int
                 _say(f"   the study did not finish: {json.dumps(row, indent=2) if row else 'no study'}")
                 return 1
             _say(f"   done {time.monotonic() - t_send:.1f} s after the first instance was sent")
-            _show(out, config, row, pacs, hook, results_path, sc_png_bytes)
+            _show(out, config, row, pacs, hook)
             if keep_running:
                 _say("\nThe node keeps running; press Ctrl-C to stop.")
                 try:
@@ -153,8 +156,7 @@ def run_demo(out: Path, pattern: str, seed: int, keep_running: bool, slices: int
     return 0
 
 
-def _show(out: Path, config: Config, row: dict[str, Any], pacs: Any, hook: Any,
-          results_path: Any, sc_png_bytes: Any) -> None:
+def _show(out: Path, config: Config, row: dict[str, Any], pacs: Orthanc, hook: WebhookServer) -> None:
     _say("\n== What the radiologist sees (in PACS) ==")
     for res in row["results"]:
         probs = res["probabilities"] or {}
@@ -185,14 +187,16 @@ def _show(out: Path, config: Config, row: dict[str, Any], pacs: Any, hook: Any,
     else:
         _say("   no alert: this category does not raise one")
 
-    admin = Path(config.node.data_dir) / "web" / "admin-password"
     _say("\n== Hospital IT ==")
     _say(f"   aenode status --json  (data in {config.node.data_dir})")
-    if admin.exists():
-        _say(f"   dashboard login: admin / password in {admin}")
+    password = read_admin_password(config.node.data_dir)
+    if password:
+        # The demo's own terminal only: the node never logs or prints it.
+        _say(f"   dashboard http://{config.web.host}:{config.web.port}/ login: admin / {password}"
+             f" (kept in {DataDir.of(config.node.data_dir).web_dir}, readable by this user only)")
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("demo", help="run the node end to end on one machine with a generated study")
     p.add_argument("--out", default="demo-output", help="working folder (emptied first; default ./demo-output)")
     p.add_argument("--pattern", default="typical", choices=["typical", "indeterminate", "atypical", "negative"])

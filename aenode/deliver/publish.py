@@ -41,9 +41,13 @@ def publish_result(config: Config, report_input: ReportInput, *, outbox: Outbox 
     """Write the SR/SC of ``report_input`` under ``config.node.data_dir`` and enqueue them
     for every ``config.destinations`` entry.  Idempotent per revision."""
     box = outbox if outbox is not None else Outbox.for_config(config)
+    ids: list[int] = []
+
+    def queue(path: Path) -> None:  # the SR leaves while the SC is still being drawn
+        ids.extend(enqueue_results(config, [path], report_input.study_instance_uid, outbox=box))
+
     try:
-        paths = write_results(config.node.data_dir, report_input, node_name=config.node.name)
-        ids = enqueue_results(config, paths, report_input.study_instance_uid, outbox=box)
+        paths = write_results(config.node.data_dir, report_input, node_name=config.node.name, on_written=queue)
     finally:
         if outbox is None:
             box.close()

@@ -13,7 +13,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import pydicom
 
@@ -21,7 +20,7 @@ from aenode.config import ConfigError, load_config
 from aenode.store.meta import BadInstance, InstanceHeader, meta_from_dataset
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("predict", help="classify a folder of DICOM files offline (not for diagnosis)")
     p.add_argument("path", help="folder (searched recursively) or a single DICOM file")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")

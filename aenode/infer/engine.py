@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from aenode.infer.manifest import Manifest, ManifestError, load_manifest, verify_onnx
-from aenode.infer.preprocess import ModelGrid, map_to_series, preprocess
+from aenode.infer.preprocess import (
+    ModelGrid,
+    lesion_scores_on_series,
+    map_to_series,
+    mask_slices_on_series,
+    preprocess,
+)
 from aenode.load.volume import Volume
 from aenode.logs import get_logger
 
@@ -87,6 +93,19 @@ class Prediction:
         if self.lesion_prob is None or self.grid is None:
             return None
         return map_to_series(self.lesion_prob, self.grid, volume, threshold)
+
+    def lesion_scores_on_series(self, volume: Volume, threshold: float = 0.5) -> np.ndarray | None:
+        """Lesion area per series slice, from the model grid (cheap: no resampling)."""
+        if self.lesion_prob is None or self.grid is None:
+            return None
+        return lesion_scores_on_series(self.lesion_prob, self.grid, volume, threshold)
+
+    def lesion_masks_on_slices(self, volume: Volume, slices: list[int],
+                               threshold: float = 0.5) -> dict[int, np.ndarray] | None:
+        """The lesion map on the given series slices only (the secondary capture's)."""
+        if self.lesion_prob is None or self.grid is None:
+            return None
+        return mask_slices_on_series(self.lesion_prob, self.grid, volume, slices, threshold)
 
     def as_dict(self) -> dict[str, Any]:
         return {

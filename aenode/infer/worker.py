@@ -37,6 +37,12 @@ RETRY_CAP_SECONDS = 900.0
 RETRY_MAX_ATTEMPTS = 100
 
 
+def claim_prefix(pid: int) -> str:
+    """How the studies of the analysis process ``pid`` are marked as claimed (so that the
+    supervisor can hand them back when that process dies)."""
+    return f"infer-{pid}-"
+
+
 class ResultPublisher(Protocol):
     """What the analysis stage needs from the stages after it (report + deliver)."""
 
@@ -59,7 +65,7 @@ class AnalysisWorker:
         self.registry = registry
         self.publisher = publisher
         self.poll_seconds = poll_seconds
-        self.name = f"infer-{os.getpid()}-{threading.get_ident() % 10000}"
+        self.name = f"{claim_prefix(os.getpid())}{threading.get_ident() % 10000}"
         log.info("analysis_worker_ready", models=[m.name for m in self.registry],
                  refused=sorted(self.registry.failed))
 

@@ -37,6 +37,10 @@ class DataDir:
         return self.root / "alerts.sqlite"
 
     @property
+    def surveillance_db(self) -> Path:  # surveil: de-identified surveillance records, signals
+        return self.root / "surveillance.sqlite"
+
+    @property
     def web_db(self) -> Path:           # web.store: users' sessions, acknowledgements, audit
         return self.root / "web.sqlite"
 
@@ -47,4 +51,4 @@ class DataDir:
     def databases(self) -> dict[str, Path]:
         """Every database by store name (health checks, backups)."""
         return {"index": self.index_db, "outbox": self.outbox_db, "alerts": self.alerts_db,
-                "web": self.web_db}
+                "surveillance": self.surveillance_db, "web": self.web_db}

@@ -274,6 +274,13 @@ class Index:
             "UPDATE studies SET state=?, state_changed=? WHERE study_uid=? AND state=? AND last_arrival=?",
             (COMPLETE, self._clock(), study_uid, RECEIVING, last_arrival)) == 1
 
+    def release_claims(self, claimed_by_prefix: str) -> int:
+        """Studies an analysis process that died was working on go back to ``complete``
+        (the supervisor calls this with the dead process's worker-name prefix)."""
+        return self._db.execute(
+            "UPDATE studies SET state=?, claimed_by=NULL, state_changed=? WHERE state=? AND claimed_by LIKE ?",
+            (COMPLETE, self._clock(), ANALYSING, claimed_by_prefix.replace("%", "") + "%"))
+
     def recover_interrupted(self) -> int:
         """At node start: analyses that did not finish durably are run again."""
         return self._db.execute("UPDATE studies SET state=?, claimed_by=NULL, state_changed=? WHERE state=?",

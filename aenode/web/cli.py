@@ -6,7 +6,6 @@ import argparse
 import getpass
 import secrets
 import sys
-from typing import Any
 
 
 def _hash_password(args: argparse.Namespace) -> int:
@@ -35,7 +34,7 @@ def _new_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     web = subparsers.add_parser("web", help="dashboard helpers (password hashes, API tokens)")
     sub = web.add_subparsers(dest="web_command", required=True, metavar="ACTION")
     hp = sub.add_parser("hash-password", help="print an argon2id hash for [[web.users]] password_hash")

@@ -1,50 +1,53 @@
 """Read models of the dashboard and API: alerts, studies, results, delivery state.
 
-Reads the node's databases (index, alerts, outbox) and the dashboard's own store; writes
-nothing but through :class:`aenode.web.store.WebStore`.  Dashboard alerts are derived
-from the newest result revision of each (study, model) with the model manifest's alert
-rules (:mod:`aenode.alert.rules`), so they exist even when no alert channel is
-configured; each alert also shows the state of every configured channel.
+Reads the other stages only through their stores' typed methods (the index, the alert
+store, the outbox) and the dashboard's own :class:`~aenode.web.store.WebStore`; writes
+nothing.  Dashboard alerts are the alert stage's decisions on its built-in ``"dashboard"``
+channel (:meth:`AlertStore.current_alerts`), so the dashboard never decides "is this
+alerting?" again; each alert also shows the state of every configured channel.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import sqlite3
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any
+from typing import Generic, TypeVar
 
+from aenode.alert.payload import read_header
+from aenode.alert.rules import ModelRules, model_rules
+from aenode.alert.status import alert_status
+from aenode.alert.store import AlertRow, AlertStore
 from aenode.config import Config
+from aenode.deliver.outbox import Outbox
 from aenode.logs import get_logger
 from aenode.report.preview import sc_png_bytes
 from aenode.report.publish import results_path
+from aenode.store.index import Index, ResultRow
+from aenode.store.uids import is_valid_uid
+from aenode.web.store import Acknowledgement, WebStore
 
 log = get_logger("aenode.web")
 
-UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+JSON = dict[str, object]
+V = TypeVar("V")
 
 
-def valid_uid(uid: str) -> bool:
-    return 0 < len(uid) <= 64 and bool(UID_RE.match(uid))
-
-
-class _LRU:
+class _LRU(Generic[V]):
     def __init__(self, size: int):
         self.size = size
-        self._d: OrderedDict = OrderedDict()
+        self._d: OrderedDict[Hashable, V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Any) -> Any:
+    def get(self, key: Hashable) -> V | None:
         with self._lock:
             if key in self._d:
                 self._d.move_to_end(key)
                 return self._d[key]
         return None
 
-    def put(self, key: Any, value: Any) -> None:
+    def put(self, key: Hashable, value: V) -> None:
         with self._lock:
             self._d[key] = value
             self._d.move_to_end(key)
@@ -52,37 +55,36 @@ class _LRU:
                 self._d.popitem(last=False)
 
 
-class NodeData:
-    """Query helper bound to one configuration; thread-safe."""
+def valid_uid(uid: str) -> bool:
+    """A UID that may reach a path or a query (the project's one validator, no padding)."""
+    return uid == uid.strip("\x00 ") and is_valid_uid(uid)
 
-    def __init__(self, config: Config, index: Any, store: Any):
+
+def _ack_json(ack: Acknowledgement | None) -> JSON | None:
+    if ack is None:
+        return None
+    return {"user": ack.user, "at": ack.at, "note": ack.note, "revision": ack.revision}
+
+
+class NodeData:
+    """Query helper bound to one configuration and the node's stores; thread-safe."""
+
+    def __init__(self, config: Config, index: Index, alerts: AlertStore, outbox: Outbox, store: WebStore):
         self.config = config
         self.index = index
+        self.alerts_store = alerts
+        self.outbox_store = outbox
         self.store = store
         self.data_dir = Path(config.node.data_dir)
-        self._headers = _LRU(2048)
-        self._png = _LRU(32)
+        self._headers: _LRU[dict[str, str | None]] = _LRU(2048)
+        self._png: _LRU[bytes] = _LRU(32)
 
     # ---- helpers ---------------------------------------------------------------------
-
-    def _latest_results(self, limit: int = 500) -> list[tuple]:
-        db = sqlite3.connect(f"file:{self.index.db_path}?mode=ro", uri=True, timeout=10)
-        try:
-            return db.execute(
-                "SELECT r.id, r.study_uid, r.revision, r.model, r.category, r.probabilities_json,"
-                " r.selected_series, r.involvement, r.detail_json, r.created FROM results r"
-                " JOIN (SELECT study_uid, model, MAX(revision) AS rev FROM results GROUP BY study_uid, model) m"
-                " ON r.study_uid=m.study_uid AND r.model=m.model AND r.revision=m.rev"
-                " ORDER BY r.created DESC, r.id DESC LIMIT ?", (limit,)).fetchall()
-        finally:
-            db.close()
 
     def header(self, study_uid: str, series_uid: str | None = None) -> dict[str, str | None]:
         """Patient ID, accession, study date (name/birth date only when alerts include them)."""
         got = self._headers.get(study_uid)
         if got is None:
-            from aenode.alert.payload import read_header
-
             h = read_header(self.index, study_uid, series_uid)
             got = {"patient_id": h.get("PatientID"), "accession_number": h.get("AccessionNumber"),
                    "study_date": h.get("StudyDate"), "study_time": h.get("StudyTime")}
@@ -94,96 +96,84 @@ class NodeData:
                 self._headers.put(study_uid, got)
         return got
 
-    def _decision(self, model: str, category: str | None, probs: dict | None, detail: dict | None):
-        from aenode.alert.rules import decide, model_rules
+    def rules(self, r: ResultRow) -> ModelRules | None:
+        """The result's model rules: its classes and their codes (display, validation)."""
+        return model_rules(self.config, r.model, r.detail)
 
-        rules = model_rules(self.config, model, detail)
-        if rules is None or not category:
-            return None, None
-        return decide(rules, rules.alert_classes, category, probs), rules
+    def _acks(self) -> dict[tuple[str, str, str], Acknowledgement]:
+        """Every acknowledgement by (study, model, category), newest winning (one query)."""
+        return {(a.study_uid, a.model, a.category): a for a in self.store.acknowledgements()}
 
-    def _acks(self) -> dict[tuple[str, str, str], Any]:
-        out: dict[tuple[str, str, str], Any] = {}
-        for a in self.store.acknowledgements():
-            out[(a.study_uid, a.model, a.category)] = a  # newest wins (ordered by time)
-        return out
+    @staticmethod
+    def _alert_json(a: AlertRow, ack: Acknowledgement | None) -> JSON:
+        payload = a.payload
+        code = payload.get("category_code") or {}
+        return {"category": a.category, "probability": payload.get("probability"),
+                "category_meaning": code.get("meaning") if isinstance(code, dict) else None,
+                "result_category": payload.get("result_category"), "acknowledged": _ack_json(ack)}
 
     # ---- alerts ----------------------------------------------------------------------
 
-    def alerts(self, *, unacknowledged: bool = False, limit: int = 200, patient: bool = True) -> list[dict]:
+    def alerts(self, *, unacknowledged: bool = False, limit: int = 200, patient: bool = True) -> list[JSON]:
+        out: list[JSON] = []
         acks = self._acks()
-        out = []
-        for r in self._latest_results(limit=5000):
-            probs = json.loads(r[5]) if r[5] else None
-            detail = json.loads(r[8]) if r[8] else None
-            decision, rules = self._decision(r[3], r[4], probs, detail)
-            if decision is None or not decision.alerting:
+        for a in self.alerts_store.current_alerts(limit=100000 if unacknowledged else limit):
+            item: JSON = {"study_uid": a.study_uid, "revision": a.revision, "model": a.model,
+                          "created": a.created,
+                          **self._alert_json(a, acks.get((a.study_uid, a.model, a.category)))}
+            if unacknowledged and item["acknowledged"] is not None:
                 continue
-            ack = acks.get((r[1], r[3], decision.category))
-            if unacknowledged and ack is not None:
-                continue
-            code = rules.code(decision.category) if rules else None
-            item = {
-                "study_uid": r[1], "revision": r[2], "model": r[3], "category": decision.category,
-                "category_meaning": (code or {}).get("meaning"), "probability": decision.probability,
-                "result_category": r[4], "created": r[9],
-                "acknowledged": None if ack is None else {
-                    "user": ack.user, "at": ack.at, "note": ack.note, "revision": ack.revision},
-            }
             if patient:
-                item["patient"] = self.header(r[1], r[6])
+                item["patient"] = self.header(a.study_uid)
             out.append(item)
             if len(out) >= limit:
                 break
         return out
 
-    def current_alert(self, study_uid: str, model: str) -> dict | None:
-        for a in self.alerts(limit=100000, patient=False):
-            if a["study_uid"] == study_uid and a["model"] == model:
-                return a
-        return None
+    def current_alert(self, study_uid: str, model: str) -> AlertRow | None:
+        """The alert stage's current dashboard decision for (study, model) if it alerts."""
+        a = self.alerts_store.current_alert(study_uid, model)
+        return a if a is not None and a.alerting else None
 
     # ---- studies ---------------------------------------------------------------------
 
-    def studies(self, limit: int = 500) -> list[dict]:
+    def studies(self, limit: int = 500) -> list[JSON]:
         rows = self.index.studies()[-limit:]
-        latest: dict[str, list[tuple]] = {}
-        for r in self._latest_results(limit=100000):
-            latest.setdefault(r[1], []).append(r)
-        out = []
+        latest: dict[str, list[ResultRow]] = {}
+        for r in self.index.latest_results(limit=100000):
+            latest.setdefault(r.study_uid, []).append(r)
+        out: list[JSON] = []
         for s in reversed(rows):
             results = latest.get(s.study_uid, [])
             out.append({
                 "study_uid": s.study_uid, "state": s.state, "revision": s.revision,
                 "instances": s.instance_count, "first_arrival": s.first_arrival,
                 "last_arrival": s.last_arrival, "reason": s.reason,
-                "results": [{"model": r[3], "revision": r[2], "category": r[4]} for r in results],
+                "results": [{"model": r.model, "revision": r.revision, "category": r.category} for r in results],
             })
         return out
 
     def result_dir(self, study_uid: str, model: str, revision: int) -> Path:
         return results_path(self.data_dir, study_uid, model, revision)
 
-    def study(self, study_uid: str, *, patient: bool = True) -> dict | None:
+    def result_row(self, study_uid: str, model: str) -> ResultRow | None:
+        rows = [r for r in self.index.results(study_uid) if r.model == model]
+        return rows[-1] if rows else None
+
+    def study(self, study_uid: str, *, patient: bool = True) -> JSON | None:
         s = self.index.study(study_uid)
         if s is None:
             return None
         results = self.index.results(study_uid)
-        newest: dict[str, Any] = {}
+        newest: dict[str, ResultRow] = {}
         for r in results:
             newest[r.model] = r  # ordered by revision
         series = self.index.series(study_uid)
-        acks = self._acks()
         confirmations = self.store.confirmations(study_uid)
-        current = []
-        for model, r in newest.items():
-            decision, rules = self._decision(model, r.category, r.probabilities, r.detail)
-            alert = None
-            if decision is not None and decision.alerting:
-                ack = acks.get((study_uid, model, decision.category))
-                alert = {"category": decision.category, "probability": decision.probability,
-                         "acknowledged": None if ack is None else {
-                             "user": ack.user, "at": ack.at, "note": ack.note, "revision": ack.revision}}
+        current: list[JSON] = []
+        for model, r in sorted(newest.items()):
+            rules = self.rules(r)
+            decision = self.current_alert(study_uid, model)
             rdir = self.result_dir(study_uid, model, r.revision)
             classes = list(rules.classes) if rules else sorted((r.probabilities or {}).keys())
             current.append({
@@ -194,26 +184,19 @@ class NodeData:
                 "selected_series": r.selected_series, "created": r.created,
                 "version": (r.detail or {}).get("version"),
                 "has_sc": (rdir / "sc.dcm").is_file(), "has_sr": (rdir / "sr.dcm").is_file(),
-                "alert": alert,
+                "alert": None if decision is None else self._alert_json(
+                    decision, self.store.acknowledgement(study_uid, model, decision.category)),
                 "confirmation": next(({"category": c.category, "agrees": c.agrees, "user": c.user, "at": c.at,
                                        "infection_status": c.infection_status, "radiologist_id": c.radiologist_id,
                                        "revision": c.revision}
                                       for c in reversed(confirmations) if c.model == model), None),
             })
-        current.sort(key=lambda r: r["model"])
-        from aenode.alert.status import alert_status
-        from aenode.deliver.outbox import Outbox
-
-        box = Outbox.for_config(self.config)
-        try:
-            delivery = box.summary_for_study(study_uid)
-            alerts = alert_status(self.data_dir, study_uid, outbox=box)
-        finally:
-            box.close()
-        for d in delivery.values():
-            d.pop("ids", None)
-        selected = {r["selected_series"] for r in current}
-        out = {
+        delivery = {name: {k: v for k, v in d.items() if k != "ids"}  # row ids are for `aenode retry`
+                    for name, d in self.outbox_store.summary_for_study(study_uid).items()}
+        channels = alert_status(self.data_dir, study_uid, outbox=self.outbox_store)
+        channels.pop("dashboard", None)  # the dashboard's own "channel" is shown as the alert itself
+        selected = [r.selected_series for r in newest.values() if r.selected_series]
+        out: JSON = {
             "study_uid": s.study_uid, "state": s.state, "revision": s.revision, "instances": s.instance_count,
             "first_arrival": s.first_arrival, "last_arrival": s.last_arrival, "reason": s.reason,
             "series": [{"series_uid": x.series_uid, "modality": x.modality, "number": x.series_number,
@@ -224,17 +207,13 @@ class NodeData:
                          "probabilities": r.probabilities, "involvement": r.involvement,
                          "selected_series": r.selected_series, "created": r.created} for r in results],
             "delivery": delivery,
-            "alert_channels": alerts,
+            "alert_channels": channels,
             "acknowledgements": [a.__dict__ for a in self.store.acknowledgements(study_uid)],
             "confirmations": [c.__dict__ for c in confirmations],
         }
         if patient:
-            out["patient"] = self.header(study_uid, next(iter(selected), None))
+            out["patient"] = self.header(study_uid, selected[0] if selected else None)
         return out
-
-    def result_row(self, study_uid: str, model: str) -> Any | None:
-        rows = [r for r in self.index.results(study_uid) if r.model == model]
-        return rows[-1] if rows else None
 
     # ---- images ----------------------------------------------------------------------
 
@@ -254,15 +233,9 @@ class NodeData:
 
     # ---- outbox ----------------------------------------------------------------------
 
-    def outbox(self) -> dict[str, Any]:
-        from aenode.deliver.outbox import Outbox
-
-        box = Outbox.for_config(self.config)
-        try:
-            rows = box.rows()
-            counts = box.counts()
-        finally:
-            box.close()
+    def outbox(self) -> JSON:
+        rows = self.outbox_store.rows()
+        counts = self.outbox_store.counts()
         per: dict[tuple[str, str], dict[str, int]] = {}
         for r in rows:
             d = per.setdefault((r.kind, r.destination), {})

@@ -10,7 +10,7 @@ radiologist's ID as the observer's identification code), PreliminaryFlag FINAL, 
 deterministic SOP Instance UID in the same SR series, and the unverified SR in the
 Predecessor Documents Sequence.  It is written atomically beside the original
 (``sr-verified-<confirmation id>.dcm``) and enqueued for every destination through
-:mod:`aenode.report.publish`.
+:mod:`aenode.deliver.publish`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import UID
 
 from aenode.config import Config
+from aenode.deliver.outbox import Outbox
+from aenode.deliver.publish import enqueue_results
 from aenode.logs import get_logger
-from aenode.report.publish import enqueue_results, write_dataset
+from aenode.report.publish import write_dataset
 from aenode.report.uids import derived_uid
 
 log = get_logger("aenode.web")
@@ -37,7 +40,7 @@ def build_verified_sr(sr: Dataset, *, radiologist_id: str, user: str, organizati
                       confirmation_id: int, at: float) -> Dataset:
     ds = copy.deepcopy(sr)
     when = _dt.datetime.fromtimestamp(at).astimezone()
-    new_uid = derived_uid("aenode-verified-sr", str(sr.SOPInstanceUID), str(confirmation_id))
+    new_uid = UID(derived_uid("aenode-verified-sr", str(sr.SOPInstanceUID), str(confirmation_id)))
     ds.SOPInstanceUID = new_uid
     if getattr(ds, "file_meta", None) is not None:
         ds.file_meta.MediaStorageSOPInstanceUID = new_uid
@@ -82,8 +85,8 @@ def build_verified_sr(sr: Dataset, *, radiologist_id: str, user: str, organizati
     return ds
 
 
-def reissue_verified_sr(config: Config, result_dir: Path, study_uid: str, *, radiologist_id: str, user: str,
-                        confirmation_id: int, at: float) -> Path:
+def reissue_verified_sr(config: Config, result_dir: Path, study_uid: str, *, outbox: Outbox, radiologist_id: str,
+                        user: str, confirmation_id: int, at: float) -> Path:
     """Write and enqueue the verified SR; returns its path.  FileNotFoundError if the
     result has no SR."""
     src = Path(result_dir) / "sr.dcm"
@@ -93,6 +96,6 @@ def reissue_verified_sr(config: Config, result_dir: Path, study_uid: str, *, rad
         write_dataset(build_verified_sr(sr, radiologist_id=radiologist_id, user=user,
                                         organization=config.node.name, confirmation_id=confirmation_id, at=at),
                       out)
-    enqueue_results(config, [out], study_uid)
+    enqueue_results(config, [out], study_uid, outbox=outbox)
     log.info("verified_sr_issued", study_uid=study_uid, confirmation=confirmation_id)
     return out

@@ -66,7 +66,9 @@ def test_storescu_to_alerts(tmp_path, peers):
                                  selected_series=node.index.instances(uid)[0].series_uid,
                                  detail={"version": "1.0.0", "alerts": ["typical"]})
         assert wait_for(lambda: len(wh.accepted) and len(sm.messages) and len(ml.accepted), 30)
-        time.sleep(0.5)  # anything extra would arrive now
+        # Bounded wait for "nothing more arrives": a duplicate would be decided within one
+        # alert poll (0.25 s) and sent on the delivery worker's wake-up; 0.5 s covers both.
+        time.sleep(0.5)
     assert len(wh.accepted) == len(sm.messages) == len(ml.messages) == 1
     body = json.loads(wh.accepted[0]["body"])
     assert body["category"] == "typical" and body["study"]["study_instance_uid"] == uid
@@ -95,6 +97,8 @@ def test_full_pipeline(tmp_path, peers):
         alerting = "typical" in ((results[-1].detail or {}).get("alerts") or [])
         if alerting:
             assert wait_for(lambda: len(wh.accepted) and len(sm.messages) and len(ml.accepted), 30)
+        # Bounded wait for "nothing more arrives" (or, for a non-alerting result, "nothing
+        # arrives"): 1 s is four alert polls plus a delivery, so an alert would be here.
         time.sleep(1.0)
     expected = 1 if alerting else 0
     assert len(wh.accepted) == len(sm.messages) == len(ml.accepted) == expected

@@ -22,7 +22,8 @@ RANK = {
     "__init__": 0, "config": 0, "logs": 0,
     "store": 1,
     "phantom": 2, "peers": 2, "receive": 2,
-    "select": 3, "load": 4, "infer": 5, "report": 6, "deliver": 7, "alert": 8, "web": 9,
+    "select": 3, "load": 4, "infer": 5, "report": 6, "deliver": 7, "alert": 8, "surveil": 8.5,
+    "export": 8.5, "web": 9,
     "node": 10,
     "cli": 11, "demo": 11, "__main__": 12,
 }
@@ -144,3 +145,19 @@ def test_only_the_database_adapter_talks_to_sqlite():
                      any(a.name == "sqlite3" for a in n.names) if isinstance(n, ast.Import) else n.module == "sqlite3")
                  for n in ast.walk(tree))]
     assert not users, f"modules that import sqlite3 instead of using aenode.store.db: {users}"
+
+
+def test_log_events_are_snake_case_names():
+    """One naming style for log events (``noun_verb``), so they can be searched and counted."""
+    import re
+
+    methods = {"debug", "info", "warning", "error", "exception", "critical"}
+    bad = []
+    for module, tree in MODULES.items():
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in methods
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id in ("log", "logger")
+                    and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+                    and not re.fullmatch(r"[a-z][a-z0-9_]*", node.args[0].value)):
+                bad.append(f"{module}:{node.lineno}: {node.args[0].value!r}")
+    assert not bad, "log events that are not snake_case names:\n" + "\n".join(bad)

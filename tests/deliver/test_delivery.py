@@ -97,6 +97,8 @@ def test_pacs_down_then_up_delivers_exactly_once(tmp_path):
                 time.sleep(0.05)
             assert box.counts()["sent"] == 2
         publish_result(config, inp)  # the analysis stage retries after a crash: no new rows
+        # Bounded wait for "nothing more arrives": a new row would be sent at once (notify()
+        # wakes the worker), well within 0.5 s.
         time.sleep(0.5)
         assert len(ours_in(pacs, inp.study_instance_uid)) == 2
         assert len(pacs.instances()) == 2

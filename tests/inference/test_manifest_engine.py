@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import tomllib
 from pathlib import Path
@@ -125,3 +126,26 @@ def test_enabled_models_from_config():
     reg = ModelRegistry.load(MODELS, enabled=["lung-involvement", "nope"])
     assert [m.name for m in reg] == ["lung-involvement"]
     assert "nope" in reg.failed
+
+
+def test_sessions_are_warmed_up_and_logged():
+    """One dummy run per model at start, logged with its time (the first study must not
+    pay the provider's start-up)."""
+    import io
+
+    from aenode.infer.registry import ModelRegistry
+    from aenode.logs import configure_logging
+
+    stream = io.StringIO()
+    configure_logging("INFO", json=True, stream=stream)
+    try:
+        registry = ModelRegistry.load(COVID.parent, providers=["cpu"])
+        registry.warm_up()
+    finally:
+        configure_logging("INFO")
+    events = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
+    warmed = {e["model"]: e["seconds"] for e in events if e["event"] == "model_warmed_up"}
+    assert set(warmed) == {m.name for m in registry} and len(warmed) >= 2
+    assert all(isinstance(v, float) and v >= 0 for v in warmed.values())
+    # Nothing of ONNX Runtime's own output escaped the JSON log on stderr.
+    assert all(line.startswith("{") for line in stream.getvalue().splitlines() if line.strip())

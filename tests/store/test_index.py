@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from pydicom.uid import generate_uid
@@ -100,22 +99,37 @@ def test_own_output_never_opens_a_study(index, tmp_path):
     assert (index.study("1.8").state, index.study("1.8").revision) == (COMPLETE, 1)
 
 
-def test_stabiliser_quiet_and_release(index, tmp_path):
-    tracker = ActivityTracker()
-    stab = Stabiliser(index, tracker, quiet_seconds=5, after_release_seconds=0.1)
-    index.record_instance(meta("1.9"), tmp_path / "x.dcm", 1, "SCU")
-    tracker.instance("assoc1", "1.9")
-    tracker.instance("assoc2", "1.9")
-    tracker.ended("assoc1")
-    time.sleep(0.15)
-    assert stab.tick() == []  # assoc2 is still sending
-    tracker.ended("assoc2")
-    time.sleep(0.15)
-    assert stab.tick() == ["1.9"]
-    stab2 = Stabiliser(index, ActivityTracker(), quiet_seconds=0.1, after_release_seconds=0)
-    index.record_instance(meta("1.10"), tmp_path / "y.dcm", 1, "SCU")
-    time.sleep(0.15)
-    assert stab2.tick() == ["1.10"]
+def test_stabiliser_quiet_and_release(tmp_path):
+    """Timers on an injected clock: no sleeping, no dependence on the machine's load."""
+    now = [1000.0]
+
+    def clock() -> float:
+        return now[0]
+
+    index = Index.for_data_dir(tmp_path, clock=clock)
+    try:
+        tracker = ActivityTracker(clock=clock)
+        stab = Stabiliser(index, tracker, quiet_seconds=5, after_release_seconds=0.1, clock=clock)
+        index.record_instance(meta("1.9"), tmp_path / "x.dcm", 1, "SCU")
+        tracker.instance("assoc1", "1.9")
+        tracker.instance("assoc2", "1.9")
+        tracker.ended("assoc1")
+        now[0] += 0.15
+        assert stab.tick() == []  # assoc2 is still sending
+        tracker.ended("assoc2")
+        now[0] += 0.05
+        assert stab.tick() == []  # released, but not for after_release_seconds yet
+        now[0] += 0.1
+        assert stab.tick() == ["1.9"]
+        stab2 = Stabiliser(index, ActivityTracker(clock=clock), quiet_seconds=0.1, after_release_seconds=0,
+                           clock=clock)
+        index.record_instance(meta("1.10"), tmp_path / "y.dcm", 1, "SCU")
+        now[0] += 0.09
+        assert stab2.tick() == []
+        now[0] += 0.02
+        assert stab2.tick() == ["1.10"]
+    finally:
+        index.close()
 
 
 def test_spool_paths_and_reconcile(tmp_path):

@@ -16,8 +16,7 @@ from pydicom.uid import generate_uid
 from aenode.config import REPO_MODELS_DIR, parse_config
 from aenode.store.index import Index
 from aenode.store.meta import read_meta
-from aenode.web.app import create_app
-from tests.web.conftest import MODEL, PROBS, TOKEN, web_section, write_ct
+from tests.web.conftest import MODEL, PROBS, TOKEN, decide_alerts, open_app, web_section, write_ct
 
 
 def main(n: int) -> None:
@@ -36,13 +35,14 @@ def main(n: int) -> None:
                                                 "negative": 0.9}
         index.record_result(study, 1, MODEL, cat, probs, selected_series=series, involvement=10.0,
                             detail={"version": "1.0.0", "timings_s": {"load": 1.2, "infer": 0.8}})
-    index.close()
-    print(f"seeded {n} studies in {time.perf_counter() - t0:.1f} s")
     config = parse_config({"node": {"data_dir": str(data)}, "model": {"path": str(REPO_MODELS_DIR)},
                            "web": web_section({"vera": hash_password("x")})})
-    app = create_app(config, announce=False)
+    while decide_alerts(config, index):  # the alert stage's dashboard decisions, as in a running node
+        pass
+    index.close()
+    print(f"seeded {n} studies in {time.perf_counter() - t0:.1f} s")
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    with TestClient(app, base_url="http://127.0.0.1") as c:
+    with open_app(config) as app, TestClient(app, base_url="http://127.0.0.1") as c:
         for path in ("/metrics", "/api/alerts", "/api/alerts?unacknowledged=true", "/api/studies"):
             c.get(path, headers=headers)  # warm (header cache, manifests)
             times = []
@@ -52,7 +52,6 @@ def main(n: int) -> None:
                 times.append(time.perf_counter() - t)
                 assert r.status_code == 200, (path, r.status_code)
             print(f"| {path} | {n} | {statistics.median(times) * 1000:.0f} ms | {len(r.content) // 1024} KiB |")
-    app.state.web.close()
 
 
 if __name__ == "__main__":

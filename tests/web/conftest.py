@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -88,8 +91,10 @@ class WebEnv:
     sops: list[str]
 
 
-def seed_study(data_dir: Path, *, category: str = "typical", slices: int = 6) -> tuple[str, str, list[str]]:
-    """Store ``slices`` CT instances, record a result and write its SR and SC."""
+def seed_study(data_dir: Path, *, category: str = "typical", slices: int = 6,
+               decide: Config | None = None) -> tuple[str, str, list[str]]:
+    """Store ``slices`` CT instances, record a result and write its SR and SC; with
+    ``decide``, let the real alert worker decide on it once (the dashboard's alert state)."""
     from aenode.report.publish import write_results
     from tests.report.factory import make_input
 
@@ -110,6 +115,8 @@ def seed_study(data_dir: Path, *, category: str = "typical", slices: int = 6) ->
                             detail={"version": "1.0.0", "alerts": ["typical", "indeterminate"]})
         if claimed:
             index.finish_study(study_uid, 1, "analysed")
+        if decide is not None:
+            decide_alerts(decide, index)
     finally:
         index.close()
     inp = make_input(n=slices, category=category, study_uid=study_uid, series_uid=series_uid,
@@ -119,15 +126,40 @@ def seed_study(data_dir: Path, *, category: str = "typical", slices: int = 6) ->
     return study_uid, series_uid, sops
 
 
+def decide_alerts(config: Config, index: Index) -> int:
+    """One pass of the real alert worker: records the alert decisions (the dashboard's too)."""
+    from aenode.alert.worker import AlertWorker
+
+    worker = AlertWorker(config, index)
+    try:
+        return worker.run_once()
+    finally:
+        worker.close()
+
+
+@contextmanager
+def open_app(config: Config) -> Iterator[FastAPI]:
+    """The application over the data directory's stores, as ``aenode serve`` wires it."""
+    from aenode.web.app import create_app
+
+    index = Index.for_data_dir(config.node.data_dir)
+    app = create_app(config, index)
+    try:
+        yield app
+    finally:
+        app.state.web.close()
+        index.close()
+
+
 @pytest.fixture
 def web_env(tmp_path, hashes) -> WebEnv:
     data_dir = tmp_path / "data"
-    study_uid, series_uid, sops = seed_study(data_dir)
     config = parse_config({
         "node": {"data_dir": str(data_dir), "name": "web-test-node", "port": free_port()},
         "model": {"path": str(REPO_MODELS_DIR)},
         "web": web_section(hashes),
     })
+    study_uid, series_uid, sops = seed_study(data_dir, decide=config)
     return WebEnv(data_dir, config, study_uid, series_uid, sops)
 
 
@@ -135,12 +167,8 @@ def web_env(tmp_path, hashes) -> WebEnv:
 def client(web_env):
     from fastapi.testclient import TestClient
 
-    from aenode.web.app import create_app
-
-    app = create_app(web_env.config)
-    with TestClient(app, base_url="http://127.0.0.1") as c:
+    with open_app(web_env.config) as app, TestClient(app, base_url="http://127.0.0.1") as c:
         yield c
-    app.state.web.close()
 
 
 def login(client, user: str, password: str | None = None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -23,6 +24,7 @@ from tests.web.conftest import (
     TOKEN,
     free_port,
     login,
+    open_app,
     session_csrf,
 )
 
@@ -264,13 +266,11 @@ def test_no_patient_data_in_logs(web_env):
     from fastapi.testclient import TestClient
 
     from aenode.logs import configure_logging
-    from aenode.web.app import create_app
 
     buf = io.StringIO()
     configure_logging("DEBUG", json=True, stream=buf)
     try:
-        app = create_app(web_env.config)
-        with TestClient(app, base_url="http://127.0.0.1") as c:
+        with open_app(web_env.config) as app, TestClient(app, base_url="http://127.0.0.1") as c:
             login(c, "ines")
             c.get("/alerts")
             c.get(f"/studies/{web_env.study_uid}")
@@ -279,7 +279,6 @@ def test_no_patient_data_in_logs(web_env):
                    json={"model": MODEL, "note": f"patient {PATIENT_ID} isolated"})
             c.get("/healthz")
             c.get("/metrics")
-        app.state.web.close()
     finally:
         configure_logging("INFO")
     out = buf.getvalue()
@@ -288,25 +287,33 @@ def test_no_patient_data_in_logs(web_env):
         assert secret not in out, secret
 
 
-def test_default_admin_on_loopback(tmp_path, capsys):
+def test_default_admin_on_loopback(tmp_path):
+    """The generated admin password goes to a private file only: never to stderr nor the log."""
     from fastapi.testclient import TestClient
 
-    from aenode.web.app import create_app
+    from aenode.logs import configure_logging
+    from aenode.web.auth import read_admin_password
 
     config = parse_config({"node": {"data_dir": str(tmp_path / "d")}, "web": {"port": free_port()}})
-    app = create_app(config)
-    pw_file = tmp_path / "d" / "web" / "admin-password"
-    password = pw_file.read_text().strip()
-    assert oct(pw_file.stat().st_mode & 0o777) == "0o600" and len(password) >= 20
-    assert password in capsys.readouterr().err  # printed once, at first start
-    app.state.web.close()
-    app2 = create_app(config)  # second start: same password, not printed again
-    assert password not in capsys.readouterr().err
-    with TestClient(app2, base_url="http://127.0.0.1") as c:
-        assert login(c, "admin", "wrong").headers["location"].startswith("/login?error")
-        assert login(c, "admin", password).headers["location"] == "/alerts"
-        assert c.get("/api/alerts").status_code == 200
-    app2.state.web.close()
+    buf, err, out = io.StringIO(), io.StringIO(), io.StringIO()
+    configure_logging("DEBUG", json=True, stream=buf)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out), open_app(config):
+            pass
+        pw_file = tmp_path / "d" / "web" / "admin-password"
+        password = pw_file.read_text().strip()
+        assert oct(pw_file.stat().st_mode & 0o777) == "0o600" and len(password) >= 20
+        assert oct(pw_file.parent.stat().st_mode & 0o777) == "0o700"
+        assert read_admin_password(tmp_path / "d") == password  # what the demo prints on its own terminal
+        with open_app(config) as app2, TestClient(app2, base_url="http://127.0.0.1") as c:  # same password
+            assert login(c, "admin", "wrong").headers["location"].startswith("/login?error")
+            assert login(c, "admin", password).headers["location"] == "/alerts"
+            assert c.get("/api/alerts").status_code == 200
+    finally:
+        configure_logging("INFO")
+    assert "web_default_admin" in buf.getvalue() and str(pw_file) in buf.getvalue()
+    for text in (err.getvalue(), out.getvalue(), buf.getvalue()):
+        assert password not in text
     secret = tmp_path / "d" / "web" / "session-secret"
     assert oct(secret.stat().st_mode & 0o777) == "0o600"
 
@@ -343,7 +350,6 @@ def test_reissue_verified_sr(tmp_path, web_env, hashes):
     from fastapi.testclient import TestClient
 
     from aenode.deliver.outbox import Outbox
-    from aenode.web.app import create_app
     from tests.web.conftest import web_section
 
     config = parse_config({
@@ -352,9 +358,8 @@ def test_reissue_verified_sr(tmp_path, web_env, hashes):
         "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": free_port()}],
         "web": web_section(hashes, reissue_verified_sr=True),
     })
-    app = create_app(config)
     uid = web_env.study_uid
-    with TestClient(app, base_url="http://127.0.0.1") as c:
+    with open_app(config) as app, TestClient(app, base_url="http://127.0.0.1") as c:
         login(c, "rada")
         csrf = session_csrf(c)
         body = {"model": MODEL, "category": "typical", "infection_status": "pcr-positive", "radiologist_id": "RAD-7"}
@@ -364,7 +369,6 @@ def test_reissue_verified_sr(tmp_path, web_env, hashes):
         r2 = c.post(f"/api/studies/{uid}/confirm", headers={"X-CSRF-Token": csrf},
                     json={**body, "category": "negative"})
         assert r2.status_code == 200 and r2.json()["verified_sr"] is None
-    app.state.web.close()
     path = web_env.data_dir / r.json()["verified_sr"]
     original = dcmread(path.parent / "sr.dcm")
     ds = dcmread(path)

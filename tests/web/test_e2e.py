@@ -22,7 +22,7 @@ import pytest
 from aenode.config import REPO_MODELS_DIR, parse_config
 from aenode.node import running_node
 from aenode.peers import wait_for
-from tests.web.conftest import PASSWORDS, TOKEN, free_port, web_section
+from tests.web.conftest import PASSWORDS, TOKEN, free_port, open_app, web_section
 
 STORESCU = "/usr/bin/storescu"
 CHROMIUM = "/usr/bin/chromium"
@@ -39,9 +39,8 @@ def storescu(port: int, folder: Path) -> None:
 
 
 def web_worker(node):
-    from aenode.web.worker import WebWorker
-
-    w = next(w for w in node.workers if isinstance(w, WebWorker))
+    w = node.web
+    assert w is not None, "the node runs no web worker"
     assert wait_for(lambda: w.ready.is_set(), 20), "web server did not start"
     return w
 
@@ -96,17 +95,37 @@ def test_healthz_and_destination_down(tmp_path, hashes):
         pacs.stop()
 
 
+def test_healthz_dicomweb_destination(tmp_path, hashes):
+    """A DICOMweb destination is probed by its type's probe (a real Orthanc with DICOMweb)."""
+    from aenode.peers.orthanc import Orthanc
+
+    pacs = Orthanc(tmp_path / "pacs", dicomweb=True).start()
+    try:
+        config = parse_config({
+            "node": {"ae_title": "AENODE", "host": "127.0.0.1", "port": free_port(), "data_dir": str(tmp_path / "d")},
+            "model": {"path": str(REPO_MODELS_DIR)},
+            "destinations": [{"type": "dicomweb", "name": "web", "url": pacs.dicomweb_url, "insecure": True}],
+            "web": web_section(hashes, health_cache_seconds=0),
+        })
+        with running_node(config, workers=("web",)) as node:
+            w = web_worker(node)
+            r = httpx.get(f"{w.url}/healthz", timeout=30)
+            assert r.json()["checks"]["destinations"]["detail"]["web"]["ok"] is True, r.json()
+            pacs.stop()
+            r = httpx.get(f"{w.url}/healthz", timeout=30)
+            assert r.status_code == 503 and "destinations" in r.json()["failed"], r.json()
+            assert r.json()["checks"]["destinations"]["detail"]["web"]["ok"] is False
+    finally:
+        pacs.stop()
+
+
 def test_healthz_scp_down(tmp_path, hashes):
     from fastapi.testclient import TestClient
 
-    from aenode.web.app import create_app
-
     config = parse_config({"node": {"port": free_port(), "data_dir": str(tmp_path / "d")},
                            "model": {"path": str(tmp_path / "no-models")}, "web": web_section(hashes)})
-    app = create_app(config)
-    with TestClient(app, base_url="http://127.0.0.1") as c:
+    with open_app(config) as app, TestClient(app, base_url="http://127.0.0.1") as c:
         r = c.get("/healthz")
-    app.state.web.close()
     assert r.status_code == 503
     assert set(r.json()["failed"]) == {"scp", "models"}
     assert r.json()["checks"]["database"]["ok"] is True

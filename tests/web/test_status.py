@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+from aenode.alert.store import AlertStore
 from aenode.config import REPO_MODELS_DIR
 from aenode.deliver.outbox import Outbox
 from aenode.store.index import Index
@@ -43,10 +44,15 @@ insecure = true
     index = Index.for_data_dir(data_dir)
     try:
         worker = AlertWorker(config, index)
-        assert worker.run_once() == 1  # the Typical study alerts on the webhook, the Negative one does not
+        worker.run_once()
         worker.close()
     finally:
         index.close()
+    store = AlertStore.for_data_dir(data_dir)
+    try:  # the Typical study alerts on the webhook, the Negative one does not
+        assert [(a.study_uid, a.category) for a in store.alerts() if a.channel == "webhook"] == [(uid, "typical")]
+    finally:
+        store.close()
     with Outbox.for_config(config) as box:
         (row,) = box.rows(kind="webhook")
         box.mark_failed_attempt(row.id, "HTTP 503 from receiver", permanent=True)
