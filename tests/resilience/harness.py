@@ -1,10 +1,12 @@
 """A randomized kill -9 loop against a real ``aenode serve`` (issue 15).
 
-The node runs as ``python -m aenode serve --config FILE``; DCMTK ``storescu`` is the
-modality, a real Orthanc the PACS, :class:`aenode.peers.webhook.WebhookServer` the alert
-receiver.  Each iteration starts the node, sends the next pieces of work, waits for a
-randomly chosen phase (ingest, analysis, delivery, alerting: seen in the node's JSON log)
-plus a random delay and sends SIGKILL.  What ``storescu`` did not get "success" for is
+The node runs as ``python -m aenode serve --config FILE`` (a supervisor and a process
+per stage); DCMTK ``storescu`` is the modality, a real Orthanc the PACS,
+:class:`aenode.peers.webhook.WebhookServer` the alert receiver.  Each iteration starts
+the node, sends the next piece of work, waits for a randomly chosen phase (ingest,
+analysis, delivery, alerting: seen in the node's JSON log) plus a random delay and sends
+SIGKILL to a random target: every process at once, the supervisor alone (its children
+must follow it), or the stage's own process first (the supervisor must restart it).  What ``storescu`` did not get "success" for is
 sent again in the next iteration, as a modality would.  At the end the node runs until
 everything settles and :meth:`KillLoop.check` compares what the peers hold with what the
 node acknowledged and recorded.
@@ -57,6 +59,11 @@ TRIGGERS: dict[str, tuple[tuple[str, ...], float]] = {
     "delivery": (("result_published",), 0.4),
     "alerting": (("alert_decided",), 0.3),
 }
+# What a kill hits: every process at once, the supervisor alone (its children must
+# follow), or the process of the phase's stage alone (the supervisor restarts it; the
+# iteration then ends with one of the other two).
+TARGETS = ("group", "supervisor", "supervisor", "child")
+ROLE_OF_PHASE = {"ingest": "receive", "analysis": "analysis", "delivery": "delivery", "alerting": "delivery"}
 FINAL_STATES = ("analysed", "skipped", "error")
 SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 _SENDING = re.compile(r"Sending file: (.+)$")
@@ -129,15 +136,18 @@ class NodeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.events: Counter[str] = Counter()   # since the last start
         self.total: Counter[str] = Counter()    # over all runs
+        self.pids: dict[str, int] = {}          # role -> pid of its newest process
         self._cond = threading.Condition()
         self._reader: threading.Thread | None = None
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TCP_NODELAY": "1", "OMP_NUM_THREADS": "1"}
         self.events = Counter()
+        self.pids = {}
+        # A session of its own: "group" kills take the supervisor and every child at once.
         self.proc = subprocess.Popen([sys.executable, "-m", "aenode", "serve", "--config", str(self.config_file)],
                                      cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+                                     stderr=subprocess.PIPE, start_new_session=True)
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()
 
@@ -147,9 +157,12 @@ class NodeProcess:
             for raw in proc.stderr:
                 log.write(raw)
                 try:
-                    event = json.loads(raw).get("event")
+                    line = json.loads(raw)
+                    event = line.get("event")
                 except (ValueError, AttributeError):
                     continue
+                if event == "process_started" and isinstance(line.get("pid"), int):
+                    self.pids[str(line.get("role"))] = line["pid"]
                 if isinstance(event, str):
                     with self._cond:
                         self.events[event] += 1
@@ -167,12 +180,43 @@ class NodeProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def kill(self) -> None:
+    def kill(self, target: str = "group") -> str | None:
+        """SIGKILL the whole process group (``group``: power cut, OOM killer of the unit)
+        or the supervisor alone (``supervisor``: its children must follow it, else they
+        keep the DICOM port).  Returns a problem found, else None."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
+        problem = None
+        if target == "group":
+            self._killpg()
+        else:
+            self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
         if self._reader is not None:
-            self._reader.join(10)
+            # The log pipe closes when the last process holding it is gone.
+            self._reader.join(15)
+            if self._reader.is_alive():
+                problem = "processes of aenode serve outlived its supervisor's SIGKILL by 15 s"
+                self._killpg()
+                self._reader.join(10)
+        return problem
+
+    def _killpg(self) -> None:
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # nobody left in the group
+
+    def kill_child(self, role: str) -> bool:
+        """SIGKILL the newest process of ``role`` (the supervisor should restart it)."""
+        pid = self.pids.get(role)
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        return True
 
     def stop(self) -> int:
         assert self.proc is not None
@@ -199,6 +243,7 @@ class Figures:
     iterations: int = 0
     kills: int = 0
     kills_by_phase: Counter[str] = field(default_factory=Counter)
+    kills_by_target: Counter[str] = field(default_factory=Counter)
     triggered_by_phase: Counter[str] = field(default_factory=Counter)
     storescu_runs: int = 0
     storescu_incomplete: int = 0
@@ -216,6 +261,7 @@ class Figures:
     def line(self) -> str:
         return (f"kill-loop seed={self.seed} iterations={self.iterations} kills={self.kills} "
                 f"by_phase={dict(self.kills_by_phase)} phase_reached={dict(self.triggered_by_phase)} "
+                f"by_target={dict(self.kills_by_target)} "
                 f"storescu_runs={self.storescu_runs} interrupted_runs={self.storescu_incomplete} "
                 f"acknowledged={self.acknowledged} resent_files={self.resent_files} "
                 f"requeued={self.requeued} reconciled={self.reconciled} revisions={self.revisions} pacs_objects={self.pacs_objects} webhooks={self.webhooks} "
@@ -237,6 +283,7 @@ class KillLoop:
         self.pending: list[Batch] = []     # started but not acknowledged in full: resend first
         self._sending = threading.Event()  # a storescu run of this iteration has started
         self._seconds_per_file: list[float] = [0.03]
+        self.incidents: list[str] = []     # problems seen while killing (processes left over...)
         self.acked: dict[str, set[str]] = {}   # study -> SOP instance UIDs storescu got success for
         self.orthanc = Orthanc(workdir / "orthanc")
         self.webhook = WebhookServer()
@@ -306,8 +353,8 @@ class KillLoop:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.node.alive():
-            self.node.kill()
+        if self.node.proc is not None:
+            self.node.kill("group")
         self.webhook.stop()
         self.orthanc.stop()
 
@@ -344,6 +391,7 @@ class KillLoop:
         """Start the node, send, kill -9 at a random moment of a randomly chosen phase."""
         self.figures.iterations += 1
         phase = self.rng.choice(PHASES)
+        target = self.rng.choice(TARGETS)
         batches = 1
         if phase == "ingest":
             files = len((self.pending + self.queue)[0].files) if self.pending or self.queue else 20
@@ -362,11 +410,26 @@ class KillLoop:
         if reached:
             self.figures.triggered_by_phase[phase] += 1
             time.sleep(delay)
-        self.node.kill()
+        if target == "child":
+            # One stage's process dies; the supervisor restarts it while the others go on.
+            role = ROLE_OF_PHASE[phase]
+            if self.node.kill_child(role):
+                self._count_kill(phase, f"child:{role}")
+                if not self.node.wait_event("process_restarted", timeout=20.0):
+                    self.incidents.append(f"the supervisor did not restart the {role} process within 20 s")
+                time.sleep(self.rng.uniform(0.0, 2.0))
+            target = self.rng.choice(("supervisor", "group"))
+        problem = self.node.kill(target)
+        if problem:
+            self.incidents.append(problem)
         stop.set()
         sender.join(120)
+        self._count_kill(phase, target)
+
+    def _count_kill(self, phase: str, target: str) -> None:
         self.figures.kills += 1
         self.figures.kills_by_phase[phase] += 1
+        self.figures.kills_by_target[target] += 1
 
     def run(self, kills: int) -> Figures:
         """``kills`` iterations with a kill, then a final run that lets everything settle."""
@@ -429,7 +492,7 @@ class KillLoop:
     # ---- what must hold afterwards -----------------------------------------------------
     def check(self) -> list[str]:
         """Every loss or duplicate found, as one line each (empty when all holds)."""
-        losses: list[str] = []
+        losses: list[str] = list(self.incidents)
         losses += self._check_instances()
         losses += self._check_results()
         losses += self._check_alerts()
