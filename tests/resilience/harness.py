@@ -64,6 +64,7 @@ TRIGGERS: dict[str, tuple[tuple[str, ...], float]] = {
 # iteration then ends with one of the other two).
 TARGETS = ("group", "supervisor", "supervisor", "child")
 ROLE_OF_PHASE = {"ingest": "receive", "analysis": "analysis", "delivery": "delivery", "alerting": "delivery"}
+UNPARSABLE = "<not one JSON object>"  # log lines merged or cut (see test_log_lines.py)
 FINAL_STATES = ("analysed", "skipped", "error")
 SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 _SENDING = re.compile(r"Sending file: (.+)$")
@@ -160,6 +161,7 @@ class NodeProcess:
                     line = json.loads(raw)
                     event = line.get("event")
                 except (ValueError, AttributeError):
+                    self.total[UNPARSABLE] += 1
                     continue
                 if event == "process_started" and isinstance(line.get("pid"), int):
                     self.pids[str(line.get("role"))] = line["pid"]
@@ -251,6 +253,7 @@ class Figures:
     resent_files: int = 0
     losses: list[str] = field(default_factory=list)
     requeued: int = 0           # analyses the node re-queued at a restart
+    log_lines_unparsable: int = 0  # node log lines that were not one JSON object each
     reconciled: int = 0         # restarts that indexed spool files a kill left unindexed
     revisions: int = 0          # study revisions analysed in the end (late slices, partial sends)
     pacs_objects: int = 0       # result objects (SR, SC) Orthanc holds
@@ -260,12 +263,13 @@ class Figures:
 
     def line(self) -> str:
         return (f"kill-loop seed={self.seed} iterations={self.iterations} kills={self.kills} "
-                f"by_phase={dict(self.kills_by_phase)} phase_reached={dict(self.triggered_by_phase)} "
+                f"by_phase={dict(self.kills_by_phase)} iterations_reaching_phase={dict(self.triggered_by_phase)} "
                 f"by_target={dict(self.kills_by_target)} "
                 f"storescu_runs={self.storescu_runs} interrupted_runs={self.storescu_incomplete} "
                 f"acknowledged={self.acknowledged} resent_files={self.resent_files} "
                 f"requeued={self.requeued} reconciled={self.reconciled} revisions={self.revisions} pacs_objects={self.pacs_objects} webhooks={self.webhooks} "
-                f"webhook_repeats={self.webhook_repeats} losses={len(self.losses)} seconds={self.seconds:.0f}")
+                f"webhook_repeats={self.webhook_repeats} log_lines_unparsable={self.log_lines_unparsable} "
+                f"losses={len(self.losses)} seconds={self.seconds:.0f}")
 
 
 class KillLoop:
@@ -442,6 +446,7 @@ class KillLoop:
         self.figures.acknowledged = sum(len(s) for s in self.acked.values())
         self.figures.requeued = self.node.total["analyses_requeued"]
         self.figures.reconciled = self.node.total["reconciled"]
+        self.figures.log_lines_unparsable = self.node.total[UNPARSABLE]
         return self.figures
 
     def settle(self, timeout: float = 300.0) -> None:
