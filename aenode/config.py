@@ -183,6 +183,28 @@ class ModelConfig(_Section):
     primary: str = "covid-typicality"
 
 
+ModelMode = Literal["active", "shadow", "off"]
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a bare TOML key, as in model.toml
+
+
+class ModelSettings(_Section):
+    """``[models.NAME]``: how the node runs one model (by its manifest name).
+
+    ``shadow`` analyses every study and records the result (shown to admins beside the
+    active model's and the radiologists'), but sends nothing to PACS and raises no alert:
+    the way to watch a new model on this hospital's patients before trusting it.
+    """
+
+    mode: ModelMode = "active"
+
+
+def _check_models(value: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
+    bad = sorted(k for k in value if not _MODEL_NAME.match(k))
+    if bad:
+        raise ValueError(f"not a model name: {', '.join(repr(b) for b in bad)}")
+    return value
+
+
 WebRole = Literal["viewer", "infection-control", "radiologist"]
 
 
@@ -365,10 +387,16 @@ class Config(_Section):
     sources: list[SourceConfig] = Field(default_factory=list)  # empty = accept any caller
     destinations: list[DestinationConfig] = Field(default_factory=list)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    models: Annotated[dict[str, ModelSettings], AfterValidator(_check_models)] = Field(default_factory=dict)
     web: WebConfig = Field(default_factory=WebConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+
+    def model_mode(self, name: str) -> ModelMode:
+        """``[models.NAME] mode``; a model without a table runs active."""
+        settings = self.models.get(name)
+        return settings.mode if settings else "active"
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Config:
