@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from aenode import __version__, alert, deliver, demo, node
 from aenode.config import load_config_or_report, render_toml
 from aenode.deliver import cli as deliver_cli
+from aenode.export import cli as export_cli
 from aenode.infer import cli as infer_cli
 from aenode.logs import configure_logging, get_logger
 from aenode.phantom import cli as phantom_cli
 from aenode.web import cli as web_cli
+from aenode.web.store import WebStore
 
 _CONFIG_HELP = "TOML file (default: $AENODE_CONFIG, else built-in defaults)"
 
@@ -107,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for stage_cli in (phantom_cli, infer_cli, deliver_cli, web_cli, demo):
         stage_cli.register(sub)
+    export_cli.register(sub, confirmations=lambda config: WebStore.for_data_dir(config.node.data_dir))
     return parser
 
 
