@@ -78,3 +78,15 @@ def node_data(tmp_path_factory) -> NodeData:
     web.close()
     index.close()
     return NodeData(config, data_dir, studies, pids, confirmed)
+
+
+@pytest.fixture(autouse=True)
+def _logging_to_real_stderr():
+    """``aenode.cli.main`` points logging at the (captured) stderr of the moment; put it back
+    so that later tests do not log into a closed capture."""
+    yield
+    import sys
+
+    from aenode.logs import configure_logging
+
+    configure_logging("INFO", stream=sys.__stderr__)
