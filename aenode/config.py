@@ -184,7 +184,9 @@ class ModelConfig(_Section):
 
 
 ModelMode = Literal["active", "shadow", "off"]
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a bare TOML key, as in model.toml
+# A model name as in model.toml, or NAME@VERSION: one installed version that is not the
+# active one, run beside it (its results are recorded under "NAME@VERSION").
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[A-Za-z0-9][A-Za-z0-9_.+-]{0,63})?$")
 
 
 class ModelSettings(_Section):
@@ -201,7 +203,11 @@ class ModelSettings(_Section):
 def _check_models(value: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
     bad = sorted(k for k in value if not _MODEL_NAME.match(k))
     if bad:
-        raise ValueError(f"not a model name: {', '.join(repr(b) for b in bad)}")
+        raise ValueError(f"not a model name (NAME or NAME@VERSION): {', '.join(repr(b) for b in bad)}")
+    active_versions = sorted(k for k, v in value.items() if "@" in k and v.mode == "active")
+    if active_versions:
+        raise ValueError(f"{', '.join(active_versions)}: a NAME@VERSION table can only be \"shadow\" or \"off\";"
+                         " make a version active with: aenode models promote NAME@VERSION")
     return value
 
 
@@ -515,6 +521,9 @@ def render_toml(config: Config) -> str:
             return "[" + ", ".join(scalar(x) for x in v) + "]"
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
+    def toml_key(k: str) -> str:
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else '"' + k.replace('"', '\\"') + '"'
+
     def table(name: str, body: dict, array: bool = False) -> None:
         simple = {k: v for k, v in body.items() if v is not None and not isinstance(v, dict)
                   and not (isinstance(v, list) and v and isinstance(v[0], dict))}
@@ -526,7 +535,7 @@ def render_toml(config: Config) -> str:
         lines.append("")
         for k, v in body.items():
             if isinstance(v, dict):
-                table(f"{name}.{k}", v)
+                table(f"{name}.{toml_key(k)}", v)
 
     for key, value in data.items():
         if isinstance(value, list):

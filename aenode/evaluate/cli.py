@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("evaluate", help="run a model on a labelled set and report agreement (local validation)")
     p.add_argument("path", help="an export folder, or a folder of studies with --labels")
     p.add_argument("--labels", metavar="FILE.csv", help="columns study_instance_uid,category (default: DIR/labels.csv)")
-    p.add_argument("--model", metavar="NAME", help="model to evaluate (default: [model] primary)")
+    p.add_argument("--model", metavar="NAME[@VERSION]",
+                   help="model to evaluate: its active version, or an installed candidate (default: [model] primary)")
     p.add_argument("--report", metavar="DIR", help="write report.html, report.json and PNG figures here")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--config", metavar="FILE", help="TOML configuration (default: $AENODE_CONFIG, else built-in)")
@@ -48,12 +49,13 @@ def _err(message: str) -> None:
     print(f"aenode: {message}", file=sys.stderr)
 
 
-def _active_model(config: Config, name: str) -> Model | str:
-    """The active package of ``name`` loaded, or why not."""
+def _active_model(config: Config, wanted: str) -> Model | str:
+    """The active package of NAME, or the installed NAME@VERSION (a candidate), loaded; or why not."""
     installed, failed = installed_packages(config.model.path, active_versions(config))
-    pkg = next((i for i in installed if i.name == name and i.active), None)
+    name, _, version = wanted.partition("@")
+    pkg = next((i for i in installed if i.name == name and (i.version == version if version else i.active)), None)
     if pkg is None:
-        return f"no model named {name!r} under {config.model.path}" + (f" (refused: {failed})" if failed else "")
+        return f"no model {wanted!r} under {config.model.path}" + (f" (refused: {failed})" if failed else "")
     try:
         return Model(pkg.package_dir, providers=list(config.model.providers), device_id=config.model.device_id)
     except ManifestError as exc:
@@ -119,9 +121,14 @@ def _models_list(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     installed, failed = installed_packages(config.model.path, active_versions(config))
-    rows = [{"name": i.name, "version": i.version, "active": i.active,
-             "mode": config.model_mode(i.name) if i.active else "inactive", "package": str(i.package_dir)}
-            for i in installed]
+    def mode(name: str, version: str, active: bool) -> str:
+        if active:
+            return config.model_mode(name)
+        settings = config.models.get(f"{name}@{version}")
+        return settings.mode if settings else "inactive"
+
+    rows = [{"name": i.name, "version": i.version, "active": i.active, "mode": mode(i.name, i.version, i.active),
+             "package": str(i.package_dir)} for i in installed]
     if args.json:
         print(json.dumps({"models": rows, "refused": failed}, indent=2))
         return 0

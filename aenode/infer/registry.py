@@ -93,18 +93,35 @@ class ModelRegistry:
         """The active version of every model not ``[models.NAME] mode = "off"``."""
         active = active_versions(config)
         off = [name for name, s in config.models.items() if s.mode == "off"]
+        shadow_versions = [name for name, s in config.models.items() if "@" in name and s.mode == "shadow"]
         return cls.load(config.model.path, providers=list(config.model.providers),
                         device_id=config.model.device_id, enabled=config.model.enabled,
-                        active_versions=active, off=off)
+                        active_versions=active, off=off, shadow_versions=shadow_versions)
 
     @classmethod
     def load(cls, path: str | Path, *, providers: list[str] | None = None, device_id: int = 0,
              enabled: list[str] | None = None, active_versions: Mapping[str, str] | None = None,
-             off: list[str] | None = None) -> ModelRegistry:
+             off: list[str] | None = None, shadow_versions: list[str] | None = None) -> ModelRegistry:
+        """``shadow_versions``: "NAME@VERSION" of installed, not active versions to run as
+        well, under that identifier (their results must not mix with the active version's)."""
         models: list[Model] = []
         installed, failed = installed_packages(path, active_versions)
         for name, why in failed.items():
             log.error("model_package_refused", package=name, problem=why)
+        for ident in shadow_versions or []:
+            name, _, version = ident.partition("@")
+            inst = next((i for i in installed if i.name == name and i.version == version), None)
+            if inst is None:
+                failed[ident] = f"shadow version {ident!r} is not installed under {path}"
+            elif not inst.active:
+                try:
+                    model = Model(inst.package_dir, providers=providers, device_id=device_id)
+                except ManifestError as exc:
+                    failed[ident] = str(exc)
+                    continue
+                # Its results, alerts and dashboard rows are keyed by this identifier.
+                model.manifest = model.manifest.model_copy(update={"name": ident})
+                models.append(model)
         for pkg in [i.package_dir for i in installed if i.active and i.name not in (off or [])]:
             try:
                 model = Model(pkg, providers=providers, device_id=device_id)

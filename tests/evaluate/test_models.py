@@ -104,3 +104,42 @@ def test_shadow_results_recorded_but_not_sent_or_alerted(node_data: NodeData, tm
     alerts.close()
     outbox.close()
     index.close()
+
+
+def test_candidate_version_in_shadow_beside_the_active_one(node_data: NodeData, tmp_path, capsys):  # noqa: F811
+    models = _two_versions(tmp_path)        # 1.1.0 active (highest), 1.0.0 the candidate here
+    data_dir = tmp_path / "data"
+    raw = {"node": {"data_dir": str(data_dir)}, "model": {"path": str(models)},
+           "models": {"covid-typicality@1.0.0": {"mode": "shadow"}},
+           "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 11112}],
+           "alerts": {"webhook": {"url": "http://127.0.0.1:9/hook", "insecure": True}}}
+    config = parse_config(raw)
+    registry = ModelRegistry.from_config(config)
+    assert sorted((m.name, m.manifest.version) for m in registry) == [
+        ("covid-typicality", "1.1.0"), ("covid-typicality@1.0.0", "1.0.0")]
+    typical = next(p for p in (node_data.data_dir / "spool").iterdir() if p.name == "typical")
+    index = Index.for_data_dir(data_dir)
+    study_uid = ingest(index, typical, data_dir / "spool")
+    outbox = Outbox.for_config(config)
+    worker = AnalysisWorker(config, index, registry, OutboxPublisher(config, outbox))
+    claim = index.claim_next_complete("test")
+    assert worker.process(claim.study_uid, claim.revision) == "analysed"
+    results = {r.model: r for r in index.results(study_uid)}
+    assert results["covid-typicality"].detail["mode"] == "active"
+    assert results["covid-typicality@1.0.0"].detail["mode"] == "shadow"
+    assert results["covid-typicality@1.0.0"].detail["result_uids"] == []
+    assert results["covid-typicality@1.0.0"].category == results["covid-typicality"].category == "typical"
+    assert {r.object_id for r in outbox.rows(study_uid=study_uid)} == set(results["covid-typicality"].detail["result_uids"])
+    alerts = AlertWorker(config, index, outbox=outbox)
+    assert alerts.decide_new() == 1          # the active version alerts on the webhook, the candidate does not
+    assert [a.model for a in alerts.store.alerts(study_uid, channel="webhook")] == ["covid-typicality"]
+    alerts.close()
+    outbox.close()
+    index.close()
+
+    cfg = tmp_path / "aenode.toml"
+    cfg.write_text(f'[node]\ndata_dir = "{data_dir}"\n[model]\npath = "{models}"\n'
+                   '[models."covid-typicality@1.0.0"]\nmode = "shadow"\n')
+    assert main(["models", "list", "--json", "--config", str(cfg)]) == 0
+    listed = {f"{m['name']}@{m['version']}": m["mode"] for m in json.loads(capsys.readouterr().out)["models"]}
+    assert listed == {"covid-typicality@1.0.0": "shadow", "covid-typicality@1.1.0": "active"}
