@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aenode.config import Config, load_config_or_report
 from aenode.evaluate.metrics import split, summarise
-from aenode.evaluate.report import write_report
+from aenode.evaluate.report import publish_report, write_report
 from aenode.evaluate.run import LabelsError, evaluate_folder, read_labels
 from aenode.infer.engine import Model
 from aenode.infer.manifest import ManifestError, load_manifest, verify_onnx
@@ -91,7 +91,9 @@ def _evaluate(args: argparse.Namespace) -> int:
                 "seconds_per_study": ev.seconds / len(ev.cases) if ev.cases else 0.0,
                 "split": split(ev.cases, classes), "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
     if args.report:
-        doc["report_files"] = [str(p) for p in write_report(Path(args.report), doc, ev.cases)]
+        files = write_report(Path(args.report), doc, ev.cases)
+        doc["report_files"] = [str(p) for p in files]
+        doc["published"] = str(publish_report(config.node.data_dir, files, doc))   # the dashboard links it
     if args.json:
         print(json.dumps(doc, indent=2))
     else:

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import re
+import shutil
+import time
 from pathlib import Path
 
 from aenode.evaluate.metrics import Case
+from aenode.store.datadir import DataDir
 
 
 def _fmt(x: object, pct: bool = True) -> str:
@@ -105,3 +110,21 @@ td,th{{border:1px solid #aaa;padding:.2em .6em;text-align:right}}img{{margin:.5e
 """
     (out / "report.html").write_text(page)
     return [out / "report.json", out / "report.html", *(out / f for f in figures)]
+
+
+def publish_report(data_dir: str | Path, files: list[Path], doc: dict) -> Path:
+    """Copy a written report under ``DataDir.reports`` and point ``latest_report`` at it,
+    so the dashboard links the newest local validation.  Returns the report's folder."""
+    layout = DataDir.of(data_dir)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    name = re.sub(r"[^A-Za-z0-9@._-]", "_", f"{doc['model']}-{doc['version']}-{stamp}")
+    dest = layout.reports / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copy2(f, dest / f.name)
+    pointer = {"name": name, "model": doc["model"], "version": doc["version"], "n": doc["n"],
+               "accuracy": doc["accuracy"], "kappa": doc["kappa"], "created": time.time()}
+    tmp = layout.latest_report.with_suffix(".tmp")
+    tmp.write_text(json.dumps(pointer, indent=2) + "\n")
+    os.replace(tmp, layout.latest_report)
+    return dest

@@ -49,6 +49,14 @@ class DataDir:
         return self.root / "export" / "site-secret"
 
     @property
+    def reports(self) -> Path:          # evaluate: local validation reports (one folder each)
+        return self.root / "reports"
+
+    @property
+    def latest_report(self) -> Path:    # evaluate -> web: which report the dashboard links
+        return self.reports / "latest.json"
+
+    @property
     def web_db(self) -> Path:           # web.store: users' sessions, acknowledgements, audit
         return self.root / "web.sqlite"
 

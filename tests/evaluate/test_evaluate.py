@@ -9,6 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from aenode.cli import main
+from aenode.store.datadir import DataDir
 from tests.export.conftest import NodeData, node_data  # noqa: F401 - the shared fixture
 
 
@@ -43,6 +44,9 @@ def test_evaluate_folder_with_labels_csv(node_data, tmp_path, capsys):  # noqa: 
     page = (report / "report.html").read_text()
     assert "Cohen" in page and "confusion.png" in page and "not for diagnostic use" in page
     assert json.loads((report / "report.json").read_text())["n"] == 4
+    latest = json.loads(DataDir.of(node_data.data_dir).latest_report.read_text())   # what the dashboard links
+    assert latest["n"] == 4 and Path(doc["published"]).name == latest["name"]
+    assert (Path(doc["published"]) / "report.html").is_file()
 
 
 def test_evaluate_an_export(node_data, tmp_path, capsys):  # noqa: F811

@@ -36,3 +36,32 @@ def test_shadow_result_for_admins_only(web_env):  # noqa: F811
             api = c.get(f"/api/studies/{web_env.study_uid}").json()
             assert SHADOW not in str(api)
             assert SHADOW not in str(c.get("/api/studies").json())
+
+
+def test_dashboard_links_the_latest_validation_report(web_env, tmp_path):  # noqa: F811
+    from aenode.evaluate.metrics import Case, split, summarise
+    from aenode.evaluate.report import publish_report, write_report
+
+    classes = ["typical", "indeterminate", "atypical", "negative"]
+    cases = [Case(str(i), c, c if i % 3 else "negative", {c: 0.7, "negative": 0.3}, scanner_model="S",
+                  slice_thickness_mm=2.5) for i, c in enumerate(classes * 3)]
+    doc = summarise(cases, classes) | {"model": MODEL, "version": "1.0.0", "missing": 0, "unlabelled": 0,
+                                       "seconds_per_study": 1.0, "split": split(cases, classes)}
+    files = write_report(tmp_path / "report", doc, cases)
+    published = publish_report(web_env.data_dir, files, doc)
+    with open_app(web_env.config) as app:
+        with TestClient(app, base_url="http://127.0.0.1") as c:
+            login(c, "ines")
+            assert 'id="validation-report-link"' in c.get("/alerts").text
+            r = c.get("/reports/latest", follow_redirects=False)
+            assert r.status_code == 303 and r.headers["location"] == f"/reports/{published.name}/report.html"
+            page = c.get(r.headers["location"])
+            assert page.status_code == 200 and "Local validation of covid-typicality" in page.text
+            png = c.get(f"/reports/{published.name}/confusion.png")
+            assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+            assert c.get(f"/reports/{published.name}/..%2F..%2Fweb.sqlite").status_code == 404
+            assert c.get("/reports/..%2Fweb/report.html").status_code == 404
+        with TestClient(app, base_url="http://127.0.0.1") as c:
+            login(c, "vera")
+            assert 'id="validation-report-link"' not in c.get("/alerts").text
+            assert c.get(f"/reports/{published.name}/report.html", follow_redirects=False).status_code in (302, 303, 403)
