@@ -249,3 +249,17 @@ def test_send_to_research_archive(node_data, tmp_path, capsys):
         assert again["sent"] == {"sent": 4 * 65} and len(archive.instances()) == 4 * 65
     finally:
         archive.stop()
+
+
+def test_send_over_dicomweb(node_data, tmp_path, capsys):
+    archive = Orthanc(tmp_path / "archive-web", aet="RESEARCHWEB", dicomweb=True).start()
+    try:
+        extra = (f'[[destinations]]\nname = "research-web"\ntype = "dicomweb"\n'
+                 f'url = "{archive.dicomweb_url}"\ninsecure = true\n')
+        got = _export(node_data, tmp_path, tmp_path / "sent-web", "--confirmed-only", "--send", "research-web",
+                      capsys=capsys, extra=extra)
+        assert got["studies"] == 3 and got["sent"] == {"sent": 3 * 65}
+        assert len(archive.instances()) == 3 * 65
+        assert {t["PatientIdentityRemoved"] for t in archive.all_tags()[:10]} == {"YES"}
+    finally:
+        archive.stop()
