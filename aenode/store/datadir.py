@@ -68,4 +68,4 @@ class DataDir:
         """Every database by store name (health checks, backups)."""
         return {"index": self.index_db, "outbox": self.outbox_db, "alerts": self.alerts_db,
                 "surveillance": self.surveillance_db, "web": self.web_db,
-                "models": self.models_db}
+                "model_versions": self.models_db}
