@@ -17,11 +17,14 @@ from aenode import __version__, alert, deliver, demo, node
 from aenode.backfill import cli as backfill_cli
 from aenode.config import load_config_or_report, render_toml
 from aenode.deliver import cli as deliver_cli
+from aenode.evaluate import cli as evaluate_cli
+from aenode.export import cli as export_cli
 from aenode.infer import cli as infer_cli
 from aenode.logs import configure_logging, get_logger
 from aenode.phantom import cli as phantom_cli
 from aenode.surveil import cli as surveil_cli
 from aenode.web import cli as web_cli
+from aenode.web.store import WebStore
 
 _CONFIG_HELP = "TOML file (default: $AENODE_CONFIG, else built-in defaults)"
 
@@ -107,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
 
-    for stage_cli in (phantom_cli, infer_cli, deliver_cli, web_cli, surveil_cli, backfill_cli, demo):
+    for stage_cli in (phantom_cli, infer_cli, evaluate_cli, deliver_cli, web_cli, surveil_cli, backfill_cli, demo):
         stage_cli.register(sub)
+    export_cli.register(sub, confirmations=lambda config: WebStore.for_data_dir(config.node.data_dir))
     return parser
 
 

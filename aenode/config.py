@@ -236,6 +236,34 @@ class ModelConfig(_Section):
     primary: str = "covid-typicality"
 
 
+ModelMode = Literal["active", "shadow", "off"]
+# A model name as in model.toml, or NAME@VERSION: one installed version that is not the
+# active one, run beside it (its results are recorded under "NAME@VERSION").
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[A-Za-z0-9][A-Za-z0-9_.+-]{0,63})?$")
+
+
+class ModelSettings(_Section):
+    """``[models.NAME]``: how the node runs one model (by its manifest name).
+
+    ``shadow`` analyses every study and records the result (shown to admins beside the
+    active model's and the radiologists'), but sends nothing to PACS and raises no alert:
+    the way to watch a new model on this hospital's patients before trusting it.
+    """
+
+    mode: ModelMode = "active"
+
+
+def _check_models(value: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
+    bad = sorted(k for k in value if not _MODEL_NAME.match(k))
+    if bad:
+        raise ValueError(f"not a model name (NAME or NAME@VERSION): {', '.join(repr(b) for b in bad)}")
+    active_versions = sorted(k for k, v in value.items() if "@" in k and v.mode == "active")
+    if active_versions:
+        raise ValueError(f"{', '.join(active_versions)}: a NAME@VERSION table can only be \"shadow\" or \"off\";"
+                         " make a version active with: aenode models promote NAME@VERSION")
+    return value
+
+
 WebRole = Literal["viewer", "infection-control", "radiologist"]
 
 
@@ -465,6 +493,7 @@ class Config(_Section):
     sources: list[SourceConfig] = Field(default_factory=list)  # empty = accept any caller
     destinations: list[DestinationConfig] = Field(default_factory=list)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    models: Annotated[dict[str, ModelSettings], AfterValidator(_check_models)] = Field(default_factory=dict)
     web: WebConfig = Field(default_factory=WebConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
@@ -474,6 +503,11 @@ class Config(_Section):
     site: SiteConfig = Field(default_factory=SiteConfig)
     surveillance: SurveillanceConfig = Field(default_factory=SurveillanceConfig)
     backfill: BackfillConfig = Field(default_factory=BackfillConfig)
+
+    def model_mode(self, name: str) -> ModelMode:
+        """``[models.NAME] mode``; a model without a table runs active."""
+        settings = self.models.get(name)
+        return settings.mode if settings else "active"
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Config:
@@ -592,6 +626,9 @@ def render_toml(config: Config) -> str:
             return "[" + ", ".join(scalar(x) for x in v) + "]"
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
+    def toml_key(k: str) -> str:
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else '"' + k.replace('"', '\\"') + '"'
+
     def table(name: str, body: dict, array: bool = False) -> None:
         simple = {k: v for k, v in body.items() if v is not None and not isinstance(v, dict)
                   and not (isinstance(v, list) and v and isinstance(v[0], dict))}
@@ -603,7 +640,7 @@ def render_toml(config: Config) -> str:
         lines.append("")
         for k, v in body.items():
             if isinstance(v, dict):
-                table(f"{name}.{k}", v)
+                table(f"{name}.{toml_key(k)}", v)
 
     for key, value in data.items():
         if isinstance(value, list):

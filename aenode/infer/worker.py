@@ -147,11 +147,12 @@ class AnalysisWorker:
             if outcome.state != "analysed" or outcome.prediction is None:
                 continue
             result_uids: list[str] = []
-            if self.publisher is not None:
+            shadow = self.config.model_mode(outcome.model) == "shadow"
+            if self.publisher is not None and not shadow:  # shadow: recorded, never sent to PACS
                 problem = self._publish(study_uid, revision, analysis, outcome, result_uids)
                 if problem:
                     return ERROR, problem
-            self._record(study_uid, revision, outcome, result_uids)
+            self._record(study_uid, revision, outcome, result_uids, mode="shadow" if shadow else "active")
         return analysis.state, analysis.reason
 
     def _publish(self, study_uid: str, revision: int, analysis: StudyAnalysis, outcome: ModelOutcome,
@@ -170,7 +171,8 @@ class AnalysisWorker:
             return f"{outcome.model}: results could not be published ({type(exc).__name__}: {exc})"
         return None
 
-    def _record(self, study_uid: str, revision: int, o: ModelOutcome, result_uids: list[str]) -> None:
+    def _record(self, study_uid: str, revision: int, o: ModelOutcome, result_uids: list[str],
+                mode: str = "active") -> None:
         p = o.prediction
         assert p is not None
         detail = {
@@ -179,6 +181,7 @@ class AnalysisWorker:
             "lung_volume_ml": p.lung_volume_ml, "result_uids": result_uids,
             "findings": p.detail.get("findings"),  # laterality, distribution (aenode.infer.findings)
             "skipped_series": [{"series_uid": uid, "reason": why} for uid, why in o.selection.skipped.items()],
+            "mode": mode,   # "shadow": the alert worker and PACS ignore it; admins compare it
         }
         self.index.record_result(study_uid, revision, o.model, p.category,
                                  probabilities={k: round(v, 4) for k, v in p.probabilities.items()},
