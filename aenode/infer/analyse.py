@@ -11,7 +11,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from aenode.infer.engine import Model, Prediction
+from aenode.infer.preprocess import ModelGrid
 from aenode.load.volume import DEFAULT_MAX_VOXELS, LoadError, Volume, load_series
 from aenode.logs import get_logger
 from aenode.select.rules import SelectionResult, select_series
@@ -91,6 +94,7 @@ def analyse_instances(
     own_ae = tuple(own_ae_titles)
     own_series = tuple(own_series_uids)
     volumes: dict[tuple[str, str, float], Volume | LoadError] = {}
+    prepared: dict[tuple[object, ...], tuple[np.ndarray, ModelGrid]] = {}
     outcomes: list[ModelOutcome] = []
     for model in models:
         m = model.manifest
@@ -115,7 +119,13 @@ def analyse_instances(
                                          sel))
             continue
         try:
-            pred = model.predict(vol)
+            input_key = (sel.selected.series_uid, model.input_key())
+            t_prep = time.perf_counter()
+            if input_key not in prepared:
+                prepared[input_key] = model.prepare(vol)
+            t_prep = time.perf_counter() - t_prep
+            pred = model.predict(vol, prepared[input_key])
+            pred.timings["preprocess"] = t_prep  # zero for a model that shared another's input
         except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the others
             if is_transient(exc):
                 raise  # out of memory or disk: the whole study is retried later

@@ -200,9 +200,17 @@ class Model:
         values = self.session.run(names, {m.input.name: x})
         return dict(zip(names, values))
 
-    def predict(self, volume: Volume) -> Prediction:
+    def input_key(self) -> tuple[object, ...]:
+        """Models with the same key take the same input tensor from a volume (shared
+        preprocessing: a study is resampled once for all of them)."""
+        m = self.manifest
+        return (m.preprocessing.model_dump_json(), tuple(m.input.size_zyx), m.input.dtype)
+
+    def predict(self, volume: Volume, prepared: tuple[np.ndarray, ModelGrid] | None = None) -> Prediction:
+        """Classify one volume; ``prepared``: this model's input from :meth:`prepare` (or
+        from another model with the same :meth:`input_key`)."""
         t0 = time.perf_counter()
-        x, grid = self.prepare(volume)
+        x, grid = prepared if prepared is not None else self.prepare(volume)
         t1 = time.perf_counter()
         out = self.run(x)
         t2 = time.perf_counter()

@@ -44,3 +44,20 @@ def test_key_slice_overlay_matches_the_full_projection(heldout_studies, models):
     print(f"overlay: full projection {t_full:.3f} s, key slices only {t_keys:.3f} s "
           f"(ratio {t_full / max(t_keys, 1e-9):.1f})")
     assert t_keys < t_full
+
+
+def test_models_with_the_same_input_share_one_preprocessing(heldout_studies, models):
+    """Both reference models resample a study the same way: once for both, same answers."""
+    from aenode.infer.analyse import analyse_instances
+
+    src = next(s for s in heldout_studies if s[0] == "typical")[2]
+    headers = [read_meta(f) for f in sorted(src.rglob("*.dcm")) if "ground_truth" not in f.parts]
+    ms = list(models)
+    assert len({m.input_key() for m in ms}) == 1
+    analysis = analyse_instances(headers, ms, keep_volumes=True)
+    prep = sorted(o.timings["preprocess"] for o in analysis.outcomes)
+    assert prep[0] == 0.0 or prep[0] < prep[-1] / 10  # the second model reused the first's input
+    for o in analysis.outcomes:
+        alone = models.get(o.model).predict(analysis.volumes[o.selected_series])
+        assert o.prediction.category == alone.category
+        assert all(abs(o.prediction.probabilities[k] - v) < 1e-6 for k, v in alone.probabilities.items())
