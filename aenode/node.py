@@ -45,7 +45,7 @@ from aenode.store.datadir import DataDir
 from aenode.store.index import Index, ResultRow
 from aenode.store.retention import Retention, remove_purged_orphans
 from aenode.store.spool import Spool
-from aenode.store.stabilise import ActivityTracker, Stabiliser, reconcile
+from aenode.store.stabilise import ActivityTracker, Stabiliser, reconcile, share_completion_event
 from aenode.surveil.worker import SurveillanceWorker
 from aenode.web.worker import WebWorker
 
@@ -219,11 +219,13 @@ def _die_with_parent() -> None:
         os._exit(1)  # the parent died before prctl took effect
 
 
-def _child(config: Config, role: Role, wakeup: WakeEvent, ready: WakeEvent, log_level: str, threads: int) -> None:
+def _child(config: Config, role: Role, wakeups: tuple[WakeEvent, WakeEvent], ready: WakeEvent, log_level: str,
+           threads: int) -> None:
     """Body of one child process of ``aenode serve``."""
     _die_with_parent()
     configure_logging(log_level)
-    share_wakeup(wakeup)
+    share_wakeup(wakeups[0])
+    share_completion_event(wakeups[1])
     if role == "analysis":
         import SimpleITK as sitk
 
@@ -251,7 +253,7 @@ class Supervisor:
         # session or database connection, so a forked child starts in milliseconds with
         # nothing inherited that could be in use.
         self._ctx = multiprocessing.get_context("fork")
-        self._wakeup = self._ctx.Event()
+        self._wakeups = (self._ctx.Event(), self._ctx.Event())  # outbox rows; completed studies
         n = analysis_processes(config)
         self.threads = config.workers.threads_per_analysis or max(1, (os.cpu_count() or 1) // n)
         analysis: list[Role] = ["analysis"] * n
@@ -266,7 +268,7 @@ class Supervisor:
         role, _, restarts = self._slots[slot]
         ready = self._ctx.Event()
         proc = self._ctx.Process(target=_child, name=f"aenode-{role}",
-                                 args=(self.config, role, self._wakeup, ready, self.log_level, self.threads))
+                                 args=(self.config, role, self._wakeups, ready, self.log_level, self.threads))
         proc.start()
         self._slots[slot] = (role, proc, restarts)
         return ready

@@ -25,6 +25,7 @@ from aenode.load.volume import Volume
 from aenode.logs import get_logger
 from aenode.store.db import is_transient
 from aenode.store.index import COMPLETE, ERROR, Index
+from aenode.store.stabilise import wait_for_completed
 
 log = get_logger("aenode.infer.worker")
 
@@ -82,7 +83,8 @@ class AnalysisWorker:
                 stop_event.wait(self.poll_seconds)
                 continue
             if claim is None:
-                stop_event.wait(self.poll_seconds)
+                # Woken as soon as the stabiliser completes a study; the poll is the fallback.
+                wait_for_completed(min(self.poll_seconds, self._until_next_due()))
                 continue
             self.process(claim.study_uid, claim.revision)
 
@@ -125,6 +127,11 @@ class AnalysisWorker:
         log.warning("analysis_deferred", study_uid=study_uid, revision=revision, attempt=attempts + 1,
                     retry_in_s=round(delay, 1), error=type(exc).__name__)
         return True
+
+    def _until_next_due(self) -> float:
+        if not self._deferred:
+            return 3600.0
+        return max(0.0, min(self._deferred.values()) - self._clock())
 
     def next_due(self) -> tuple[str, int] | None:
         """A deferred study whose retry time has come, if any."""

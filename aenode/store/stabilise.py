@@ -13,6 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Protocol
 
 from aenode.logs import get_logger
 from aenode.store.index import Index
@@ -20,6 +21,31 @@ from aenode.store.meta import BadInstance, read_meta
 from aenode.store.spool import Spool
 
 log = get_logger("aenode.store")
+
+
+class WakeEvent(Protocol):
+    """``threading.Event`` in one process; ``multiprocessing.Event`` across ``aenode serve``'s."""
+
+    def set(self) -> None: ...
+    def clear(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+_completed: WakeEvent = threading.Event()
+
+
+def share_completion_event(event: WakeEvent) -> None:
+    """Use an event shared by the node's processes: a study completed in the receive
+    process wakes the analysis processes at once instead of at their next poll."""
+    global _completed
+    _completed = event
+
+
+def wait_for_completed(timeout: float) -> bool:
+    """Wait until a study may have become complete (or ``timeout``); for the analysis worker."""
+    woken = _completed.wait(timeout)
+    _completed.clear()
+    return woken
 
 
 class ActivityTracker:
@@ -86,6 +112,7 @@ class Stabiliser:
             if self.due(study_uid, last, now) and self.index.mark_complete(study_uid, last):
                 self.tracker.forget(study_uid)
                 done.append(study_uid)
+                _completed.set()
                 log.info("study_complete", study_uid=study_uid, quiet_for=round(now - last, 3))
         return done
 
