@@ -6,12 +6,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from aenode.config import Config, parse_config
 from aenode.store.index import Index
 from aenode.store.meta import read_meta
+from tests.dicomfactory import write_ct_header
 
 CANARY_NAME = "CANARY^PHI^SHOULD^NOT^LEAK"
 CANARY_BIRTH = "19610203"
@@ -105,33 +105,11 @@ class Env:
 
 
 def write_instance(path: Path, study_uid: str, series_uid: str) -> Path:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    sop = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = sop
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    ds.SOPInstanceUID = sop
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.Modality = "CT"
-    ds.PatientName = CANARY_NAME
-    ds.PatientBirthDate = CANARY_BIRTH
-    ds.PatientID = PATIENT_ID
-    ds.PatientSex = "O"
-    ds.AccessionNumber = ACCESSION
-    ds.StudyDate = "20240315"
-    ds.StudyTime = "093015.25"
-    ds.StationName = "CT-SCANNER-1"
-    ds.InstitutionName = "Test Hospital"
-    ds.ReferringPhysicianName = "REFERRER^NOT^IN^ALERT"
-    ds.StudyDescription = "CHEST CT DESCRIPTION NOT IN ALERT"
-    ds.SeriesNumber = 2
-    ds.InstanceNumber = 1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(str(path), enforce_file_format=True)
-    return path
+    return write_ct_header(path, study_uid, series_uid, PatientName=CANARY_NAME, PatientBirthDate=CANARY_BIRTH,
+                           PatientID=PATIENT_ID, PatientSex="O", AccessionNumber=ACCESSION, StudyDate="20240315",
+                           StudyTime="093015.25", StationName="CT-SCANNER-1", InstitutionName="Test Hospital",
+                           ReferringPhysicianName="REFERRER^NOT^IN^ALERT",
+                           StudyDescription="CHEST CT DESCRIPTION NOT IN ALERT", SeriesNumber=2, InstanceNumber=1)
 
 
 def make_env(root: Path) -> Env:

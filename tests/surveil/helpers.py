@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from aenode.config import REPO_MODELS_DIR, Config, parse_config
 from aenode.store.index import Index
 from aenode.store.meta import read_meta
+from tests.dicomfactory import write_ct_header
 
 CANARY_NAME = "CANARY^SURVEIL^NAME"
 CANARY_ID = "PID-SURV-9137"
@@ -31,33 +31,15 @@ def probs(category: str) -> dict[str, float]:
 
 def write_header(path: Path, study_uid: str, series_uid: str, *, date: dt.date, sex: str,
                  age: str | None, birth: str | None) -> Path:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    sop = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = sop
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    ds.SOPInstanceUID = sop
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.Modality = "CT"
-    ds.PatientName = CANARY_NAME
-    ds.PatientID = CANARY_ID
-    ds.AccessionNumber = ACCESSION
+    extra: dict[str, object] = {}
     if birth:
-        ds.PatientBirthDate = birth
+        extra["PatientBirthDate"] = birth
     if age:
-        ds.PatientAge = age
-    ds.PatientSex = sex
-    ds.StudyDate = date.strftime("%Y%m%d")
-    ds.Manufacturer = "ACME"
-    ds.ManufacturerModelName = "CT-64"
-    ds.SeriesNumber = 2
-    ds.InstanceNumber = 1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(str(path), enforce_file_format=True)
-    return path
+        extra["PatientAge"] = age
+    return write_ct_header(path, study_uid, series_uid, PatientName=CANARY_NAME, PatientID=CANARY_ID,
+                           AccessionNumber=ACCESSION, PatientSex=sex, StudyDate=date.strftime("%Y%m%d"),
+                           Manufacturer="ACME", ManufacturerModelName="CT-64", SeriesNumber=2, InstanceNumber=1,
+                           **extra)
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from aenode.config import REPO_MODELS_DIR, Config, parse_config
 from aenode.report.models import ModelInfo, SourceRef
 from aenode.store.index import Index
 from aenode.store.meta import read_meta
+from tests.dicomfactory import write_ct_header
 
 PASSWORDS = {"vera": "viewer-pass-1", "ines": "infection-pass-1", "rada": "radiologist-pass-1"}
 ROLES = {"vera": "viewer", "ines": "infection-control", "rada": "radiologist"}
@@ -53,33 +53,11 @@ def web_section(hashes: dict[str, str], **extra) -> dict:
 
 
 def write_ct(path: Path, study_uid: str, series_uid: str, n: int) -> Path:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    sop = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = sop
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    ds.SOPInstanceUID = sop
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.Modality = "CT"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.PatientName = CANARY_NAME
-    ds.PatientID = PATIENT_ID
-    ds.PatientBirthDate = "19500101"
-    ds.PatientSex = "O"
-    ds.AccessionNumber = ACCESSION
-    ds.StudyDate = "20240315"
-    ds.StudyTime = "093015"
-    ds.StudyID = "1"
-    ds.ReferringPhysicianName = ""
-    ds.SeriesNumber = 3
-    ds.SeriesDescription = "CHEST 1.0 LUNG"
-    ds.InstanceNumber = n
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(str(path), enforce_file_format=True)
-    return path
+    return write_ct_header(path, study_uid, series_uid, ImageType=["ORIGINAL", "PRIMARY", "AXIAL"],
+                           PatientName=CANARY_NAME, PatientID=PATIENT_ID, PatientBirthDate="19500101",
+                           PatientSex="O", AccessionNumber=ACCESSION, StudyDate="20240315", StudyTime="093015",
+                           StudyID="1", ReferringPhysicianName="", SeriesNumber=3,
+                           SeriesDescription="CHEST 1.0 LUNG", InstanceNumber=n)
 
 
 @dataclass
