@@ -359,6 +359,23 @@ class DeliveryConfig(_Section):
     timeout_seconds: float = Field(30.0, gt=0)  # association / DIMSE / network / HTTP timeout
 
 
+def _check_database_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme not in ("postgresql", "postgres"):
+        raise ValueError("must start with postgresql:// (or postgres://); leave it out for the embedded SQLite")
+    return value
+
+
+class DatabaseConfig(_Section):
+    """Where the stores keep their tables: absent ``url`` = embedded SQLite files under
+    ``data_dir`` (one machine); ``postgresql://user:password@host/db`` = one shared
+    PostgreSQL for several nodes (each store in its own schema, ``aenode_<store>``)."""
+
+    url: Annotated[str | None, AfterValidator(_check_database_url)] = None
+
+
 class Config(_Section):
     node: NodeConfig = Field(default_factory=NodeConfig)
     stability: StabilityConfig = Field(default_factory=StabilityConfig)
@@ -369,6 +386,7 @@ class Config(_Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Config:
@@ -470,6 +488,15 @@ def load_config_or_report(path: str | Path | None) -> Config | None:
         return None
 
 
+def mask_database_url(url: str) -> str:
+    """``scheme://user:********@host/...``: the database password never reaches the output."""
+    head, sep, rest = url.partition("://")
+    auth, at, host = rest.rpartition("@")
+    if not at or ":" not in auth:
+        return url
+    return f"{head}{sep}{auth.split(':', 1)[0]}:********@{host}"
+
+
 def render_toml(config: Config) -> str:
     """The effective configuration as TOML, for ``aenode config check``.
 
@@ -494,6 +521,8 @@ def render_toml(config: Config) -> str:
         for k, v in simple.items():
             if k in {"password", "secret", "session_secret", "password_hash", "token_sha256", "token"}:
                 v = "********"
+            elif name == "database" and k == "url":
+                v = mask_database_url(str(v))
             lines.append(f"{k} = {scalar(v)}")
         lines.append("")
         for k, v in body.items():

@@ -78,9 +78,10 @@ class Node:
         self.data_dir = DataDir.of(config.node.data_dir)
         self.spool = Spool(self.data_dir.root)
         self.spool.prepare()
-        self.index = Index.for_data_dir(self.data_dir.root)
+        url = config.database.url
+        self.index = Index.for_data_dir(self.data_dir.root, url=url)
         self.outbox = Outbox.for_config(config)
-        self.alert_store = AlertStore.for_data_dir(self.data_dir.root)
+        self.alert_store = AlertStore.for_data_dir(self.data_dir.root, url=url)
         self.tracker = ActivityTracker()
         self.stop_event = threading.Event()
         self.scp = StorageSCP(config, self.index, self.spool, self.tracker)
@@ -215,9 +216,10 @@ def study_status(config: Config) -> list[dict[str, Any]]:
     model by name); ``results`` lists the newest result of every model.
     """
     layout = DataDir.of(config.node.data_dir)
-    if not layout.index_db.exists():
+    url = config.database.url
+    if url is None and not layout.index_db.exists():
         return []
-    index = Index.for_data_dir(layout.root)
+    index = Index.for_data_dir(layout.root, url=url)
     outbox = Outbox.for_config(config)
     try:
         out: list[dict[str, Any]] = []
@@ -234,7 +236,7 @@ def study_status(config: Config) -> list[dict[str, Any]]:
                 **_Summary.of(primary).__dict__,
                 "results": [_Summary.of(x).__dict__ for x in by_name],
                 "delivery": outbox.summary_for_study(s.study_uid) or None,
-                "alert": alert_status(layout.root, s.study_uid, outbox=outbox) or None,
+                "alert": alert_status(layout.root, s.study_uid, outbox=outbox, url=url) or None,
             })
         return out
     finally:

@@ -36,7 +36,7 @@ from typing import TypedDict
 
 from aenode.config import DESTINATION_TYPES, Config
 from aenode.store.datadir import DataDir
-from aenode.store.db import Database, Row, StoreError
+from aenode.store.db import Database, Row, StoreError, open_store_database
 
 STATES = ("pending", "sending", "sent", "failed")
 # The file's name, for first-wave callers (tests/alert); new code uses DataDir.outbox_db.
@@ -135,7 +135,7 @@ class Outbox:
 
     def __init__(self, path: str | Path, *, max_attempts: int = 8, backoff_base_seconds: float = 5.0,
                  backoff_cap_seconds: float = 600.0, lease_seconds: float = 300.0,
-                 clock: Clock = time.time):
+                 clock: Clock = time.time, url: str | None = None):
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         if backoff_base_seconds <= 0 or backoff_cap_seconds <= 0:
@@ -146,14 +146,14 @@ class Outbox:
         self.cap = backoff_cap_seconds
         self.lease_seconds = lease_seconds
         self._clock = clock
-        self._db = Database(self.path, _SCHEMA, migrations=_MIGRATIONS)
+        self._db: Database = open_store_database("outbox", self.path, _SCHEMA, _MIGRATIONS, url)
 
     @classmethod
     def for_config(cls, config: Config, *, lease_seconds: float = 300.0, clock: Clock = time.time) -> Outbox:
         d = config.delivery
         return cls(DataDir.of(config.node.data_dir).outbox_db, max_attempts=d.max_attempts,
                    backoff_base_seconds=d.backoff_base_seconds, backoff_cap_seconds=d.backoff_cap_seconds,
-                   lease_seconds=lease_seconds, clock=clock)
+                   lease_seconds=lease_seconds, clock=clock, url=config.database.url)
 
     def close(self) -> None:
         self._db.close()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from aenode.store.datadir import DataDir
-from aenode.store.db import Database, Row
+from aenode.store.db import Database, Row, open_store_database
 from aenode.store.meta import InstanceHeader, split_multi
 
 RECEIVING = "receiving"
@@ -183,16 +183,18 @@ class Index:
     """The node's index; ``db_path`` is usually ``DataDir.index_db``."""
 
     def __init__(self, db_path: str | Path, data_dir: str | Path | None = None, *,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, url: str | None = None):
         self.db_path = Path(db_path)
         self.data_dir = Path(data_dir).resolve() if data_dir else self.db_path.resolve().parent
         self._clock = clock
-        self._db = Database(self.db_path, _SCHEMA, migrations=_MIGRATIONS)
+        self._db: Database = open_store_database("index", self.db_path, _SCHEMA, _MIGRATIONS, url)
 
     @classmethod
-    def for_data_dir(cls, data_dir: str | Path, *, clock: Callable[[], float] = time.time) -> Index:
+    def for_data_dir(cls, data_dir: str | Path, *, clock: Callable[[], float] = time.time,
+                     url: str | None = None) -> Index:
+        """The node's index: ``url`` is ``[database] url`` (None: SQLite under ``data_dir``)."""
         layout = DataDir.of(data_dir)
-        return cls(layout.index_db, layout.root, clock=clock)
+        return cls(layout.index_db, layout.root, clock=clock, url=url)
 
     def close(self) -> None:
         self._db.close()
