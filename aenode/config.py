@@ -374,6 +374,9 @@ class DatabaseConfig(_Section):
     PostgreSQL for several nodes (each store in its own schema, ``aenode_<store>``)."""
 
     url: Annotated[str | None, AfterValidator(_check_database_url)] = None
+    # How long a node's claim on a study lasts without renewal (the analysis renews it
+    # every third of this while it works); a node that died loses its studies after it.
+    lease_seconds: float = Field(60.0, gt=0)
 
 
 class Config(_Section):

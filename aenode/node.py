@@ -36,7 +36,7 @@ from aenode.infer.worker import AnalysisWorker
 from aenode.logs import get_logger
 from aenode.receive.scp import StorageSCP
 from aenode.store.datadir import DataDir
-from aenode.store.index import Index, ResultRow
+from aenode.store.index import Index, ResultRow, node_identity
 from aenode.store.retention import Retention, remove_purged_orphans
 from aenode.store.spool import Spool
 from aenode.store.stabilise import ActivityTracker, Stabiliser, reconcile
@@ -120,7 +120,8 @@ class Node:
         return built
 
     def start(self) -> Node:
-        requeued = self.index.recover_interrupted()
+        requeued = self.index.recover_interrupted(
+            node_identity(self.config.node.name, self.config.node.port) if self.config.database.url else None)
         if requeued:
             log.info("analyses_requeued", studies=requeued)
         orphans = remove_purged_orphans(self.index, self.spool)
