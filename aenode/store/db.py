@@ -287,6 +287,9 @@ class PgDatabase(Database):
         self._store_lock = _lock_key(f"{schema_name}/tx")
         self._closed = False
         try:
+            # One direct connection first: a wrong address or password fails now, with the
+            # server's own words, instead of after the pool's retries.
+            psycopg.connect(url, connect_timeout=max(1, int(connect_timeout))).close()
             self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Row]] = psycopg_pool.ConnectionPool(
                 url, min_size=1, max_size=max_connections, open=False, name=schema_name,
                 kwargs={"autocommit": True, "options": f"-c search_path={schema_name}",
