@@ -86,7 +86,7 @@ class Node:
         self.stop_event = threading.Event()
         self.scp = StorageSCP(config, self.index, self.spool, self.tracker)
         self.stabiliser = Stabiliser(self.index, self.tracker, config.stability.quiet_seconds,
-                                     config.stability.after_release_seconds)
+                                     config.stability.after_release_seconds, shared=url is not None)
         self._names = tuple(w for w in ALL_WORKERS if w in workers)
         self._threads: list[threading.Thread] = []
         self.web: WebWorker | None = None

@@ -284,6 +284,14 @@ class Index:
         return [(r[0], float(r[1])) for r in self._db.query(
             "SELECT study_uid, last_arrival FROM studies WHERE state=?", (RECEIVING,))]
 
+    def receiving_instance_count(self, study_uid: str) -> int:
+        """Instances (not the node's own output) of the study's current revision: a node
+        compares it with what it received itself to learn whether another node shares
+        the study (see :class:`aenode.store.stabilise.Stabiliser`)."""
+        row = self._db.one("SELECT COUNT(*) FROM instances i JOIN studies s ON s.study_uid=i.study_uid"
+                           " WHERE i.study_uid=? AND i.revision=s.revision AND i.own_output=0", (study_uid,))
+        return int(row[0]) if row else 0
+
     def mark_complete(self, study_uid: str, last_arrival: float) -> bool:
         """``receiving`` -> ``complete`` unless an instance arrived since ``last_arrival``."""
         return self._db.execute(

@@ -197,3 +197,49 @@ def test_reconnects_after_server_restart(postgres: PgServer, tmp_path):
         Index.for_data_dir(tmp_path, url=postgres.url("nodb").replace("canary-secret", "wrong-canary"))
     assert "wrong-canary" not in str(err.value) and "aenode_index" in str(err.value)
     assert is_transient(psycopg.OperationalError("server closed the connection"))
+
+
+def test_two_stabilisers_complete_a_shared_study_once(tmp_path, db_url):
+    """Study X arrives on node A and node B; A's association ends first.  A's release
+    shortcut must not complete X while B may still be receiving: X completes once, after
+    the quiet period since the last instance on either node.  Study Y, sent to A alone,
+    still takes the shortcut."""
+    from aenode.store.stabilise import ActivityTracker, Stabiliser
+
+    clock = Clock()
+    a_idx = Index.for_data_dir(tmp_path, clock=clock, url=db_url)
+    b_idx = Index.for_data_dir(tmp_path, clock=clock, url=db_url)
+    try:
+        ta, tb = ActivityTracker(clock=clock), ActivityTracker(clock=clock)
+        sa = Stabiliser(a_idx, ta, quiet_seconds=5, after_release_seconds=0.5, clock=clock, shared=True)
+        sb = Stabiliser(b_idx, tb, quiet_seconds=5, after_release_seconds=0.5, clock=clock, shared=True)
+        for k in range(2):
+            a_idx.record_instance(meta("1.8.1"), tmp_path / f"a{k}.dcm", 1, "SCU")
+            ta.instance("assoc-a", "1.8.1")
+        a_idx.record_instance(meta("1.8.2"), tmp_path / "y.dcm", 1, "SCU")
+        ta.instance("assoc-a", "1.8.2")
+        b_idx.record_instance(meta("1.8.1"), tmp_path / "b0.dcm", 1, "SCU")
+        tb.instance("assoc-b", "1.8.1")
+        ta.ended("assoc-a")
+        clock.t += 1
+        assert sa.tick() == ["1.8.2"] and sb.tick() == []   # X: B shares it, no shortcut
+        clock.t += 3
+        b_idx.record_instance(meta("1.8.1"), tmp_path / "b1.dcm", 1, "SCU")   # B's sender goes on
+        tb.instance("assoc-b", "1.8.1")
+        clock.t += 4.9
+        assert sa.tick() == [] and sb.tick() == []
+        clock.t += 0.2
+        done = sa.tick() + sb.tick() + sa.tick()
+        assert done == ["1.8.1"]
+        assert a_idx.study("1.8.1").state == COMPLETE and a_idx.study("1.8.1").instance_count == 4
+        # Without the shared flag (one node), A would have completed X on release.
+        solo = Stabiliser(a_idx, ta, quiet_seconds=5, after_release_seconds=0.5, clock=clock)
+        a_idx.record_instance(meta("1.8.3"), tmp_path / "z.dcm", 1, "SCU")
+        b_idx.record_instance(meta("1.8.3"), tmp_path / "z2.dcm", 1, "SCU")
+        ta.instance("assoc-a2", "1.8.3")
+        ta.ended("assoc-a2")
+        clock.t += 1
+        assert solo.tick() == ["1.8.3"]
+    finally:
+        a_idx.close()
+        b_idx.close()
