@@ -76,9 +76,10 @@ class Node:
             raise ValueError(f"unknown worker(s): {', '.join(sorted(unknown))}")
         self.config = config
         self.data_dir = DataDir.of(config.node.data_dir)
-        self.spool = Spool(self.data_dir.root)
-        self.spool.prepare()
+        self.identity = node_identity(config.node.name, config.node.port)
         url = config.database.url
+        self.spool = Spool(self.data_dir.root, self.identity if url else None)
+        self.spool.prepare()
         self.index = Index.for_data_dir(self.data_dir.root, url=url)
         self.outbox = Outbox.for_config(config)
         self.alert_store = AlertStore.for_data_dir(self.data_dir.root, url=url)
@@ -120,8 +121,7 @@ class Node:
         return built
 
     def start(self) -> Node:
-        requeued = self.index.recover_interrupted(
-            node_identity(self.config.node.name, self.config.node.port) if self.config.database.url else None)
+        requeued = self.index.recover_interrupted(self.identity if self.config.database.url else None)
         if requeued:
             log.info("analyses_requeued", studies=requeued)
         orphans = remove_purged_orphans(self.index, self.spool)

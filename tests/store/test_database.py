@@ -243,3 +243,30 @@ def test_two_stabilisers_complete_a_shared_study_once(tmp_path, db_url):
     finally:
         a_idx.close()
         b_idx.close()
+
+
+def test_shared_spool_nodes_keep_their_temporary_files_apart(tmp_path):
+    """Two nodes on one spool: a starting node leaves the other's files in flight alone,
+    and the same instance stored by both at once ends as one whole copy."""
+    from aenode.store.spool import Spool
+
+    a, b = Spool(tmp_path, "n1@h:104"), Spool(tmp_path, "n2@h:105")
+    a.prepare()
+    in_flight = a.tmp_dir / "incoming.part"
+    in_flight.write_bytes(b"x")
+    b.prepare()
+    assert in_flight.exists() and a.tmp_dir != b.tmp_dir
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    payloads = [bytes([k]) * 2_000_000 for k in range(1, 9)]
+
+    def store(k: int) -> None:
+        (a if k % 2 else b).write_bytes(payloads[k], study, series, sop)
+
+    threads = [threading.Thread(target=store, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (final,) = list(a.files())
+    assert final.read_bytes() in payloads
+    assert sorted(p.name for p in a.tmp_dir.iterdir()) == ["incoming.part"] and not list(b.tmp_dir.iterdir())
