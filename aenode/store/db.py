@@ -19,8 +19,7 @@ interleaves with, on either engine (SQLite ``BEGIN IMMEDIATE``; PostgreSQL a tra
 advisory lock per store schema), so read-modify-write code is safe on both.
 ``tx(exclusive=False)`` drops that store-wide lock on PostgreSQL for hot paths that lock
 their rows themselves (``FOR UPDATE SKIP LOCKED``: claiming work across nodes); on SQLite
-it is the same as ``tx()``.  ``tx().lock(name)`` serialises transactions on a named
-resource (PostgreSQL; SQLite already is serial).
+it is the same as ``tx()``.
 
 Every SQLite database gets the same durability settings: WAL so readers (status,
 dashboard) never block the writer, ``synchronous=FULL`` so a committed row survives a
@@ -146,10 +145,6 @@ class Transaction:
             raise StoreError("insert_id: the statement inserted no row")
         return int(cur.lastrowid)
 
-    def lock(self, name: str) -> None:
-        """Serialise with every other transaction that takes the same ``name`` until this
-        one ends.  SQLite: nothing to do, its writers are serial already."""
-
 
 class Database:
     """One database of one store: a connection shared by the store's threads."""
@@ -235,9 +230,8 @@ def _lock_key(name: str) -> int:
 class PgTransaction(Transaction):
     """Statements inside one ``PgDatabase.tx()`` (``?`` placeholders, translated)."""
 
-    def __init__(self, conn: psycopg.Connection[Row], schema_name: str):  # noqa: D107
+    def __init__(self, conn: psycopg.Connection[Row]):  # noqa: D107
         self._pg = conn
-        self._schema_name = schema_name
 
     def execute(self, sql: str, params: Params = ()) -> int:
         return self._pg.execute(_pg_sql(sql), tuple(params)).rowcount
@@ -259,11 +253,6 @@ class PgTransaction(Transaction):
         if got is None:
             raise StoreError("insert_id: the statement inserted no row")
         return int(got[0])
-
-    def lock(self, name: str) -> None:
-        """Transactions of any node that take the same ``name`` run one after another
-        (an advisory lock held until commit or rollback)."""
-        self._pg.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(f"{self._schema_name}/{name}"),))
 
 
 class PgDatabase(Database):
@@ -304,7 +293,7 @@ class PgDatabase(Database):
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._store_lock,))
                     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema_name}")
-                    t = PgTransaction(conn, schema_name)
+                    t = PgTransaction(conn)
                     for stmt in _statements(schema, _PG_ID):
                         t.execute(stmt)
                     self._migrate(t, migrations, _PG_ID)
@@ -325,7 +314,7 @@ class PgDatabase(Database):
         with self._pool.connection() as conn, conn.transaction():
             if exclusive:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._store_lock,))
-            yield PgTransaction(conn, self.schema_name)
+            yield PgTransaction(conn)
 
     def query(self, sql: str, params: Params = ()) -> list[Row]:
         with self._pool.connection() as conn:
