@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import select
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -222,6 +223,18 @@ class Database:
             raise StoreError(f"{self.name}: {exc}") from exc
 
 
+def _check_idle_connection(conn: psycopg.Connection[Row]) -> None:
+    """Before a pooled connection is used: an idle connection has nothing to read unless
+    the server closed it (restart, idle timeout), so a zero-timeout poll of its socket
+    finds that without a round trip; only then is it probed (and replaced if dead).
+    psycopg_pool's own ``check_connection`` costs a round trip on every use."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("connection closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        psycopg_pool.ConnectionPool.check_connection(conn)
+
+
 def _lock_key(name: str) -> int:
     """A stable signed 64-bit key for ``pg_advisory_xact_lock`` (same on every node)."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
@@ -283,7 +296,7 @@ class PgDatabase(Database):
                 url, min_size=1, max_size=max_connections, open=False, name=schema_name,
                 kwargs={"autocommit": True, "options": f"-c search_path={schema_name}",
                         "connect_timeout": max(1, int(connect_timeout))},
-                check=psycopg_pool.ConnectionPool.check_connection, timeout=30.0, num_workers=1)
+                check=_check_idle_connection, timeout=30.0, num_workers=1)
             self._pool.open(wait=True, timeout=connect_timeout)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise StoreError(f"{self.name}: cannot connect ({_first_line(exc)})") from exc
