@@ -19,8 +19,6 @@ from aenode.store.index import ANALYSED, ANALYSING, FINAL_STATES, Index
 from tests.pg import PgServer
 from tests.store.twonode import analysed_counts, make_nodes, orthanc_sr_counts, send
 
-pytestmark = pytest.mark.slow
-
 
 def _wait(pred, timeout: float, what: str, interval: float = 0.1):
     end = time.monotonic() + timeout
@@ -115,6 +113,7 @@ def test_two_nodes_share_studies_and_analyse_each_once(tmp_path, postgres: PgSer
             n.stop()
 
 
+@pytest.mark.slow
 def test_killed_node_loses_its_study_after_the_lease(tmp_path, postgres: PgServer, peers):
     orthanc, webhook = peers
     url = postgres.new_database()
