@@ -14,12 +14,17 @@ import sys
 from collections.abc import Sequence
 
 from aenode import __version__, alert, deliver, demo, node
+from aenode.backfill import cli as backfill_cli
 from aenode.config import load_config_or_report, render_toml
 from aenode.deliver import cli as deliver_cli
+from aenode.evaluate import cli as evaluate_cli
+from aenode.export import cli as export_cli
 from aenode.infer import cli as infer_cli
 from aenode.logs import configure_logging, get_logger
 from aenode.phantom import cli as phantom_cli
+from aenode.surveil import cli as surveil_cli
 from aenode.web import cli as web_cli
+from aenode.web.store import WebStore
 
 _CONFIG_HELP = "TOML file (default: $AENODE_CONFIG, else built-in defaults)"
 
@@ -40,7 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     try:
-        node.run_node(config)
+        node.run_node(config, args.log_level)
     except OSError as exc:
         get_logger("aenode.node").error("serve_failed", error=type(exc).__name__, errno=exc.errno,
                                         detail=exc.strerror)
@@ -105,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
 
-    for stage_cli in (phantom_cli, infer_cli, deliver_cli, web_cli, demo):
+    for stage_cli in (phantom_cli, infer_cli, evaluate_cli, deliver_cli, web_cli, surveil_cli, backfill_cli, demo):
         stage_cli.register(sub)
+    export_cli.register(sub, confirmations=lambda config: WebStore.for_data_dir(config.node.data_dir,
+                                                                                    url=config.database.url))
     return parser
 
 

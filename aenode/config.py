@@ -78,6 +78,49 @@ class NodeConfig(_Section):
     tls: TLSConfig | None = None
 
 
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+
+class LimitsConfig(_Section):
+    """Bounds on what one DICOM peer can make the node hold, before and after it is trusted.
+
+    Everything here is enforced by the receive stage before memory, disk, a thread or an
+    association slot is committed to a peer; docs/SECURITY.md explains each bound.
+    """
+
+    # Largest P-DATA-TF PDU accepted (advertised as our Maximum Length Received).  A larger
+    # declared length aborts the association before anything is allocated.
+    max_pdu_bytes: int = Field(4 * MiB, ge=16 * KiB, le=64 * MiB)
+    # Largest A-ASSOCIATE-RQ (and any other PDU that is not P-DATA) accepted.
+    max_associate_request_bytes: int = Field(256 * KiB, ge=4 * KiB, le=16 * MiB)
+    # Time from the TCP accept (after TLS) to a complete A-ASSOCIATE-RQ.
+    associate_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    # Time from the first to the last byte of one PDU.
+    pdu_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    # Time from the first to the last PDU of one DIMSE message (e.g. one C-STORE request).
+    message_timeout_seconds: float = Field(600.0, gt=0, le=86400)
+    # An established association that sends nothing for this long is aborted.
+    idle_timeout_seconds: float = Field(60.0, gt=0, le=86400)
+    # Connections that have not yet completed their A-ASSOCIATE-RQ; beyond this the oldest
+    # such connection is dropped so that a newcomer is served.
+    max_pending_connections: int = Field(32, ge=1, le=4096)
+    # Open connections (pending and established) from one IP address.
+    max_connections_per_peer: int = Field(8, ge=1, le=1024)
+    # Largest dataset (as received, encoded) of one C-STORE.
+    max_instance_bytes: int = Field(1 * GiB, ge=64 * KiB, le=64 * GiB)
+    # Largest image matrix and frame count declared in an instance's header.
+    max_rows: int = Field(8192, ge=1, le=65535)
+    max_columns: int = Field(8192, ge=1, le=65535)
+    max_frames: int = Field(10000, ge=1, le=2**31 - 1)
+    # Rows x Columns x Frames x Samples per Pixel x Bits Allocated / 8 of one instance.
+    max_decoded_instance_bytes: int = Field(1 * GiB, ge=64 * KiB, le=64 * GiB)
+    # Voxels of one series volume, checked before the loader allocates it (40 slices
+    # declaring 4096 x 4096 pass the per-instance limits but not this one).
+    max_volume_voxels: int = Field(1000 * 768 * 768, ge=1_000_000, le=2**34)
+
+
 class StabilityConfig(_Section):
     """When a study counts as complete (see the receive/store stages)."""
 
@@ -85,6 +128,16 @@ class StabilityConfig(_Section):
     # Complete sooner once the sending association was released and none is still
     # sending to the study; 0 disables the shortcut.
     after_release_seconds: float = Field(2.0, ge=0)
+
+
+class WorkersConfig(_Section):
+    """How ``aenode serve`` spreads the work over processes."""
+
+    # Analysis processes (selection, decoding, preprocessing, models); None = a share of
+    # the cores that leaves room for receiving and delivering (see aenode/node.py).
+    analysis: int | None = Field(None, ge=1, le=256)
+    # Threads each analysis process may use for its numeric libraries; None = cores / analysis.
+    threads_per_analysis: int | None = Field(None, ge=1, le=256)
 
 
 class RetentionConfig(_Section):
@@ -181,6 +234,34 @@ class ModelConfig(_Section):
     # The model whose category `aenode status` puts in its summary columns (every model's
     # result is listed under "results"); the first by name when this one has no result.
     primary: str = "covid-typicality"
+
+
+ModelMode = Literal["active", "shadow", "off"]
+# A model name as in model.toml, or NAME@VERSION: one installed version that is not the
+# active one, run beside it (its results are recorded under "NAME@VERSION").
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[A-Za-z0-9][A-Za-z0-9_.+-]{0,63})?$")
+
+
+class ModelSettings(_Section):
+    """``[models.NAME]``: how the node runs one model (by its manifest name).
+
+    ``shadow`` analyses every study and records the result (shown to admins beside the
+    active model's and the radiologists'), but sends nothing to PACS and raises no alert:
+    the way to watch a new model on this hospital's patients before trusting it.
+    """
+
+    mode: ModelMode = "active"
+
+
+def _check_models(value: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
+    bad = sorted(k for k in value if not _MODEL_NAME.match(k))
+    if bad:
+        raise ValueError(f"not a model name (NAME or NAME@VERSION): {', '.join(repr(b) for b in bad)}")
+    active_versions = sorted(k for k, v in value.items() if "@" in k and v.mode == "active")
+    if active_versions:
+        raise ValueError(f"{', '.join(active_versions)}: a NAME@VERSION table can only be \"shadow\" or \"off\";"
+                         " make a version active with: aenode models promote NAME@VERSION")
+    return value
 
 
 WebRole = Literal["viewer", "infection-control", "radiologist"]
@@ -379,17 +460,75 @@ class DatabaseConfig(_Section):
     lease_seconds: float = Field(60.0, gt=0)
 
 
+class SiteConfig(_Section):
+    """Where this node stands, for surveillance records and reports (no patient data)."""
+
+    name: str = Field("", max_length=128)
+    postal_code: str = Field("", pattern=r"^[0-9A-Za-z -]{0,12}$")
+    prefecture: str = Field("", max_length=64)
+
+
+class SurveillanceSubmitConfig(_Section):
+    """Periodic push of the FHIR MeasureReport to a public-health endpoint (HTTPS)."""
+
+    url: str = Field(pattern=r"^https?://[^/\s]+")
+    interval_hours: float = Field(24.0, gt=0)
+    period_days: int = Field(7, ge=1, le=366)  # each report covers the last N days
+    token: str | None = Field(None, min_length=1)  # bearer token
+    ca_file: Path | None = None
+    insecure: bool = False  # allow http:// (the report is aggregate counts only)
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+SignalChannel = Literal["webhook"]
+_SIGNAL_CHANNELS: tuple[SignalChannel, ...] = ("webhook",)
+
+
+class SurveillanceConfig(_Section):
+    """Surveillance records, trends and surge signals (aenode/surveil)."""
+
+    enabled: bool = True
+    model: str | None = None  # the classifier whose results make the records; None = [model] primary
+    surge_categories: list[str] = Field(default_factory=lambda: ["typical", "indeterminate"])
+    method: Literal["C1", "C2", "C3"] = "C2"  # EARS method that raises a signal (all three are computed)
+    min_count: int = Field(1, ge=0)  # a week with fewer cases never signals
+    # Channels that carry surge signals (aggregate JSON); SMTP and HL7 render patient alerts
+    # only, so the webhook is the one channel for now.
+    alert_channels: list[SignalChannel] = Field(default_factory=lambda: list(_SIGNAL_CHANNELS))
+    submit: SurveillanceSubmitConfig | None = None
+
+
+class BackfillConfig(_Section):
+    """``aenode backfill``: retrieve past studies from a PACS (C-FIND + C-MOVE)."""
+
+    source: str | None = None  # a [[destinations]] name (type dicom) that answers C-FIND / C-MOVE
+    max_per_hour: int = Field(120, ge=1, le=100000)
+    send_results: bool = False  # write SR/SC of backfilled studies to PACS
+    move_timeout_seconds: float = Field(600.0, gt=0)
+
+
 class Config(_Section):
     node: NodeConfig = Field(default_factory=NodeConfig)
     stability: StabilityConfig = Field(default_factory=StabilityConfig)
     sources: list[SourceConfig] = Field(default_factory=list)  # empty = accept any caller
     destinations: list[DestinationConfig] = Field(default_factory=list)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    models: Annotated[dict[str, ModelSettings], AfterValidator(_check_models)] = Field(default_factory=dict)
     web: WebConfig = Field(default_factory=WebConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    site: SiteConfig = Field(default_factory=SiteConfig)
+    surveillance: SurveillanceConfig = Field(default_factory=SurveillanceConfig)
+    backfill: BackfillConfig = Field(default_factory=BackfillConfig)
+
+    def model_mode(self, name: str) -> ModelMode:
+        """``[models.NAME] mode``; a model without a table runs active."""
+        settings = self.models.get(name)
+        return settings.mode if settings else "active"
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Config:
@@ -517,6 +656,9 @@ def render_toml(config: Config) -> str:
             return "[" + ", ".join(scalar(x) for x in v) + "]"
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
+    def toml_key(k: str) -> str:
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else '"' + k.replace('"', '\\"') + '"'
+
     def table(name: str, body: dict, array: bool = False) -> None:
         simple = {k: v for k, v in body.items() if v is not None and not isinstance(v, dict)
                   and not (isinstance(v, list) and v and isinstance(v[0], dict))}
@@ -530,7 +672,7 @@ def render_toml(config: Config) -> str:
         lines.append("")
         for k, v in body.items():
             if isinstance(v, dict):
-                table(f"{name}.{k}", v)
+                table(f"{name}.{toml_key(k)}", v)
 
     for key, value in data.items():
         if isinstance(value, list):

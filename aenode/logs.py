@@ -166,7 +166,9 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None, stream: 
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        # One write() per line (PrintLogger writes line and newline separately), so lines of
+        # aenode serve's processes sharing one stderr never interleave mid-line.
+        logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
     # Third-party libraries log through the stdlib: format them with the same chain.
@@ -182,6 +184,11 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None, stream: 
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # Their INFO lines are prose, not event names, and httpx's carries the full request URL
+    # (a webhook's secret token may be in it).
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
 class _ScrubStdlib(logging.Filter):

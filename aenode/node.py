@@ -16,8 +16,14 @@ reads the stores through :func:`study_status`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import multiprocessing
+import multiprocessing.process
+import multiprocessing.synchronize
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from types import FrameType
@@ -30,22 +36,23 @@ from aenode.alert.worker import AlertWorker
 from aenode.config import Config
 from aenode.deliver.outbox import Outbox
 from aenode.deliver.publish import OutboxPublisher
-from aenode.deliver.worker import DeliveryWorker
+from aenode.deliver.worker import DeliveryWorker, WakeEvent, share_wakeup
 from aenode.infer.registry import ModelRegistry
-from aenode.infer.worker import AnalysisWorker
-from aenode.logs import get_logger
+from aenode.infer.worker import AnalysisWorker, claim_prefix
+from aenode.logs import configure_logging, get_logger
 from aenode.receive.scp import StorageSCP
 from aenode.store.datadir import DataDir
 from aenode.store.index import Index, ResultRow, node_identity
 from aenode.store.retention import Retention, remove_purged_orphans
 from aenode.store.spool import Spool
 from aenode.store.stabilise import ActivityTracker, Stabiliser, reconcile
+from aenode.surveil.worker import SurveillanceWorker
 from aenode.web.worker import WebWorker
 
 log = get_logger("aenode.node")
 
-WorkerName = Literal["analysis", "alert", "delivery", "web", "retention"]
-ALL_WORKERS: tuple[WorkerName, ...] = ("analysis", "alert", "delivery", "web", "retention")
+WorkerName = Literal["analysis", "alert", "delivery", "web", "retention", "surveillance"]
+ALL_WORKERS: tuple[WorkerName, ...] = ("analysis", "alert", "delivery", "web", "retention", "surveillance")
 
 
 class _OutboxDelivery:
@@ -69,7 +76,7 @@ class _Worker:
 class Node:
     """A running node in this process (threads).  ``stop()`` shuts it down cleanly."""
 
-    def __init__(self, config: Config, workers: Collection[WorkerName] = ALL_WORKERS):
+    def __init__(self, config: Config, workers: Collection[WorkerName] = ALL_WORKERS, *, receive: bool = True):
         register_senders()  # the outbox can send every configured alert channel
         unknown = set(workers) - set(ALL_WORKERS)
         if unknown:
@@ -78,8 +85,10 @@ class Node:
         self.data_dir = DataDir.of(config.node.data_dir)
         self.identity = node_identity(config.node.name, config.node.port)
         url = config.database.url
+        self.receive = receive
         self.spool = Spool(self.data_dir.root, self.identity if url else None)
-        self.spool.prepare()
+        if receive:
+            self.spool.prepare()
         self.index = Index.for_data_dir(self.data_dir.root, url=url)
         self.outbox = Outbox.for_config(config)
         self.alert_store = AlertStore.for_data_dir(self.data_dir.root, url=url)
@@ -102,7 +111,9 @@ class Node:
         if "analysis" in self._names:
             registry = ModelRegistry.from_config(self.config)
             registry.warm_up()
-            analysis = AnalysisWorker(self.config, self.index, registry, OutboxPublisher(self.config, self.outbox))
+            hold = None if self.config.backfill.send_results else self.index.is_backfilled
+            analysis = AnalysisWorker(self.config, self.index, registry,
+                                      OutboxPublisher(self.config, self.outbox, hold=hold))
             built.append(_Worker("analysis", analysis.run))
         if "alert" in self._names:
             alerts = AlertWorker(self.config, self.index, outbox=self.outbox, store=self.alert_store)
@@ -113,6 +124,9 @@ class Node:
         if "web" in self._names:
             self.web = WebWorker(self.config, self.index, outbox=self.outbox, alerts=self.alert_store)
             built.append(_Worker("web", self.web.run))
+        if "surveillance" in self._names and self.config.surveillance.enabled:
+            surveillance = SurveillanceWorker(self.config, self.index, outbox=self.outbox)
+            built.append(_Worker("surveillance", surveillance.run))
         if "retention" in self._names and self.config.retention.enabled:
             r = self.config.retention
             retention = Retention(self.index, self.spool, _OutboxDelivery(self.outbox),
@@ -120,21 +134,25 @@ class Node:
             built.append(_Worker("retention", retention.run))
         return built
 
-    def start(self) -> Node:
-        requeued = self.index.recover_interrupted(self.identity if self.config.database.url else None)
-        if requeued:
-            log.info("analyses_requeued", studies=requeued)
-        orphans = remove_purged_orphans(self.index, self.spool)
-        if orphans:
-            log.info("purged_orphans_removed", files=orphans)
-        reconcile(self.index, self.spool)
-        self.scp.start()
-        self._spawn("stabiliser", self.stabiliser.run)
+    def start(self, *, recover: bool = True) -> Node:
+        """Start the listener (when this node receives) and the workers; ``recover``: first
+        hand back analyses a previous run left unfinished (the supervisor does that once)."""
+        if recover:
+            requeued = self.index.recover_interrupted(self.identity if self.config.database.url else None)
+            if requeued:
+                log.info("analyses_requeued", studies=requeued)
+        if self.receive:
+            orphans = remove_purged_orphans(self.index, self.spool)
+            if orphans:
+                log.info("purged_orphans_removed", files=orphans)
+            reconcile(self.index, self.spool)
+            self.scp.start()
+            self._spawn("stabiliser", self.stabiliser.run)
         self.workers = self._build_workers()
         for worker in self.workers:
             self._spawn(worker.name, worker.run)
-        log.info("node_started", ae_title=self.config.node.ae_title, port=self.port,
-                 workers=[w.name for w in self.workers])
+        log.info("node_started", ae_title=self.config.node.ae_title,
+                 port=self.port if self.receive else None, workers=[w.name for w in self.workers])
         return self
 
     def _spawn(self, name: str, target: Callable[[threading.Event], None]) -> None:
@@ -150,7 +168,8 @@ class Node:
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.scp.stop()
+        if self.receive:
+            self.scp.stop()
         for t in self._threads:
             t.join(timeout=10)
         self.alert_store.close()
@@ -169,9 +188,158 @@ def running_node(config: Config, workers: Collection[WorkerName] = ALL_WORKERS) 
         node.stop()
 
 
-def run_node(config: Config) -> None:
+# ---- aenode serve: one supervisor, one process per heavy stage --------------------------
+
+Role = Literal["receive", "analysis", "delivery", "web"]
+ROLE_WORKERS: dict[Role, tuple[WorkerName, ...]] = {
+    "receive": ("retention",),          # plus the SCP and the stabiliser
+    "analysis": ("analysis",),
+    "delivery": ("delivery", "alert"),
+    "web": ("web",),
+}
+_RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def analysis_processes(config: Config, cores: int | None = None) -> int:
+    """``[workers] analysis``, else half the cores (at least 1, at most 8): the other half
+    receives, delivers and serves, and decoding in each analysis process is itself partly
+    parallel."""
+    if config.workers.analysis is not None:
+        return config.workers.analysis
+    n = cores if cores is not None else (os.cpu_count() or 1)
+    return max(1, min(8, n // 2))
+
+
+def _die_with_parent() -> None:
+    """A child must not outlive a supervisor killed with SIGKILL (it would keep the port)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the supervisor's clean shutdown still stops the children
+    if os.getppid() == 1:
+        os._exit(1)  # the parent died before prctl took effect
+
+
+def _child(config: Config, role: Role, wakeup: WakeEvent, ready: WakeEvent, log_level: str, threads: int) -> None:
+    """Body of one child process of ``aenode serve``."""
+    _die_with_parent()
+    configure_logging(log_level)
+    share_wakeup(wakeup)
+    if role == "analysis":
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+    node = Node(config, ROLE_WORKERS[role], receive=(role == "receive")).start(recover=False)
+    ready.set()
+    log.info("process_started", role=role, pid=os.getpid())
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        node.stop()
+
+
+class Supervisor:
+    """Starts the node's processes, restarts one that dies, stops them all on SIGTERM."""
+
+    def __init__(self, config: Config, log_level: str = "INFO"):
+        self.config = config
+        self.log_level = log_level
+        # fork: the supervisor has imported the stack but runs no threads and holds no ONNX
+        # session or database connection, so a forked child starts in milliseconds with
+        # nothing inherited that could be in use.
+        self._ctx = multiprocessing.get_context("fork")
+        self._wakeup = self._ctx.Event()
+        n = analysis_processes(config)
+        self.threads = config.workers.threads_per_analysis or max(1, (os.cpu_count() or 1) // n)
+        analysis: list[Role] = ["analysis"] * n
+        roles: list[Role] = ["receive", *analysis, "delivery"]
+        if config.web.enabled:
+            roles.append("web")
+        self._slots: list[tuple[Role, multiprocessing.process.BaseProcess | None, int]] = [
+            (r, None, 0) for r in roles]
+        self._restart_at: dict[int, float] = {}
+        self.identity = node_identity(config.node.name, config.node.port)
+
+    def _start(self, slot: int) -> multiprocessing.synchronize.Event:
+        role, _, restarts = self._slots[slot]
+        ready = self._ctx.Event()
+        proc = self._ctx.Process(target=_child, name=f"aenode-{role}",
+                                 args=(self.config, role, self._wakeup, ready, self.log_level, self.threads))
+        proc.start()
+        self._slots[slot] = (role, proc, restarts)
+        return ready
+
+    def start(self) -> None:
+        url = self.config.database.url
+        index = Index.for_data_dir(self.config.node.data_dir, url=url)
+        try:
+            # On a shared database only this node's own interrupted studies (and expired
+            # leases): the others belong to live nodes.
+            requeued = index.recover_interrupted(self.identity if url else None)
+        finally:
+            index.close()
+        if requeued:
+            log.info("analyses_requeued", studies=requeued)
+        # Numeric libraries in each analysis process get their share of the cores.
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, str(self.threads))
+        # The listener first: scanners can send while the rest starts (model sessions take
+        # a while to warm up).
+        receiving = self._start(0)
+        if not receiving.wait(120):
+            log.error("process_slow_to_start", role="receive")
+        for slot in range(1, len(self._slots)):
+            self._start(slot)
+        log.info("supervisor_started", processes=[r for r, _, _ in self._slots],
+                 threads_per_analysis=self.threads)
+
+    def check(self) -> None:
+        """Restart processes that died (with backoff); call periodically."""
+        now = time.monotonic()
+        for slot, (role, proc, restarts) in enumerate(self._slots):
+            if proc is None or proc.exitcode is None:
+                continue
+            if slot not in self._restart_at:
+                delay = _RESTART_BACKOFF[min(restarts, len(_RESTART_BACKOFF) - 1)]
+                self._restart_at[slot] = now + delay
+                log.error("process_died", role=role, pid=proc.pid, exitcode=proc.exitcode,
+                          restart_in_s=delay)
+                if role == "analysis" and proc.pid is not None:
+                    index = Index.for_data_dir(self.config.node.data_dir, url=self.config.database.url)
+                    try:
+                        handed_back = index.release_claims(claim_prefix(proc.pid, self.identity))
+                    finally:
+                        index.close()
+                    if handed_back:
+                        log.info("analyses_requeued", studies=handed_back, role=role)
+            elif now >= self._restart_at[slot]:
+                del self._restart_at[slot]
+                self._slots[slot] = (role, proc, restarts + 1)
+                self._start(slot)
+                log.info("process_restarted", role=role, restarts=restarts + 1)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        procs = [p for _, p, _ in self._slots if p is not None and p.exitcode is None]
+        for p in procs:
+            p.terminate()  # SIGTERM: each child stops its node cleanly
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            p.join(max(0.1, deadline - time.monotonic()))
+            if p.exitcode is None:
+                log.warning("process_killed", pid=p.pid)
+                p.kill()
+                p.join(5)
+        log.info("supervisor_stopped")
+
+
+def run_node(config: Config, log_level: str = "INFO") -> None:
     """``aenode serve``: run until SIGTERM or SIGINT."""
-    node = Node(config)
+    supervisor = Supervisor(config, log_level)
     done = threading.Event()
 
     def _signal(signum: int, _frame: FrameType | None) -> None:
@@ -180,11 +348,11 @@ def run_node(config: Config) -> None:
 
     previous = {s: signal.signal(s, _signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        node.start()
-        while not done.wait(1.0):
-            pass
+        supervisor.start()
+        while not done.wait(0.5):
+            supervisor.check()
     finally:
-        node.stop()
+        supervisor.stop()
         for s, h in previous.items():
             signal.signal(s, h)
 

@@ -59,9 +59,9 @@ import structlog  # noqa: E402
 from machine import describe  # noqa: E402
 
 from aenode.config import Config, parse_config  # noqa: E402
+from aenode.node import Node, running_node  # noqa: E402
 from aenode.peers.orthanc import Orthanc, free_port  # noqa: E402
 from aenode.phantom import generate_study  # noqa: E402
-from aenode.node import Node, running_node  # noqa: E402
 from aenode.report.publish import results_path  # noqa: E402
 
 STORESCU = "/usr/bin/storescu"  # DCMTK; pynetdicom's own `storescu` script shadows it on PATH
@@ -317,7 +317,7 @@ def main() -> int:
             })
             runs: list[Run] = []
             with running_node(config) as node:
-                for i, (study_uid, folder, n_files) in enumerate(studies):
+                for i, (study_uid, folder, _n_files) in enumerate(studies):
                     r = send_and_time(node, pacs, config, folder, study_uid, len(models), args.poll)
                     total = r.marks["orthanc"] - r.marks["t0"]
                     tag = "warm-up" if i < args.warmup else f"run {i - args.warmup + 1}"

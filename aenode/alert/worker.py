@@ -40,6 +40,11 @@ log = get_logger("aenode.alert")
 DASHBOARD_SCHEMA = "aenode.alert.dashboard/v1"
 
 
+def is_shadow(r: ResultRow) -> bool:
+    """A result of a model in ``[models.NAME] mode = "shadow"`` (recorded by the analysis worker)."""
+    return isinstance(r.detail, dict) and r.detail.get("mode") == "shadow"
+
+
 class AlertWorker:
     def __init__(self, config: Config, index: Index, *, outbox: Outbox | None = None,
                  store: AlertStore | None = None, batch: int = 500):
@@ -89,7 +94,8 @@ class AlertWorker:
         decision = None
         if rules is not None:
             decision = decide(rules, rules.alert_classes, r.category, r.probabilities)
-        alerting = bool(decision and decision.alerting)
+        # A shadow model's result is shown to admins but never alerts (issue 13: safe roll-out).
+        alerting = bool(decision and decision.alerting) and not is_shadow(r)
         category = decision.category if decision is not None else (r.category or "none")
         prev = self.store.last_alert(r.study_uid, r.model, DASHBOARD)
         payload = {"schema": DASHBOARD_SCHEMA, "alerting": alerting, "category": category,
@@ -109,7 +115,12 @@ class AlertWorker:
             log.error("alert_rules_unknown", model=model, study_uid=study_uid,
                       hint="no manifest for this model under [model] path; no alert decided")
         out = [self._dashboard(r, rules, now)]
-        if rules is None or not channels or not r.category:
+        if rules is None or not channels or not r.category or is_shadow(r):
+            return out
+        if self.index.is_backfilled(study_uid):
+            # A past study retrieved by ``aenode backfill`` for surveillance: the dashboard
+            # shows its result, infection control is never alerted about it.
+            log.info("alert_skipped", study_uid=study_uid, model=model, reason="backfilled")
             return out
         header: dict[str, str | None] | None = None
         for channel in channels:

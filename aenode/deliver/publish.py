@@ -8,6 +8,7 @@ files and the same rows (both are keyed by the result's deterministic UIDs).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pydicom import dcmread
@@ -37,13 +38,19 @@ def enqueue_results(config: Config, paths: list[Path], study_uid: str, *, outbox
     return ids
 
 
-def publish_result(config: Config, report_input: ReportInput, *, outbox: Outbox | None = None) -> list[Path]:
+def publish_result(config: Config, report_input: ReportInput, *, outbox: Outbox | None = None,
+                   send: bool = True) -> list[Path]:
     """Write the SR/SC of ``report_input`` under ``config.node.data_dir`` and enqueue them
-    for every ``config.destinations`` entry.  Idempotent per revision."""
+    for every ``config.destinations`` entry (none when ``send`` is false).  Idempotent per revision."""
     box = outbox if outbox is not None else Outbox.for_config(config)
+    ids: list[int] = []
+
+    def queue(path: Path) -> None:  # the SR leaves while the SC is still being drawn
+        if send:
+            ids.extend(enqueue_results(config, [path], report_input.study_instance_uid, outbox=box))
+
     try:
-        paths = write_results(config.node.data_dir, report_input, node_name=config.node.name)
-        ids = enqueue_results(config, paths, report_input.study_instance_uid, outbox=box)
+        paths = write_results(config.node.data_dir, report_input, node_name=config.node.name, on_written=queue)
     finally:
         if outbox is None:
             box.close()
@@ -55,15 +62,17 @@ def publish_result(config: Config, report_input: ReportInput, *, outbox: Outbox 
 class OutboxPublisher:
     """The analysis worker's :class:`aenode.infer.worker.ResultPublisher`: SR/SC into the outbox."""
 
-    def __init__(self, config: Config, outbox: Outbox):
+    def __init__(self, config: Config, outbox: Outbox, hold: Callable[[str], bool] | None = None):
         self.config = config
         self.outbox = outbox
+        self.hold = hold  # study UID -> True: write the SR/SC but send them nowhere (backfilled studies)
 
     def publish(self, study_uid: str, revision: int, model: Model, outcome: ModelOutcome,
                 volume: Volume) -> list[str]:
         assert outcome.prediction is not None and outcome.selected_series is not None
         inp = report_input_from_outcome(model.manifest, outcome.prediction, volume, outcome.selected_series,
                                         revision)
-        paths = publish_result(self.config, inp, outbox=self.outbox)
+        paths = publish_result(self.config, inp, outbox=self.outbox,
+                               send=not (self.hold is not None and self.hold(study_uid)))
         return [str(dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
                 for p in paths]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from typing import Protocol
 
 import aenode.deliver.destinations  # noqa: F401 - registers the destination types' senders
 from aenode.config import Config
@@ -22,12 +23,27 @@ from aenode.logs import get_logger
 
 log = get_logger("aenode.deliver")
 
-_wakeup = threading.Event()
+class WakeEvent(Protocol):
+    """``threading.Event`` in one process; ``multiprocessing.Event`` across ``aenode serve``'s."""
+
+    def set(self) -> None: ...
+    def clear(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+_wakeup: WakeEvent = threading.Event()
 
 
 def notify() -> None:
-    """Wake the delivery workers of this process (new rows were enqueued)."""
+    """Wake the delivery worker (new rows were enqueued)."""
     _wakeup.set()
+
+
+def share_wakeup(event: WakeEvent) -> None:
+    """Use an event shared by the node's processes, so an analysis process's new rows wake
+    the delivery process at once instead of at its next poll."""
+    global _wakeup
+    _wakeup = event
 
 
 class DeliveryWorker:

@@ -14,8 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from aenode.infer.findings import describe_maps
 from aenode.infer.manifest import Manifest, ManifestError, load_manifest, verify_onnx
-from aenode.infer.preprocess import ModelGrid, map_to_series, preprocess
+from aenode.infer.preprocess import (
+    ModelGrid,
+    lesion_scores_on_series,
+    map_to_series,
+    mask_slices_on_series,
+    preprocess,
+)
 from aenode.load.volume import Volume
 from aenode.logs import get_logger
 
@@ -87,6 +94,19 @@ class Prediction:
         if self.lesion_prob is None or self.grid is None:
             return None
         return map_to_series(self.lesion_prob, self.grid, volume, threshold)
+
+    def lesion_scores_on_series(self, volume: Volume, threshold: float = 0.5) -> np.ndarray | None:
+        """Lesion area per series slice, from the model grid (cheap: no resampling)."""
+        if self.lesion_prob is None or self.grid is None:
+            return None
+        return lesion_scores_on_series(self.lesion_prob, self.grid, volume, threshold)
+
+    def lesion_masks_on_slices(self, volume: Volume, slices: list[int],
+                               threshold: float = 0.5) -> dict[int, np.ndarray] | None:
+        """The lesion map on the given series slices only (the secondary capture's)."""
+        if self.lesion_prob is None or self.grid is None:
+            return None
+        return mask_slices_on_series(self.lesion_prob, self.grid, volume, slices, threshold)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -198,6 +218,7 @@ class Model:
         category = m.outputs.classes[int(np.argmax(probs))].name
         alerts = [c.name for c in m.outputs.classes if c.alert and probabilities[c.name] >= c.alert_threshold]
         lesion_prob = involvement = lesion_ml = lung_ml = None
+        detail: dict[str, Any] = {}
         if m.outputs.lesion_map:
             lesion_prob = np.asarray(out[m.outputs.lesion_map.name], dtype=np.float32)[0, 0]
             lesion = lesion_prob >= m.outputs.lesion_map.threshold
@@ -208,9 +229,11 @@ class Model:
                 lesion_ml = float((lesion & lung).sum()) * grid.voxel_volume_ml
                 involvement = 100.0 * lesion_ml / lung_ml if lung_ml > 0 else 0.0
             else:
+                lung = None
                 lesion_ml = float(lesion.sum()) * grid.voxel_volume_ml
+            detail["findings"] = describe_maps(lesion, lung, grid.spacing_zyx)  # surveillance records
         return Prediction(
             model=m.name, version=m.version, category=category, probabilities=probabilities, alerts=alerts,
             involvement_percent=involvement, lesion_volume_ml=lesion_ml, lung_volume_ml=lung_ml,
-            lesion_prob=lesion_prob, grid=grid, timings=timings,
+            lesion_prob=lesion_prob, grid=grid, timings=timings, detail=detail,
         )

@@ -134,3 +134,48 @@ def map_to_series(prob: np.ndarray, grid: ModelGrid, volume: Volume, threshold: 
     out = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkUInt8)
     mask = sitk.GetArrayFromImage(out)
     return (mask >= np.uint8(round(threshold * 254))).astype(np.uint8)
+
+
+def _slice_reference(volume: Volume, z: int) -> sitk.Image:
+    """A one-slice image at series slice ``z`` (same in-plane grid and direction)."""
+    normal = volume.direction[:, 2]
+    origin = np.asarray(volume.origin, dtype=np.float64) + normal * (z * volume.spacing_zyx[0])
+    ref = sitk.Image([volume.shape[2], volume.shape[1], 1], sitk.sitkUInt8)
+    ref.SetSpacing((volume.spacing_zyx[2], volume.spacing_zyx[1], volume.spacing_zyx[0]))
+    ref.SetOrigin(tuple(float(v) for v in origin))
+    ref.SetDirection(tuple(float(v) for v in volume.direction.reshape(-1)))
+    return ref
+
+
+def lesion_scores_on_series(prob: np.ndarray, grid: ModelGrid, volume: Volume, threshold: float = 0.5) -> np.ndarray:
+    """Lesion area (mm²) per series slice, read off the model grid (no resampling).
+
+    Enough to choose the key slices of the secondary capture: the full-resolution map is
+    then made for those slices alone (:func:`mask_slices_on_series`), not for all of them.
+    """
+    above = np.asarray(prob) >= threshold
+    per_model_slice = above.reshape(above.shape[0], -1).sum(axis=1) * (grid.spacing_zyx[1] * grid.spacing_zyx[2])
+    normal = volume.direction[:, 2]
+    origin = np.asarray(volume.origin, dtype=np.float64)
+    z_mm = np.array([(origin + normal * (k * volume.spacing_zyx[0]))[2] for k in range(volume.shape[0])])
+    zi = np.rint((z_mm - grid.origin_xyz[2]) / grid.spacing_zyx[0]).astype(np.int64)
+    inside = (zi >= 0) & (zi < above.shape[0])
+    scores = np.zeros(volume.shape[0], dtype=np.float64)
+    scores[inside] = per_model_slice[zi[inside]]
+    return scores
+
+
+def mask_slices_on_series(prob: np.ndarray, grid: ModelGrid, volume: Volume, slices: list[int],
+                          threshold: float = 0.5) -> dict[int, np.ndarray]:
+    """The lesion map as uint8 masks (0/1) on the given series slices only."""
+    scaled = np.clip(np.rint(np.asarray(prob, dtype=np.float32) * 254.0), 0, 254).astype(np.uint8)
+    src = sitk.GetImageFromArray(scaled)
+    src.SetSpacing((grid.spacing_zyx[2], grid.spacing_zyx[1], grid.spacing_zyx[0]))
+    src.SetOrigin(grid.origin_xyz)
+    cut = np.uint8(round(threshold * 254))
+    out = {}
+    for z in slices:
+        img = sitk.Resample(src, _slice_reference(volume, z), sitk.Transform(), sitk.sitkLinear, 0.0,
+                            sitk.sitkUInt8)
+        out[z] = (sitk.GetArrayFromImage(img)[0] >= cut).astype(np.uint8)
+    return out

@@ -37,6 +37,13 @@ RETRY_CAP_SECONDS = 900.0
 RETRY_MAX_ATTEMPTS = 100
 
 
+def claim_prefix(pid: int, node: str) -> str:
+    """How the studies of the analysis process ``pid`` of this node (``node_identity``)
+    are marked as claimed (so that the supervisor can hand them back when that process
+    dies, and a restarted node recognises its own)."""
+    return f"{node}/infer-{pid}-"
+
+
 class ResultPublisher(Protocol):
     """What the analysis stage needs from the stages after it (report + deliver)."""
 
@@ -59,9 +66,11 @@ class AnalysisWorker:
         self.registry = registry
         self.publisher = publisher
         self.poll_seconds = poll_seconds
-        # Claims name the node (so a restarted node takes back only its own studies) and
-        # are leased: renewed while a study is analysed, taken over by any node after that.
-        self.name = f"{node_identity(config.node.name, config.node.port)}/{os.getpid()}-{threading.get_ident() % 10000}"
+        # Claims name the node and the process (so a restarted node takes back only its own
+        # studies, the supervisor those of a dead process) and are leased: renewed while a
+        # study is analysed, taken over by any node after that.
+        node = node_identity(config.node.name, config.node.port)
+        self.name = f"{claim_prefix(os.getpid(), node)}{threading.get_ident() % 10000}"
         self.lease_seconds = config.database.lease_seconds
         log.info("analysis_worker_ready", models=[m.name for m in self.registry],
                  refused=sorted(self.registry.failed))
@@ -170,16 +179,18 @@ class AnalysisWorker:
             return ERROR, "no model loaded" + (f" ({refused})" if refused else f" from {self.config.model.path}")
         analysis = analyse_instances(self.index.instances(study_uid), list(self.registry),
                                      own_ae_titles=[self.config.node.ae_title],
-                                     keep_volumes=self.publisher is not None, study_uid=study_uid)
+                                     keep_volumes=self.publisher is not None, study_uid=study_uid,
+                                     max_voxels=self.config.limits.max_volume_voxels)
         for outcome in analysis.outcomes:
             if outcome.state != "analysed" or outcome.prediction is None:
                 continue
             result_uids: list[str] = []
-            if self.publisher is not None:
+            shadow = self.config.model_mode(outcome.model) == "shadow"
+            if self.publisher is not None and not shadow:  # shadow: recorded, never sent to PACS
                 problem = self._publish(study_uid, revision, analysis, outcome, result_uids)
                 if problem:
                     return ERROR, problem
-            self._record(study_uid, revision, outcome, result_uids)
+            self._record(study_uid, revision, outcome, result_uids, mode="shadow" if shadow else "active")
         return analysis.state, analysis.reason
 
     def _publish(self, study_uid: str, revision: int, analysis: StudyAnalysis, outcome: ModelOutcome,
@@ -198,14 +209,17 @@ class AnalysisWorker:
             return f"{outcome.model}: results could not be published ({type(exc).__name__}: {exc})"
         return None
 
-    def _record(self, study_uid: str, revision: int, o: ModelOutcome, result_uids: list[str]) -> None:
+    def _record(self, study_uid: str, revision: int, o: ModelOutcome, result_uids: list[str],
+                mode: str = "active") -> None:
         p = o.prediction
         assert p is not None
         detail = {
             "version": o.version, "alerts": p.alerts, "timings_s": {k: round(v, 3) for k, v in o.timings.items()},
             "volume_warnings": o.volume_warnings, "lesion_volume_ml": p.lesion_volume_ml,
             "lung_volume_ml": p.lung_volume_ml, "result_uids": result_uids,
+            "findings": p.detail.get("findings"),  # laterality, distribution (aenode.infer.findings)
             "skipped_series": [{"series_uid": uid, "reason": why} for uid, why in o.selection.skipped.items()],
+            "mode": mode,   # "shadow": the alert worker and PACS ignore it; admins compare it
         }
         self.index.record_result(study_uid, revision, o.model, p.category,
                                  probabilities={k: round(v, 4) for k, v in p.probabilities.items()},

@@ -37,6 +37,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class _PortTaken(Exception):
+    """Orthanc could not bind a port chosen for it."""
+
+
 class Orthanc:
     def __init__(self, workdir: Path, *, aet: str = "ORTHANC", modalities: dict | None = None,
                  extra: dict | None = None, dicomweb: bool = False, users: dict[str, str] | None = None,
@@ -103,8 +107,24 @@ class Orthanc:
             req.add_header("Authorization", self._auth)
         return req
 
-    def start(self, timeout: float = 30.0) -> Orthanc:
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> Orthanc:
+        """Start and wait for the REST API.  A port that another process took between
+        ``free_port()`` and Orthanc's bind (a race on a busy machine) is retried on new ports."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once(timeout)
+            except _PortTaken:
+                if attempt == attempts - 1:
+                    raise RuntimeError("Orthanc: its ports kept being taken by other processes") from None
+                self.http_port, self.dicom_port = free_port(), free_port()
+                cfg = json.loads(self.config_path.read_text())
+                cfg["HttpPort"], cfg["DicomPort"] = self.http_port, self.dicom_port
+                self.config_path.write_text(json.dumps(cfg, indent=2))
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> Orthanc:
         env = {**os.environ, "TCP_NODELAY": "1"}
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([ORTHANC, str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,
                                      env=env, cwd=self.workdir)
@@ -112,7 +132,12 @@ class Orthanc:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
+                with open(self.log_path, "rb") as fh:
+                    fh.seek(offset)
+                    text = fh.read().decode(errors="replace")
+                if "already in use" in text:
+                    raise _PortTaken()
+                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}: {text[-2000:]}")
             try:
                 self.get("/system")
                 return self

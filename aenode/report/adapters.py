@@ -21,6 +21,7 @@ from aenode.report.models import (
     SourceRef,
     header_from_dataset,
 )
+from aenode.report.sc import choose_key_slices
 
 
 def report_input_from_outcome(manifest: Manifest, prediction: Prediction, volume: Volume, series_uid: str,
@@ -36,14 +37,17 @@ def report_input_from_outcome(manifest: Manifest, prediction: Prediction, volume
     cls_uid = sop_class_uid or str(first.SOPClassUID)
     refs = [SourceRef(cls_uid, str(volume.sop_instance_uids[z])) for z in keep]
     hu = volume.hu if len(keep) == volume.hu.shape[0] else volume.hu[keep]
-    lesion = None
-    if getattr(prediction, "lesion_prob", None) is not None:
-        spec = manifest.outputs.lesion_map
-        mask = prediction.lesion_mask_on_series(volume, threshold=spec.threshold if spec else 0.5)
-        if mask is not None:
-            lesion = np.asarray(mask, dtype=np.uint8)
-            if len(keep) != lesion.shape[0]:
-                lesion = lesion[keep]
+    overlay = None
+    spec = manifest.outputs.lesion_map
+    threshold = spec.threshold if spec else 0.5
+    scores = prediction.lesion_scores_on_series(volume, threshold=threshold)
+    if scores is not None:
+        # Only the slices the SC shows are resampled to full resolution (issue 11: the
+        # full 512 x 512 x N projection was the slowest step of the results stage).
+        scores = scores[keep]
+        shown = choose_key_slices(scores, len(keep))
+        masks = prediction.lesion_masks_on_slices(volume, [keep[z] for z in shown], threshold=threshold) or {}
+        overlay = {z: masks[keep[z]] for z in shown}
     classes = [ClassConcept(c.name, c.code_value, c.scheme_designator, c.meaning) for c in manifest.outputs.classes]
     schemes = [CodingScheme(s.designator, s.name, s.version, s.responsible_organization, s.uid)
                for s in manifest.coding_scheme]
@@ -60,5 +64,5 @@ def report_input_from_outcome(manifest: Manifest, prediction: Prediction, volume
         revision=revision,
         predecessors=predecessors,
         volume=np.asarray(hu, dtype=np.int16),
-        lesion_map=lesion,
+        overlay=overlay,
     )

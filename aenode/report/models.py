@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -158,6 +158,10 @@ class ReportInput:
     predecessors: Sequence[PredecessorRef] | None = None
     volume: np.ndarray | None = field(default=None, repr=False)
     lesion_map: np.ndarray | None = field(default=None, repr=False)
+    # Instead of a full lesion_map: the slices the SC shows, each with its lesion mask.
+    # Cheaper (only those slices are resampled from the model grid) and what the analysis
+    # stage passes.
+    overlay: Mapping[int, np.ndarray] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.header, Dataset):
@@ -218,6 +222,17 @@ class ReportInput:
                 raise ValueError(f"volume: {vol.shape[0]} slices but {len(refs)} source_refs")
             if min(vol.shape) < 1:
                 raise ValueError("volume: empty")
+        if self.overlay is not None:
+            if self.volume is None or self.lesion_map is not None:
+                raise ValueError("overlay: needs a volume, and excludes lesion_map")
+            if not self.overlay:
+                raise ValueError("overlay: at least one slice")
+            for z, m in self.overlay.items():
+                if not 0 <= z < self.volume.shape[0]:
+                    raise ValueError(f"overlay: slice {z} outside the volume")
+                if not isinstance(m, np.ndarray) or m.shape != self.volume.shape[1:] or m.dtype not in (
+                        np.bool_, np.uint8):
+                    raise ValueError("overlay: each mask must be a bool or uint8 array of one slice's shape")
         if self.lesion_map is not None:
             if self.volume is None:
                 raise ValueError("lesion_map: given without a volume")

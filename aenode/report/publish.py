@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -56,9 +57,11 @@ def write_dataset(ds: Dataset, path: Path) -> None:
 
 
 
-def write_results(data_dir: str | Path, inp: ReportInput, *, node_name: str = "aenode") -> list[Path]:
+def write_results(data_dir: str | Path, inp: ReportInput, *, node_name: str = "aenode",
+                  on_written: Callable[[Path], None] | None = None) -> list[Path]:
     """Build and write the SR (and the SC when ``inp`` has a volume); returns the paths.
-    Files already written for this revision are not rebuilt."""
+    Files already written for this revision are not rebuilt.  ``on_written`` is called
+    with each file as soon as it is durable, so the SR can leave before the SC is drawn."""
     uids = result_uids(inp.study_instance_uid, inp.series_instance_uid, inp.model.sha256, inp.revision)
     out_dir = result_dir(data_dir, inp)
     paths = []
@@ -66,9 +69,13 @@ def write_results(data_dir: str | Path, inp: ReportInput, *, node_name: str = "a
     if not sr_path.is_file():
         write_dataset(build_sr(inp, node_name=node_name, uids=uids), sr_path)
     paths.append(sr_path)
+    if on_written is not None:
+        on_written(sr_path)
     if inp.volume is not None:
         sc_path = out_dir / "sc.dcm"
         if not sc_path.is_file():
             write_dataset(build_sc(inp, uids=uids), sc_path)
         paths.append(sc_path)
+        if on_written is not None:
+            on_written(sc_path)
     return paths

@@ -35,9 +35,15 @@ MIN_TILE = 256  # smaller slices are enlarged (nearest neighbour) so the banner 
 
 def key_slices(lesion_map: np.ndarray | None, n_slices: int, count: int = KEY_SLICES) -> list[int]:
     """Indices (ascending) of the slices to show."""
+    per_slice = None if lesion_map is None else lesion_map.reshape(lesion_map.shape[0], -1).astype(bool).sum(axis=1)
+    return choose_key_slices(per_slice, n_slices, count)
+
+
+def choose_key_slices(per_slice: np.ndarray | None, n_slices: int, count: int = KEY_SLICES) -> list[int]:
+    """Key slices from a lesion score per slice: the most affected, spread apart; else
+    representative slices of the middle of the series."""
     count = max(1, min(count, n_slices))
-    if lesion_map is not None:
-        per_slice = lesion_map.reshape(lesion_map.shape[0], -1).astype(bool).sum(axis=1)
+    if per_slice is not None:
         if per_slice.max() > 0:
             min_gap = max(1, n_slices // (count * 3))
             chosen: list[int] = []
@@ -76,7 +82,11 @@ def render_pixels(inp: ReportInput, slices: list[int]) -> np.ndarray:
     assert vol is not None
     tiles = []
     for z in slices:
-        mask = inp.lesion_map[z] if inp.lesion_map is not None else None
+        mask: np.ndarray | None = None
+        if inp.overlay is not None:
+            mask = inp.overlay[z]
+        elif inp.lesion_map is not None:
+            mask = inp.lesion_map[z]
         tiles.append(overlay(window_to_uint8(vol[z]), mask))
     h, w, _ = tiles[0].shape
     factor = max(1, -(-MIN_TILE // min(h, w)))
@@ -94,7 +104,7 @@ def build_sc(inp: ReportInput, *, uids: ResultUIDs | None = None) -> hd.sc.SCIma
     if inp.volume is None:
         raise ValueError("inp.volume: the secondary capture needs the HU volume")
     uids = uids or result_uids(inp.study_instance_uid, inp.series_instance_uid, inp.model.sha256, inp.revision)
-    slices = key_slices(inp.lesion_map, inp.volume.shape[0])
+    slices = sorted(inp.overlay) if inp.overlay is not None else key_slices(inp.lesion_map, inp.volume.shape[0])
     pixels = render_pixels(inp, slices)
     h = inp.header
     sc = hd.sc.SCImage(

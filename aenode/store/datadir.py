@@ -41,6 +41,22 @@ class DataDir:
         return self.root / "surveillance.sqlite"
 
     @property
+    def models_db(self) -> Path:        # infer.promotions: active model version per name, promotion log
+        return self.root / "models.sqlite"
+
+    @property
+    def export_secret(self) -> Path:    # export: the site's de-identification secret (mode 0600)
+        return self.root / "export" / "site-secret"
+
+    @property
+    def reports(self) -> Path:          # evaluate: local validation reports (one folder each)
+        return self.root / "reports"
+
+    @property
+    def latest_report(self) -> Path:    # evaluate -> web: which report the dashboard links
+        return self.reports / "latest.json"
+
+    @property
     def web_db(self) -> Path:           # web.store: users' sessions, acknowledgements, audit
         return self.root / "web.sqlite"
 
@@ -51,4 +67,5 @@ class DataDir:
     def databases(self) -> dict[str, Path]:
         """Every database by store name (health checks, backups)."""
         return {"index": self.index_db, "outbox": self.outbox_db, "alerts": self.alerts_db,
-                "surveillance": self.surveillance_db, "web": self.web_db}
+                "surveillance": self.surveillance_db, "web": self.web_db,
+                "model_versions": self.models_db}

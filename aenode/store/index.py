@@ -104,6 +104,9 @@ _MIGRATIONS = (
     "ALTER TABLE studies ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
     # Retention: when the study's spooled instances were deleted (results and audit stay).
     "ALTER TABLE studies ADD COLUMN purged_at DOUBLE PRECISION",
+    # Backfill (aenode backfill): studies retrieved from a PACS for surveillance; the
+    # alert stage never alerts on them.  Marked before the C-MOVE, so before any instance.
+    "CREATE TABLE IF NOT EXISTS backfilled (study_uid TEXT PRIMARY KEY, marked DOUBLE PRECISION NOT NULL)",
     # Several nodes on one database: an analysing study's claim lasts until lease_until
     # (renewed while the analysis runs); after that any node may claim it again.
     "ALTER TABLE studies ADD COLUMN lease_until DOUBLE PRECISION",
@@ -315,6 +318,14 @@ class Index:
             args += (now, len(prefix), prefix)
         return self._db.execute(sql, args)
 
+    def release_claims(self, claimed_by_prefix: str) -> int:
+        """Studies an analysis process that died was working on go back to ``complete``
+        (the supervisor calls this with the dead process's worker-name prefix)."""
+        return self._db.execute(
+            "UPDATE studies SET state=?, claimed_by=NULL, lease_until=NULL, state_changed=? WHERE state=?"
+            " AND substr(claimed_by, 1, ?) = ?",
+            (COMPLETE, self._clock(), ANALYSING, len(claimed_by_prefix), claimed_by_prefix))
+
     # ---- hand-off to later stages ---------------------------------------------------
 
     def claim_next_complete(self, worker: str, lease_seconds: float = LEASE_SECONDS) -> StudyClaim | None:
@@ -446,6 +457,23 @@ class Index:
             calling_ae=r[16], received_at=float(r[17]), path=self.data_dir / r[18], size=int(r[19]),
             own_output=bool(r[20]), revision=int(r[21]), convolution_kernel=r[22] or "")
             for r in self._db.query(sql + " ORDER BY series_uid, instance_number, sop_instance_uid", args)]
+
+    # ---- backfill ------------------------------------------------------------------------
+
+    def mark_backfilled(self, study_uids: list[str]) -> None:
+        """Mark studies as retrieved by ``aenode backfill`` (before they arrive)."""
+        now = self._clock()
+        with self._db.tx() as t:
+            for uid in study_uids:
+                t.execute("INSERT INTO backfilled (study_uid, marked) VALUES (?, ?)"
+                          " ON CONFLICT (study_uid) DO NOTHING", (uid, now))
+
+    def is_backfilled(self, study_uid: str) -> bool:
+        return self._db.one("SELECT 1 FROM backfilled WHERE study_uid=?", (study_uid,)) is not None
+
+    def has_study(self, study_uid: str) -> bool:
+        """True when any instance of the study was ever received (backfill skips it)."""
+        return self._db.one("SELECT 1 FROM studies WHERE study_uid=?", (study_uid,)) is not None
 
     # ---- retention -----------------------------------------------------------------------
 

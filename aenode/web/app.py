@@ -22,6 +22,7 @@ POST /api/studies/{uid}/confirm             radiologist              JSON (CSRF 
 GET  /studies/{uid}/sc.png?model=&revision= any role (images)        the SC as PNG
 GET  /audit, /api/audit         (admin)     infection-control, rad.  audit log page / JSON
 GET  /api/outbox                (admin)     any role                 JSON (no payloads)
+GET  /surveillance, /api/surveillance       infection-control, rad.  surveillance page / JSON
 ==========================================  =======================  =====================
 
 Pages carry patient ID and accession (name / birth date only if ``[alerts]`` includes
@@ -41,7 +42,7 @@ from aenode.config import Config
 from aenode.deliver.outbox import Outbox
 from aenode.store.index import Index
 from aenode.web.context import Closeable, NotAuthenticated, WebApp, web_of
-from aenode.web.routes import admin, images, ops, session, studies
+from aenode.web.routes import admin, images, ops, session, studies, surveillance
 from aenode.web.routes import alerts as alert_routes
 from aenode.web.services import ActionError
 from aenode.web.store import WebStore
@@ -77,7 +78,8 @@ def create_app(config: Config, index: Index, *, outbox: Outbox | None = None, al
     web = WebApp(config, index, outbox, alerts, store, owned)
     app = FastAPI(title="aenode", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.web = web
-    for r in (ops.router, session.router, alert_routes.router, studies.router, images.router, admin.router):
+    for r in (ops.router, session.router, alert_routes.router, studies.router, images.router, admin.router,
+              surveillance.router):
         app.include_router(r)
 
     @app.middleware("http")

@@ -24,6 +24,7 @@ from aenode.config import Config
 from aenode.deliver.outbox import Outbox
 from aenode.logs import get_logger
 from aenode.store.index import Index
+from aenode.surveil.store import SurveillanceStore
 from aenode.web.auth import (
     ANY_ROLE,
     CAN_ACKNOWLEDGE,
@@ -91,7 +92,9 @@ class WebApp:
         self.store = store
         self.auth = Authenticator(config, store)
         self.data = NodeData(config, index, alerts, outbox, store)
-        self.actions = Actions(config, self.data, store)
+        self.surveillance = SurveillanceStore.for_data_dir(config.node.data_dir, url=config.database.url)  # /surveillance, confirmations
+        self._owned.append(self.surveillance)
+        self.actions = Actions(config, self.data, store, surveillance=self.surveillance)
         self.health = Health(config, HealthStores(index, outbox, alerts, store))
         self.registry: CollectorRegistry = build_registry(config, index, outbox, alerts, self.data)
         self.env = templates()

@@ -10,6 +10,7 @@ alerting?" again; each alert also shows the state of every configured channel.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Hashable
 from pathlib import Path
@@ -19,6 +20,7 @@ from aenode.alert.payload import read_header
 from aenode.alert.rules import ModelRules, model_rules
 from aenode.alert.status import alert_status
 from aenode.alert.store import AlertRow, AlertStore
+from aenode.alert.worker import is_shadow as _is_shadow
 from aenode.config import Config
 from aenode.deliver.outbox import Outbox
 from aenode.logs import get_logger
@@ -26,7 +28,7 @@ from aenode.report.preview import sc_png_bytes
 from aenode.report.publish import results_path
 from aenode.store.index import Index, ResultRow
 from aenode.store.uids import is_valid_uid
-from aenode.web.store import Acknowledgement, WebStore
+from aenode.web.store import Acknowledgement, Confirmation, WebStore
 
 log = get_logger("aenode.web")
 
@@ -144,7 +146,7 @@ class NodeData:
             latest.setdefault(r.study_uid, []).append(r)
         out: list[JSON] = []
         for s in reversed(rows):
-            results = latest.get(s.study_uid, [])
+            results = [r for r in latest.get(s.study_uid, []) if not _is_shadow(r)]
             out.append({
                 "study_uid": s.study_uid, "state": s.state, "revision": s.revision,
                 "instances": s.instance_count, "first_arrival": s.first_arrival,
@@ -160,11 +162,14 @@ class NodeData:
         rows = [r for r in self.index.results(study_uid) if r.model == model]
         return rows[-1] if rows else None
 
-    def study(self, study_uid: str, *, patient: bool = True) -> JSON | None:
+    def study(self, study_uid: str, *, patient: bool = True, shadow: bool = False) -> JSON | None:
+        """One study's page data; ``shadow``: add the shadow models' results with their
+        agreement figures (admins only: they are never shown as results)."""
         s = self.index.study(study_uid)
         if s is None:
             return None
-        results = self.index.results(study_uid)
+        everything = self.index.results(study_uid)
+        results = [r for r in everything if not _is_shadow(r)]
         newest: dict[str, ResultRow] = {}
         for r in results:
             newest[r.model] = r  # ordered by revision
@@ -211,9 +216,50 @@ class NodeData:
             "acknowledgements": [a.__dict__ for a in self.store.acknowledgements(study_uid)],
             "confirmations": [c.__dict__ for c in confirmations],
         }
+        out["shadow"] = self._shadow_results(everything, newest, confirmations) if shadow else []
         if patient:
             out["patient"] = self.header(study_uid, selected[0] if selected else None)
         return out
+
+    # ---- shadow models (issue 13: safe roll-out) ----------------------------------------
+
+    def _shadow_results(self, everything: list[ResultRow], active: dict[str, ResultRow],
+                        confirmations: list[Confirmation]) -> list[JSON]:
+        newest: dict[str, ResultRow] = {}
+        for r in everything:
+            if _is_shadow(r):
+                newest[r.model] = r
+        primary = active.get(self.config.model.primary)
+        truth = confirmations[-1].category if confirmations else None
+        return [{"model": m, "revision": r.revision, "version": (r.detail or {}).get("version"),
+                 "category": r.category, "probabilities": r.probabilities, "created": r.created,
+                 "active_model": primary.model if primary else None,
+                 "active_category": primary.category if primary else None,
+                 "radiologist_category": truth, "agreement": self.shadow_agreement(m)}
+                for m, r in sorted(newest.items())]
+
+    def shadow_agreement(self, model: str) -> JSON:
+        """How often shadow ``model`` agrees with the radiologists' confirmations and with the
+        primary (active) model, overall and per month of the result."""
+        latest = self.index.latest_results(limit=1_000_000)
+        shadow = {r.study_uid: r for r in latest if r.model == model}
+        primary = {r.study_uid: r for r in latest if r.model == self.config.model.primary and not _is_shadow(r)}
+        truth: dict[str, str] = {}
+        for c in self.store.confirmations():
+            truth[c.study_uid] = c.category   # ordered by time: the newest wins
+        months: dict[str, dict[str, int]] = {}
+        totals = {"radiologist_n": 0, "radiologist_agree": 0, "active_n": 0, "active_agree": 0}
+        for uid, r in shadow.items():
+            month = time.strftime("%Y-%m", time.localtime(r.created))
+            m = months.setdefault(month, dict.fromkeys(totals, 0))
+            for key, other in (("radiologist", truth.get(uid)),
+                               ("active", primary[uid].category if uid in primary else None)):
+                if other is None:
+                    continue
+                for bucket in (m, totals):
+                    bucket[f"{key}_n"] += 1
+                    bucket[f"{key}_agree"] += int(r.category == other)
+        return {**totals, "by_month": dict(sorted(months.items()))}
 
     # ---- images ----------------------------------------------------------------------
 

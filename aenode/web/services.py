@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from aenode.config import Config
 from aenode.logs import get_logger
+from aenode.surveil.store import SurveillanceStore
 from aenode.web.auth import Principal
 from aenode.web.data import NodeData, valid_uid
 from aenode.web.store import INFECTION_STATUSES, Acknowledgement, Confirmation, WebStore
@@ -72,10 +73,12 @@ class Confirmed:
 class Actions:
     """The dashboard's write actions against the node's data."""
 
-    def __init__(self, config: Config, data: NodeData, store: WebStore):
+    def __init__(self, config: Config, data: NodeData, store: WebStore,
+                 surveillance: SurveillanceStore | None = None):
         self.config = config
         self.data = data
         self.store = store
+        self.surveillance = surveillance
 
     def acknowledge(self, uid: str, req: AckRequest, who: Principal) -> Acknowledgement:
         """Acknowledge the alert the alert stage currently shows for (study, model)."""
@@ -114,6 +117,12 @@ class Actions:
                                note=req.note or None)
         log.info("result_confirmed" if c.agrees else "result_corrected", study_uid=uid, model=req.model,
                  revision=r.revision, user=who.name)
+        if self.surveillance is not None:
+            try:  # the surveillance record follows the confirmation (aenode.surveil)
+                self.surveillance.record_confirmation(uid, req.model, c.category, c.infection_status,
+                                                      c.radiologist_id, at=c.at)
+            except Exception:  # noqa: BLE001 - the confirmation itself is stored; log and go on
+                log.exception("surveillance_confirmation_failed", study_uid=uid, model=req.model)
         verified = None
         if self.config.web.reissue_verified_sr and c.agrees:
             try:

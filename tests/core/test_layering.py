@@ -22,9 +22,9 @@ RANK = {
     "__init__": 0, "config": 0, "logs": 0,
     "store": 1,
     "phantom": 2, "peers": 2, "receive": 2,
-    "select": 3, "load": 4, "infer": 5, "report": 6, "deliver": 7, "alert": 8, "surveil": 8.5,
+    "select": 3, "load": 4, "infer": 5, "evaluate": 5.5, "report": 6, "deliver": 7, "alert": 8, "surveil": 8.5,
     "export": 8.5, "web": 9,
-    "node": 10,
+    "node": 10, "backfill": 10.5,
     "cli": 11, "demo": 11, "__main__": 12,
 }
 

@@ -154,3 +154,19 @@ def test_corrupt_pixel_data_refused(tmp_path):
     files[4].write_bytes(data[: len(data) - 1000])
     with pytest.raises(LoadError, match=files[4].name):
         load_series(infos(files))
+
+
+def test_pixel_bomb_volume_refused_before_allocation(tmp_path):
+    """Issue 15, 2: 40 slices whose headers declare 4096 x 4096 pass the per-instance
+    limits but not the volume bound: refused with the limit named, nothing allocated."""
+    import tracemalloc
+
+    _, files, _ = write_series(tmp_path, n=40, size=16)
+    headers = [dataclasses.replace(h, rows=4096, columns=4096) for h in infos(files)]
+    tracemalloc.start()
+    with pytest.raises(LoadError) as info:
+        load_series(headers, max_voxels=1000 * 768 * 768)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert "max_volume_voxels" in info.value.reason and "40 x 4096 x 4096" in info.value.reason
+    assert peak < 50 * 1024 * 1024

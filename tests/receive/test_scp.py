@@ -117,9 +117,9 @@ def test_duplicate_instance_stored_once(node, tmp_path):
     assert storescu(node.port, path).returncode == 0
     rows = node.index.instances(study_uid)
     assert len(rows) == 1 and node.index.study(study_uid).instance_count == 1
-    files = list((node.data_dir / "spool" / study_uid).rglob("*.dcm"))
+    files = list((node.data_dir.spool / study_uid).rglob("*.dcm"))
     assert files == [rows[0].path]
-    assert not list((node.data_dir / "spool" / ".tmp").iterdir())
+    assert not list((node.data_dir.spool / ".tmp").iterdir())
 
 
 def _send_pynetdicom(port: int, ds, calling: str = "PYSCU") -> int:
@@ -147,7 +147,7 @@ def test_malformed_uid_refused_no_path(node, field, value):
         ds.file_meta.MediaStorageSOPInstanceUID = value
     status = _send_pynetdicom(node.port, ds)
     assert status == 0xC000
-    spool = node.data_dir / "spool"
+    spool = node.data_dir.spool
     names = [p.name for p in spool.rglob("*")]
     assert not any("evil" in n or "abc" in n or n.startswith("1.02") for n in names)
     assert not Path("/tmp/evil").exists()

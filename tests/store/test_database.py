@@ -12,7 +12,7 @@ from pydicom.uid import generate_uid
 
 from aenode.config import ConfigError, parse_config, render_toml
 from aenode.store.db import StoreError, _pg_sql, _sqlite_sql, is_transient, open_store_database
-from aenode.store.index import ANALYSING, COMPLETE, RECEIVING, Index, node_identity
+from aenode.store.index import _MIGRATIONS, ANALYSING, COMPLETE, RECEIVING, Index, node_identity
 from aenode.web.store import WebStore
 from tests.pg import PgServer, restart
 from tests.store.test_index import meta
@@ -168,7 +168,7 @@ def test_schemas_are_per_store_and_migrations_versioned(postgres: PgServer, tmp_
     with psycopg.connect(url) as conn:
         schemas = {r[0] for r in conn.execute("SELECT schema_name FROM information_schema.schemata")}
         assert {"aenode_index", "aenode_web"} <= schemas
-        assert conn.execute("SELECT version FROM aenode_index.schema_version").fetchone() == (4,)
+        assert conn.execute("SELECT version FROM aenode_index.schema_version").fetchone() == (len(_MIGRATIONS),)
         assert conn.execute("SELECT version FROM aenode_web.schema_version").fetchone() == (0,)
     # A newer release adds a migration: only that one runs, once, also when two nodes start together.
     v1 = "CREATE TABLE IF NOT EXISTS t (id {id}, a TEXT)"
@@ -270,3 +270,26 @@ def test_shared_spool_nodes_keep_their_temporary_files_apart(tmp_path):
     (final,) = list(a.files())
     assert final.read_bytes() in payloads
     assert sorted(p.name for p in a.tmp_dir.iterdir()) == ["incoming.part"] and not list(b.tmp_dir.iterdir())
+
+
+def test_surveillance_and_model_version_stores_on_both_engines(tmp_path, db_url):
+    """The stores merged later open through the same factory and run unchanged."""
+    from aenode.infer.promotions import Promotions
+    from aenode.surveil.store import SurveillanceStore
+
+    with SurveillanceStore.for_data_dir(tmp_path, url=db_url) as st:
+        assert st.backfill_found([("1.2.1", "20240301"), ("1.2.2", None)]) == 2
+        assert st.backfill_found([("1.2.1", "20240301")]) == 0
+        st.backfill_done("1.2.1", "retrieved")
+        assert {(b.study_uid, b.state) for b in st.backfill_items()} >= {("1.2.1", "retrieved")}
+        st.note_submission(123.5)
+        assert st.last_submission() == 123.5 and st.cursor() == 0 and st.records() == []
+        st.check()
+    promotions = Promotions.for_data_dir(tmp_path, url=db_url)
+    try:
+        promotions.promote("m", "1.0", user="admin")
+        second = promotions.promote("m", "1.1", user="admin")
+        assert second.previous == "1.0" and promotions.active() == {"m": "1.1"}
+        assert [p.version for p in promotions.log("m")][-1] in ("1.0", "1.1")
+    finally:
+        promotions.close()

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
+from aenode.web.auth import CAN_AUDIT
 from aenode.web.context import (
     ConfirmApi,
     ConfirmPage,
@@ -45,7 +46,7 @@ def studies_page(request: Request, web: WebDep, p: ViewerPage) -> HTMLResponse:
 
 @router.get("/studies/{uid}", response_class=HTMLResponse)
 def study_page(request: Request, uid: str, web: WebDep, p: ViewerPage) -> HTMLResponse:
-    study = web.data.study(check_uid(uid))
+    study = web.data.study(check_uid(uid), shadow=p.can(CAN_AUDIT))   # shadow models: admins only
     if study is None:
         raise HTTPException(404, "no such study")
     return web.render("study.html", request, p, s=study, statuses=INFECTION_STATUSES,

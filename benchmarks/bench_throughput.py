@@ -1,0 +1,309 @@
+"""Throughput and latency of ``aenode serve`` end to end (issue 11).
+
+A batch of generated 300-slice chest CT studies is sent by DCMTK ``storescu`` (several at
+a time, each study by its own sender process) to a real ``aenode serve`` with both
+reference models; a DCMTK ``storescp`` plays the PACS and receives the SR/SC.  For each
+configuration (execution provider x analysis processes) the node starts fresh and the
+batch is timed from the first C-STORE to the last SR in the PACS.
+
+Anchors measured in the same run:
+- the sender's own ceiling: the same batch, same concurrency, straight into DCMTK
+  ``storescp`` (studies/min the sender can deliver at all);
+- CPU vs CUDA execution provider with the same number of analysis processes.
+
+Also: GPU utilisation (``nvidia-smi``, when present), the node's CPU use, where the time
+goes per stage (from the results' timings), and the latency of one study alone: last
+C-STORE answered -> SR in the PACS, minus the configured wait after release.
+
+    python benchmarks/bench_throughput.py --studies 12 --workers 1,2 --providers cpu
+    python benchmarks/bench_throughput.py --studies 48 --workers 4,8,12 --providers cuda,cpu --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.machine import describe  # noqa: E402
+
+PATTERNS = ("typical", "indeterminate", "atypical", "negative")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _generate(args: tuple[Path, str, int, int]) -> Path:
+    from aenode.phantom import generate_study
+
+    out, pattern, seed, slices = args
+    if not (out / "done").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        # A 320 mm chest: 300 slices of about 1.07 mm (thin enough for both models' rules).
+        generate_study(out, pattern, seed=seed, slices=slices, extra_series=False,
+                       slice_thickness=round(320.0 / slices, 3))
+        (out / "done").write_text("ok")
+    return out
+
+
+def generate(cache: Path, n: int, slices: int) -> list[Path]:
+    jobs = [(cache / f"s{i:03d}", PATTERNS[i % 4], 5000 + i, slices) for i in range(n)]
+    with ProcessPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1)) as pool:
+        return list(pool.map(_generate, jobs))
+
+
+def _series_dirs(study: Path) -> list[str]:
+    return [str(p) for p in sorted(study.iterdir()) if p.is_dir() and p.name != "ground_truth"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def send_all(tool: Path, port: int, aec: str, studies: list[Path], concurrency: int) -> float:
+    """Send every study (one storescu process per study, ``concurrency`` at a time)."""
+    def one(study: Path) -> None:
+        r = subprocess.run([str(tool), "-aec", aec, "-aet", "CT_SCANNER", "127.0.0.1", str(port), "+sd",
+                            *_series_dirs(study)], capture_output=True, text=True, env=_env())
+        if r.returncode != 0:
+            raise RuntimeError(f"storescu failed: {r.stderr[-400:]}")
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, studies))
+    return time.perf_counter() - t0
+
+
+class Pacs:
+    """DCMTK storescp writing into a folder; counts the SRs that arrived."""
+
+    def __init__(self, tool: Path, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc = subprocess.Popen([str(tool), "--fork", "-od", str(folder), "+B", "-aet", "PACS",
+                                      str(self.port)], env=_env(), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+
+    def count(self, prefix: str = "SR") -> int:
+        return sum(1 for p in self.folder.iterdir() if p.name.startswith(prefix))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        subprocess.run(["pkill", "-f", f"storescp.*{self.port}"], check=False)
+
+
+class GpuSampler(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[float] = []
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        if shutil.which("nvidia-smi") is None:
+            return
+        proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                 "-lms", "200"], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        while not self.stop_event.is_set():
+            line = proc.stdout.readline()
+            if not line:
+                break
+            try:
+                self.samples.append(float(line.strip().split()[0]))
+            except (ValueError, IndexError):
+                pass
+        proc.terminate()
+
+
+def _cpu_seconds(pid: int) -> float:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        total = 0.0
+        for p in [root, *root.children(recursive=True)]:
+            t = p.cpu_times()
+            total += t.user + t.system
+        return total
+    except psutil.Error:
+        return 0.0
+
+
+def run_node(cfg_text: str, work: Path) -> tuple[subprocess.Popen, Path]:
+    cfg = work / "node.toml"
+    cfg.write_text(cfg_text)
+    log = work / "node.log"
+    proc = subprocess.Popen([sys.executable, "-m", "aenode", "serve", "--config", str(cfg)],
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+    return proc, log
+
+
+def wait_ready(echoscu: Path, port: int, log: Path, analysis: int, timeout: float = 180) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        r = subprocess.run([str(echoscu), "-aec", "AENODE", "127.0.0.1", str(port)], capture_output=True,
+                           env=_env())
+        ready = log.read_text(errors="replace").count('"analysis_worker_ready"') >= analysis
+        if r.returncode == 0 and ready:
+            return
+        time.sleep(0.3)
+    raise RuntimeError("the node did not come up:\n" + log.read_text(errors="replace")[-3000:])
+
+
+def all_final(data_dir: Path, n: int) -> bool:
+    from aenode.store.index import FINAL_STATES, Index
+
+    index = Index.for_data_dir(data_dir)
+    try:
+        states = [s.state for s in index.studies()]
+    finally:
+        index.close()
+    return len(states) >= n and all(s in FINAL_STATES for s in states)
+
+
+def stage_times(data_dir: Path) -> dict[str, float]:
+    from aenode.store.index import Index
+
+    index = Index.for_data_dir(data_dir)
+    try:
+        stats = index.stats().stage_seconds
+    finally:
+        index.close()
+    return {k: round(statistics.median(v), 3) for k, v in sorted(stats.items()) if v}
+
+
+def one_config(args: argparse.Namespace, tools: dict[str, Path], studies: list[Path], provider: str,
+               workers: int, base: Path) -> dict[str, object]:
+    work = base / f"{provider}-{workers}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    pacs = Pacs(tools["storescp"], work / "pacs")
+    port = free_port()
+    providers = '["cuda", "cpu"]' if provider == "cuda" else '["cpu"]'
+    cfg = (f'[node]\nae_title = "AENODE"\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "{work / "data"}"\n'
+           f'max_associations = 64\n'
+           f'[stability]\nquiet_seconds = {args.quiet}\nafter_release_seconds = {args.after_release}\n'
+           f'[model]\nproviders = {providers}\n[web]\nenabled = false\n'
+           f'[workers]\nanalysis = {workers}\n'
+           f'[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = {pacs.port}\n')
+    node, log = run_node(cfg, work)
+    try:
+        wait_ready(tools["echoscu"], port, log, workers)
+        gpu = GpuSampler()
+        gpu.start()
+        cpu0, t0 = _cpu_seconds(node.pid), time.perf_counter()
+        sending = send_all(tools["storescu"], port, "AENODE", studies, args.concurrency)
+        want = 2 * len(studies)  # both models write an SR per study
+        deadline = time.monotonic() + args.timeout
+        while pacs.count("SR") < want and time.monotonic() < deadline:
+            time.sleep(0.05)
+            if int(time.monotonic()) % 5 == 0 and all_final(work / "data", len(studies)):
+                time.sleep(3)  # everything analysed: give delivery a moment, then stop waiting
+                break
+        elapsed = time.perf_counter() - t0
+        cpu = _cpu_seconds(node.pid) - cpu0
+        gpu.stop_event.set()
+        got = pacs.count("SR")
+        # Latency: one more study alone, last C-STORE answered -> its SR in the PACS.
+        before = pacs.count("SR")
+        send_all(tools["storescu"], port, "AENODE", [studies[0].with_name(studies[0].name + "-latency")], 1)
+        t_sent = time.perf_counter()
+        while pacs.count("SR") < before + 1 and time.perf_counter() - t_sent < 120:
+            time.sleep(0.01)
+        latency = time.perf_counter() - t_sent
+    finally:
+        os.killpg(node.pid, signal.SIGTERM)
+        node.wait(60)
+        pacs.stop()
+    return {
+        "provider": provider, "analysis_processes": workers, "studies": len(studies), "sr_received": got,
+        "seconds": round(elapsed, 2), "studies_per_min": round(60 * len(studies) * min(1.0, got / (2 * len(studies)))
+                                                               / elapsed, 1),
+        "sending_seconds": round(sending, 2), "node_cpu_cores_busy": round(cpu / elapsed, 2),
+        "gpu_util_mean": round(statistics.mean(gpu.samples), 1) if gpu.samples else None,
+        "gpu_util_max": max(gpu.samples) if gpu.samples else None,
+        "latency_s": round(latency, 2), "latency_minus_release_wait_s": round(latency - args.after_release, 2),
+        "stage_median_s": stage_times(work / "data"),
+    }
+
+
+def sender_ceiling(args: argparse.Namespace, tools: dict[str, Path], studies: list[Path], base: Path) -> dict:
+    """The same batch straight into DCMTK storescp: what the sender can deliver at all."""
+    sink = Pacs(tools["storescp"], base / "ceiling")
+    try:
+        seconds = send_all(tools["storescu"], sink.port, "PACS", studies, args.concurrency)
+    finally:
+        sink.stop()
+        shutil.rmtree(base / "ceiling", ignore_errors=True)
+    size = sum(f.stat().st_size for s in studies for f in s.rglob("*.dcm"))
+    return {"seconds": round(seconds, 2), "studies_per_min": round(60 * len(studies) / seconds, 1),
+            "MB_per_s": round(size / seconds / 1e6, 1)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--studies", type=int, default=12)
+    p.add_argument("--slices", type=int, default=300)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--workers", default="1,2", help="analysis processes to try, comma-separated")
+    p.add_argument("--providers", default="cpu", help="cuda,cpu")
+    p.add_argument("--quiet", type=float, default=5.0)
+    p.add_argument("--after-release", type=float, default=0.2)
+    p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "aenode-bench-studies")
+    p.add_argument("--dcmtk", type=Path, default=Path("/usr/bin"), help="folder with storescu, storescp, echoscu")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    tools = {t: args.dcmtk / t for t in ("storescu", "storescp", "echoscu")}
+    print(f"# machine: {describe()}", flush=True)
+    t0 = time.perf_counter()
+    studies = generate(args.cache, args.studies + 1, args.slices)
+    latency_study = studies.pop()  # a study of its own for the latency run (new UIDs)
+    target = studies[0].with_name(studies[0].name + "-latency")
+    if not target.exists():
+        latency_study.rename(target)
+    print(f"# {len(studies)} studies of {args.slices} slices generated in {time.perf_counter() - t0:.1f} s",
+          flush=True)
+    base = Path(tempfile.mkdtemp(prefix="aenode-bench-"))
+    out: dict[str, object] = {"machine": describe(), "args": {k: str(v) for k, v in vars(args).items()}}
+    out["sender_ceiling"] = ceiling = sender_ceiling(args, tools, studies, base)
+    print(f"sender ceiling (storescu -> storescp, {args.concurrency} at a time): {ceiling}", flush=True)
+    runs = []
+    for provider in args.providers.split(","):
+        for w in (int(x) for x in args.workers.split(",")):
+            r = one_config(args, tools, studies, provider, w, base)
+            runs.append(r)
+            print(json.dumps(r), flush=True)
+    out["runs"] = runs
+    cpu_best = max((r["studies_per_min"] for r in runs if r["provider"] == "cpu"), default=None)
+    cuda_best = max((r["studies_per_min"] for r in runs if r["provider"] == "cuda"), default=None)
+    if cpu_best and cuda_best:
+        out["cuda_cpu_ratio"] = round(float(cuda_best) / float(cpu_best), 2)  # type: ignore[arg-type]
+        print(f"CUDA/CPU (best of each): {out['cuda_cpu_ratio']}")
+    shutil.rmtree(base, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
