@@ -5,7 +5,10 @@ study to the other node once the lease runs out."""
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -105,6 +108,14 @@ def test_two_nodes_share_studies_and_analyse_each_once(tmp_path, postgres: PgSer
             expected = {(uid, r.model): 1 for uid in studies for r in index.results(uid)
                         if (c := alerts.current_alert(uid, r.model)) is not None and c.alerting}
             assert expected and sent == expected
+            # One dashboard for all: each node's web process reads the shared stores.
+            for n in nodes:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{n.web_port}/healthz", timeout=30) as r:
+                        health = json.loads(r.read())
+                except urllib.error.HTTPError as exc:   # 503 names what failed
+                    health = json.loads(exc.read())
+                assert health["checks"]["database"]["ok"], health
         finally:
             index.close()
             alerts.close()

@@ -29,6 +29,7 @@ class NodeProcess:
     port: int
     config: Path
     log: Path
+    web_port: int = 0
     proc: subprocess.Popen | None = None
 
     def start(self) -> NodeProcess:
@@ -116,11 +117,11 @@ def make_nodes(tmp: Path, count: int, *, url: str | None, orthanc: Orthanc, webh
     data = data_dir or tmp / "shared-data"
     nodes = []
     for k in range(count):
-        port = free_port()
+        port, web_port = free_port(), free_port()
         name = f"node{chr(ord('a') + k)}"
-        cfg = node_toml(tmp / f"{name}.toml", name=name, port=port, web_port=free_port(), data_dir=data,
+        cfg = node_toml(tmp / f"{name}.toml", name=name, port=port, web_port=web_port, data_dir=data,
                         url=url, orthanc=orthanc, webhook=webhook, **kw)
-        nodes.append(NodeProcess(name, port, cfg, tmp / f"{name}.log"))
+        nodes.append(NodeProcess(name, port, cfg, tmp / f"{name}.log", web_port))
     return nodes
 
 
