@@ -275,13 +275,17 @@ def test_shared_spool_nodes_keep_their_temporary_files_apart(tmp_path):
 def test_surveillance_and_model_version_stores_on_both_engines(tmp_path, db_url):
     """The stores merged later open through the same factory and run unchanged."""
     from aenode.infer.promotions import Promotions
-    from aenode.surveil.store import SurveillanceStore
+    from aenode.surveil.store import Signal, SurveillanceStore
 
     with SurveillanceStore.for_data_dir(tmp_path, url=db_url) as st:
         assert st.backfill_found([("1.2.1", "20240301"), ("1.2.2", None)]) == 2
         assert st.backfill_found([("1.2.1", "20240301")]) == 0
         st.backfill_done("1.2.1", "retrieved")
         assert {(b.study_uid, b.state) for b in st.backfill_items()} >= {("1.2.1", "retrieved")}
+        sig = Signal("k1", "2024-W10", "C2", 5, 3.2, "{}", 1.0)
+        assert st.add_signals([sig]) == [sig] and st.add_signals([sig]) == []
+        st.mark_signal_enqueued("k1")
+        assert st.unqueued_signals() == [] and len(st.signals()) == 1
         st.note_submission(123.5)
         assert st.last_submission() == 123.5 and st.cursor() == 0 and st.records() == []
         st.check()
@@ -293,3 +297,29 @@ def test_surveillance_and_model_version_stores_on_both_engines(tmp_path, db_url)
         assert [p.version for p in promotions.log("m")][-1] in ("1.0", "1.1")
     finally:
         promotions.close()
+
+
+def test_index_reads_and_retention_on_both_engines(tmp_path, db_url):
+    clock = Clock()
+    idx = Index.for_data_dir(tmp_path, clock=clock, url=db_url)
+    try:
+        _complete(idx, "1.7.1", tmp_path)
+        claim = idx.claim_next_complete("w", 60)
+        idx.record_result("1.7.1", 1, "m", "typical", {"typical": 0.9}, detail={"timings_s": {"load": 0.5}})
+        clock.t += 2
+        idx.record_result("1.7.1", 1, "m", "negative", {"negative": 0.8})   # replaced: a new id
+        assert idx.finish_study("1.7.1", claim.revision, "analysed")
+        (latest,) = idx.latest_results(10)
+        assert latest.category == "negative" and [r.id for r in idx.results_after(0, 10)] == [latest.id]
+        st = idx.stats()
+        assert st.instances["external"] == (1, 1) and st.studies_by_state["analysed"] == 1
+        assert st.results_by_model_category == {("m", "negative"): 1}
+        idx.mark_backfilled(["1.7.1", "1.7.1"])
+        assert idx.is_backfilled("1.7.1") and not idx.is_backfilled("1.7.9") and idx.has_study("1.7.1")
+        clock.t += 10
+        assert [c.study_uid for c in idx.purge_candidates(clock.t)] == ["1.7.1"]
+        purged = idx.purge_instances("1.7.1", 1)
+        assert purged is not None and purged[0] == clock.t and len(purged[1]) == 1
+        assert idx.purged_studies() == {"1.7.1": clock.t} and idx.instances("1.7.1") == []
+    finally:
+        idx.close()
