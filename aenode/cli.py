@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for stage_cli in (phantom_cli, infer_cli, evaluate_cli, deliver_cli, web_cli, surveil_cli, backfill_cli, demo):
         stage_cli.register(sub)
-    export_cli.register(sub, confirmations=lambda config: WebStore.for_data_dir(config.node.data_dir))
+    export_cli.register(sub, confirmations=lambda config: WebStore.for_data_dir(config.node.data_dir,
+                                                                                    url=config.database.url))
     return parser
 
 

@@ -440,6 +440,26 @@ class DeliveryConfig(_Section):
     timeout_seconds: float = Field(30.0, gt=0)  # association / DIMSE / network / HTTP timeout
 
 
+def _check_database_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme not in ("postgresql", "postgres"):
+        raise ValueError("must start with postgresql:// (or postgres://); leave it out for the embedded SQLite")
+    return value
+
+
+class DatabaseConfig(_Section):
+    """Where the stores keep their tables: absent ``url`` = embedded SQLite files under
+    ``data_dir`` (one machine); ``postgresql://user:password@host/db`` = one shared
+    PostgreSQL for several nodes (each store in its own schema, ``aenode_<store>``)."""
+
+    url: Annotated[str | None, AfterValidator(_check_database_url)] = None
+    # How long a node's claim on a study lasts without renewal (the analysis renews it
+    # every third of this while it works); a node that died loses its studies after it.
+    lease_seconds: float = Field(60.0, gt=0)
+
+
 class SiteConfig(_Section):
     """Where this node stands, for surveillance records and reports (no patient data)."""
 
@@ -498,6 +518,7 @@ class Config(_Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     site: SiteConfig = Field(default_factory=SiteConfig)
@@ -609,6 +630,15 @@ def load_config_or_report(path: str | Path | None) -> Config | None:
         return None
 
 
+def mask_database_url(url: str) -> str:
+    """``scheme://user:********@host/...``: the database password never reaches the output."""
+    head, sep, rest = url.partition("://")
+    auth, at, host = rest.rpartition("@")
+    if not at or ":" not in auth:
+        return url
+    return f"{head}{sep}{auth.split(':', 1)[0]}:********@{host}"
+
+
 def render_toml(config: Config) -> str:
     """The effective configuration as TOML, for ``aenode config check``.
 
@@ -636,6 +666,8 @@ def render_toml(config: Config) -> str:
         for k, v in simple.items():
             if k in {"password", "secret", "session_secret", "password_hash", "token_sha256", "token"}:
                 v = "********"
+            elif name == "database" and k == "url":
+                v = mask_database_url(str(v))
             lines.append(f"{k} = {scalar(v)}")
         lines.append("")
         for k, v in body.items():

@@ -42,7 +42,7 @@ from aenode.infer.worker import AnalysisWorker, claim_prefix
 from aenode.logs import configure_logging, get_logger
 from aenode.receive.scp import StorageSCP
 from aenode.store.datadir import DataDir
-from aenode.store.index import Index, ResultRow
+from aenode.store.index import Index, ResultRow, node_identity
 from aenode.store.retention import Retention, remove_purged_orphans
 from aenode.store.spool import Spool
 from aenode.store.stabilise import ActivityTracker, Stabiliser, reconcile, share_completion_event
@@ -83,18 +83,20 @@ class Node:
             raise ValueError(f"unknown worker(s): {', '.join(sorted(unknown))}")
         self.config = config
         self.data_dir = DataDir.of(config.node.data_dir)
+        self.identity = node_identity(config.node.name, config.node.port)
+        url = config.database.url
         self.receive = receive
-        self.spool = Spool(self.data_dir.root)
+        self.spool = Spool(self.data_dir.root, self.identity if url else None)
         if receive:
             self.spool.prepare()
-        self.index = Index.for_data_dir(self.data_dir.root)
+        self.index = Index.for_data_dir(self.data_dir.root, url=url)
         self.outbox = Outbox.for_config(config)
-        self.alert_store = AlertStore.for_data_dir(self.data_dir.root)
+        self.alert_store = AlertStore.for_data_dir(self.data_dir.root, url=url)
         self.tracker = ActivityTracker()
         self.stop_event = threading.Event()
         self.scp = StorageSCP(config, self.index, self.spool, self.tracker)
         self.stabiliser = Stabiliser(self.index, self.tracker, config.stability.quiet_seconds,
-                                     config.stability.after_release_seconds)
+                                     config.stability.after_release_seconds, shared=url is not None)
         self._names = tuple(w for w in ALL_WORKERS if w in workers)
         self._threads: list[threading.Thread] = []
         self.web: WebWorker | None = None
@@ -136,7 +138,7 @@ class Node:
         """Start the listener (when this node receives) and the workers; ``recover``: first
         hand back analyses a previous run left unfinished (the supervisor does that once)."""
         if recover:
-            requeued = self.index.recover_interrupted()
+            requeued = self.index.recover_interrupted(self.identity if self.config.database.url else None)
             if requeued:
                 log.info("analyses_requeued", studies=requeued)
         if self.receive:
@@ -263,6 +265,7 @@ class Supervisor:
         self._slots: list[tuple[Role, multiprocessing.process.BaseProcess | None, int]] = [
             (r, None, 0) for r in roles]
         self._restart_at: dict[int, float] = {}
+        self.identity = node_identity(config.node.name, config.node.port)
 
     def _start(self, slot: int) -> multiprocessing.synchronize.Event:
         role, _, restarts = self._slots[slot]
@@ -274,9 +277,12 @@ class Supervisor:
         return ready
 
     def start(self) -> None:
-        index = Index.for_data_dir(self.config.node.data_dir)
+        url = self.config.database.url
+        index = Index.for_data_dir(self.config.node.data_dir, url=url)
         try:
-            requeued = index.recover_interrupted()
+            # On a shared database only this node's own interrupted studies (and expired
+            # leases): the others belong to live nodes.
+            requeued = index.recover_interrupted(self.identity if url else None)
         finally:
             index.close()
         if requeued:
@@ -306,9 +312,9 @@ class Supervisor:
                 log.error("process_died", role=role, pid=proc.pid, exitcode=proc.exitcode,
                           restart_in_s=delay)
                 if role == "analysis" and proc.pid is not None:
-                    index = Index.for_data_dir(self.config.node.data_dir)
+                    index = Index.for_data_dir(self.config.node.data_dir, url=self.config.database.url)
                     try:
-                        handed_back = index.release_claims(claim_prefix(proc.pid))
+                        handed_back = index.release_claims(claim_prefix(proc.pid, self.identity))
                     finally:
                         index.close()
                     if handed_back:
@@ -381,9 +387,10 @@ def study_status(config: Config) -> list[dict[str, Any]]:
     model by name); ``results`` lists the newest result of every model.
     """
     layout = DataDir.of(config.node.data_dir)
-    if not layout.index_db.exists():
+    url = config.database.url
+    if url is None and not layout.index_db.exists():
         return []
-    index = Index.for_data_dir(layout.root)
+    index = Index.for_data_dir(layout.root, url=url)
     outbox = Outbox.for_config(config)
     try:
         out: list[dict[str, Any]] = []
@@ -400,7 +407,7 @@ def study_status(config: Config) -> list[dict[str, Any]]:
                 **_Summary.of(primary).__dict__,
                 "results": [_Summary.of(x).__dict__ for x in by_name],
                 "delivery": outbox.summary_for_study(s.study_uid) or None,
-                "alert": alert_status(layout.root, s.study_uid, outbox=outbox) or None,
+                "alert": alert_status(layout.root, s.study_uid, outbox=outbox, url=url) or None,
             })
         return out
     finally:

@@ -19,17 +19,18 @@ from aenode.deliver.outbox import Outbox
 from aenode.store.datadir import DataDir
 
 
-def alert_status(data_dir: str | Path, study_uid: str,
-                 outbox: Outbox | None = None) -> dict[str, dict[str, Any]]:
+def alert_status(data_dir: str | Path, study_uid: str, outbox: Outbox | None = None, *,
+                 url: str | None = None) -> dict[str, dict[str, Any]]:
+    """``url`` is ``[database] url`` (None: the SQLite files under ``data_dir``)."""
     files = DataDir.of(data_dir)
-    if not files.alerts_db.is_file():
+    if url is None and not files.alerts_db.is_file():
         return {}
-    with AlertStore(files.alerts_db) as store:
+    with AlertStore(files.alerts_db, url=url) as store:
         alerts = [a for a in store.alerts(study_uid) if a.channel in REGISTRY]
     if not alerts:
         return {}
     own = outbox is None
-    box = Outbox(files.outbox_db) if outbox is None else outbox
+    box = Outbox(files.outbox_db, url=url) if outbox is None else outbox
     try:
         rows = {(r.kind, r.object_id): r for r in box.rows(study_uid=study_uid) if r.kind in REGISTRY}
     finally:

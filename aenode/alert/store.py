@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from aenode.store.datadir import DataDir
-from aenode.store.db import Database, Row
+from aenode.store.db import Database, Row, open_store_database
 
 DASHBOARD = "dashboard"  # the built-in channel the dashboard reads; never enqueued
 
@@ -111,13 +111,14 @@ _NEWEST = (" NOT EXISTS (SELECT 1 FROM alerts b WHERE b.channel = a.channel"
 class AlertStore:
     """The alert decisions; the only code that talks SQL to the alerts database."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, url: str | None = None):
         self.path = Path(path)
-        self._db = Database(self.path, _SCHEMA)
+        self._db: Database = open_store_database("alerts", self.path, _SCHEMA, (), url)
 
     @classmethod
-    def for_data_dir(cls, data_dir: str | Path) -> AlertStore:
-        return cls(DataDir.of(data_dir).alerts_db)
+    def for_data_dir(cls, data_dir: str | Path, *, url: str | None = None) -> AlertStore:
+        """``url`` is ``[database] url`` (None: SQLite under ``data_dir``)."""
+        return cls(DataDir.of(data_dir).alerts_db, url=url)
 
     def close(self) -> None:
         self._db.close()

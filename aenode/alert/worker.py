@@ -55,7 +55,7 @@ class AlertWorker:
         self._own_outbox = outbox is None
         self.outbox = outbox if outbox is not None else Outbox.for_config(config)
         self._own_store = store is None
-        self.store = store if store is not None else AlertStore.for_data_dir(config.node.data_dir)
+        self.store = store if store is not None else AlertStore.for_data_dir(config.node.data_dir, url=config.database.url)
         self._lock = threading.Lock()
         self._full_batch = False  # the last pass read a whole batch: more may be waiting
 

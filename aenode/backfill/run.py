@@ -152,8 +152,8 @@ def backfill(config: Config, since: str, until: str, *, source: str | None = Non
     rate = max_per_hour or config.backfill.max_per_hour
     interval = 3600.0 / rate
     own_index, own_store = index is None, store is None
-    idx = index if index is not None else Index.for_data_dir(config.node.data_dir)
-    st = store if store is not None else SurveillanceStore.for_data_dir(config.node.data_dir)
+    idx = index if index is not None else Index.for_data_dir(config.node.data_dir, url=config.database.url)
+    st = store if store is not None else SurveillanceStore.for_data_dir(config.node.data_dir, url=config.database.url)
     prog = Progress()
     try:
         found = find_studies(config, src, since, until)

@@ -27,7 +27,7 @@ def _retry(args: argparse.Namespace) -> int:
         print("aenode retry: give row IDs, --all or --studies", file=sys.stderr)
         return 2
     if args.studies or args.all:
-        index = Index.for_data_dir(DataDir.of(config.node.data_dir).root)
+        index = Index.for_data_dir(DataDir.of(config.node.data_dir).root, url=config.database.url)
         try:
             studies = index.requeue_failed()
         finally:

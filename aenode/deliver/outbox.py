@@ -36,7 +36,7 @@ from typing import TypedDict
 
 from aenode.config import DESTINATION_TYPES, Config
 from aenode.store.datadir import DataDir
-from aenode.store.db import Database, Row, StoreError
+from aenode.store.db import Database, Row, StoreError, open_store_database
 
 STATES = ("pending", "sending", "sent", "failed")
 # The file's name, for first-wave callers (tests/alert); new code uses DataDir.outbox_db.
@@ -135,7 +135,7 @@ class Outbox:
 
     def __init__(self, path: str | Path, *, max_attempts: int = 8, backoff_base_seconds: float = 5.0,
                  backoff_cap_seconds: float = 600.0, lease_seconds: float = 300.0,
-                 clock: Clock = time.time):
+                 clock: Clock = time.time, url: str | None = None):
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         if backoff_base_seconds <= 0 or backoff_cap_seconds <= 0:
@@ -146,14 +146,15 @@ class Outbox:
         self.cap = backoff_cap_seconds
         self.lease_seconds = lease_seconds
         self._clock = clock
-        self._db = Database(self.path, _SCHEMA, migrations=_MIGRATIONS)
+        self.shared = url is not None   # other nodes deliver from the same rows
+        self._db: Database = open_store_database("outbox", self.path, _SCHEMA, _MIGRATIONS, url)
 
     @classmethod
     def for_config(cls, config: Config, *, lease_seconds: float = 300.0, clock: Clock = time.time) -> Outbox:
         d = config.delivery
         return cls(DataDir.of(config.node.data_dir).outbox_db, max_attempts=d.max_attempts,
                    backoff_base_seconds=d.backoff_base_seconds, backoff_cap_seconds=d.backoff_cap_seconds,
-                   lease_seconds=lease_seconds, clock=clock)
+                   lease_seconds=lease_seconds, clock=clock, url=config.database.url)
 
     def close(self) -> None:
         self._db.close()
@@ -198,9 +199,12 @@ class Outbox:
 
     def claim_due(self, limit: int = 100, kinds: Sequence[str] | None = None) -> list[OutboxRow]:
         """Atomically move due rows to ``sending`` (with a lease) and return them.
-        Rows whose lease expired (a worker died mid-send) count as due again."""
+        Rows whose lease expired (a worker died mid-send) count as due again.
+
+        Several nodes claim at once without waiting on each other and never get the same
+        row: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite's one writer does the same)."""
         now = self._clock()
-        with self._db.tx() as t:
+        with self._db.tx(exclusive=False) as t:
             t.execute("UPDATE outbox SET state='pending', lease_until=NULL, updated_at=?"
                       " WHERE state='sending' AND lease_until < ?", (now, now))
             sql = f"SELECT {_COLUMNS} FROM outbox WHERE state='pending' AND next_attempt_at <= ?"
@@ -208,7 +212,7 @@ class Outbox:
             if kinds:
                 sql += f" AND kind IN ({','.join('?' * len(kinds))})"
                 args += list(kinds)
-            sql += " ORDER BY next_attempt_at, id LIMIT ?"
+            sql += " ORDER BY next_attempt_at, id LIMIT ? FOR UPDATE SKIP LOCKED"
             args.append(limit)
             rows = [OutboxRow.of(r) for r in t.query(sql, args)]
             if rows:
@@ -222,10 +226,15 @@ class Outbox:
         For a delivery worker starting up: in this process nothing is sending yet, so a
         row still ``sending`` was left by a crash and is due now, not when its lease ends.
         (This is the at-least-once resend: the row keeps its key.)
+
+        On a shared database (``[database] url``) another live node may be sending those
+        rows: only rows whose lease ran out are released (one delivery per row).
         """
         now = self._clock()
-        return self._db.execute("UPDATE outbox SET state='pending', lease_until=NULL, updated_at=?"
-                                " WHERE state='sending'", (now,))
+        sql = "UPDATE outbox SET state='pending', lease_until=NULL, updated_at=? WHERE state='sending'"
+        if self.shared:
+            return self._db.execute(sql + " AND lease_until < ?", (now, now))
+        return self._db.execute(sql, (now,))
 
     def mark_sent(self, row_id: int) -> None:
         now = self._clock()

@@ -162,7 +162,7 @@ def _models_promote(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         _err(f"models promote: {exc}")
         return 2
-    promotions = Promotions.for_data_dir(config.node.data_dir)
+    promotions = Promotions.for_data_dir(config.node.data_dir, url=config.database.url)
     try:
         done = promotions.promote(name, version)
     finally:

@@ -205,7 +205,7 @@ class Exporter:
         t0 = time.perf_counter()
         model = sel.model or self.config.model.primary
         summary = ExportSummary()
-        index = Index.for_data_dir(self.config.node.data_dir)
+        index = Index.for_data_dir(self.config.node.data_dir, url=self.config.database.url)
         try:
             chosen, skipped = self._candidates(index, sel, model)
             summary.skipped = dict(skipped)

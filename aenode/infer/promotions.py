@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aenode.store.datadir import DataDir
-from aenode.store.db import Database
+from aenode.store.db import Database, open_store_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS active_versions (
@@ -47,12 +47,13 @@ class Promotion:
 class Promotions:
     """Active version per model name plus the append-only promotion log."""
 
-    def __init__(self, path: str | Path):
-        self._db = Database(Path(path), _SCHEMA)
+    def __init__(self, path: str | Path, *, url: str | None = None):
+        self._db: Database = open_store_database("model_versions", Path(path), _SCHEMA, (), url)
 
     @classmethod
-    def for_data_dir(cls, data_dir: str | Path) -> Promotions:
-        return cls(DataDir.of(data_dir).models_db)
+    def for_data_dir(cls, data_dir: str | Path, *, url: str | None = None) -> Promotions:
+        """``url`` is ``[database] url`` (None: SQLite under ``data_dir``)."""
+        return cls(DataDir.of(data_dir).models_db, url=url)
 
     def close(self) -> None:
         self._db.close()

@@ -72,9 +72,9 @@ def installed_packages(path: str | Path, active_versions: Mapping[str, str] | No
 def active_versions(config: Config) -> dict[str, str]:
     """Promoted versions (``aenode models promote``); none until one was promoted, and
     reading never creates the database (``aenode predict`` leaves ``data_dir`` alone)."""
-    if not DataDir.of(config.node.data_dir).models_db.exists():
+    if config.database.url is None and not DataDir.of(config.node.data_dir).models_db.exists():
         return {}
-    promotions = Promotions.for_data_dir(config.node.data_dir)
+    promotions = Promotions.for_data_dir(config.node.data_dir, url=config.database.url)
     try:
         return promotions.active()
     finally:

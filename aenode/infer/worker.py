@@ -24,7 +24,7 @@ from aenode.infer.registry import ModelRegistry
 from aenode.load.volume import Volume
 from aenode.logs import get_logger
 from aenode.store.db import is_transient
-from aenode.store.index import COMPLETE, ERROR, Index
+from aenode.store.index import COMPLETE, ERROR, Index, node_identity
 from aenode.store.stabilise import wait_for_completed
 
 log = get_logger("aenode.infer.worker")
@@ -38,10 +38,11 @@ RETRY_CAP_SECONDS = 900.0
 RETRY_MAX_ATTEMPTS = 100
 
 
-def claim_prefix(pid: int) -> str:
-    """How the studies of the analysis process ``pid`` are marked as claimed (so that the
-    supervisor can hand them back when that process dies)."""
-    return f"infer-{pid}-"
+def claim_prefix(pid: int, node: str) -> str:
+    """How the studies of the analysis process ``pid`` of this node (``node_identity``)
+    are marked as claimed (so that the supervisor can hand them back when that process
+    dies, and a restarted node recognises its own)."""
+    return f"{node}/infer-{pid}-"
 
 
 class ResultPublisher(Protocol):
@@ -66,7 +67,12 @@ class AnalysisWorker:
         self.registry = registry
         self.publisher = publisher
         self.poll_seconds = poll_seconds
-        self.name = f"{claim_prefix(os.getpid())}{threading.get_ident() % 10000}"
+        # Claims name the node and the process (so a restarted node takes back only its own
+        # studies, the supervisor those of a dead process) and are leased: renewed while a
+        # study is analysed, taken over by any node after that.
+        node = node_identity(config.node.name, config.node.port)
+        self.name = f"{claim_prefix(os.getpid(), node)}{threading.get_ident() % 10000}"
+        self.lease_seconds = config.database.lease_seconds
         log.info("analysis_worker_ready", models=[m.name for m in self.registry],
                  refused=sorted(self.registry.failed))
 
@@ -74,10 +80,11 @@ class AnalysisWorker:
         while not stop_event.is_set():
             due = self.next_due()
             if due is not None:
-                self.process(*due)
+                if self._still_claimed(*due):
+                    self.process(*due)
                 continue
             try:
-                claim = self.index.claim_next_complete(self.name)
+                claim = self.index.claim_next_complete(self.name, self.lease_seconds)
             except Exception:  # noqa: BLE001 - a locked or busy index: try again later
                 log.exception("study_claim_failed")
                 stop_event.wait(self.poll_seconds)
@@ -91,6 +98,10 @@ class AnalysisWorker:
     def process(self, study_uid: str, revision: int) -> str:
         """Analyse one claimed study revision; returns the final state recorded."""
         t0 = time.perf_counter()
+        renewing = threading.Event()
+        renewer = threading.Thread(target=self._renew, args=(study_uid, revision, renewing),
+                                   name="aenode-lease", daemon=True)
+        renewer.start()
         try:
             state, reason = self._analyse(study_uid, revision)
         except Exception as exc:  # noqa: BLE001 - never let one study stop the node
@@ -98,6 +109,9 @@ class AnalysisWorker:
                 return COMPLETE
             log.exception("analysis_failed", study_uid=study_uid, revision=revision)
             state, reason = ERROR, f"internal error during analysis: {type(exc).__name__}"
+        finally:
+            renewing.set()
+            renewer.join()
         self._attempts.pop((study_uid, revision), None)
         try:
             self.index.finish_study(study_uid, revision, state, reason)
@@ -106,6 +120,17 @@ class AnalysisWorker:
         log.info("study_analysed", study_uid=study_uid, state=state, revision=revision,
                  seconds=round(time.perf_counter() - t0, 2))
         return state
+
+    def _renew(self, study_uid: str, revision: int, done: threading.Event) -> None:
+        """Keep this worker's claim alive while it analyses (a third of the lease each time),
+        so other nodes take the study over only when this one died."""
+        while not done.wait(self.lease_seconds / 3):
+            try:
+                if not self.index.renew_lease(study_uid, revision, self.name, self.lease_seconds):
+                    log.warning("study_lease_lost", study_uid=study_uid, revision=revision)
+                    return
+            except Exception:  # noqa: BLE001 - the database may be restarting: try again next time
+                log.warning("study_lease_renew_failed", study_uid=study_uid, revision=revision)
 
     def _defer(self, study_uid: str, revision: int, exc: BaseException) -> bool:
         """Keep the claim and retry later after a transient fault; False once retries are
@@ -122,6 +147,8 @@ class AnalysisWorker:
         why = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
         try:
             self.index.note_retry(study_uid, revision, f"waiting to retry after a transient fault ({why})")
+            # The claim must outlive the wait, or another claimer (any node) takes it sooner.
+            self.index.renew_lease(study_uid, revision, self.name, delay + self.lease_seconds)
         except Exception:  # noqa: BLE001 - best effort: the database may be as full as the disk
             log.warning("study_retry_note_failed", study_uid=study_uid, revision=revision)
         log.warning("analysis_deferred", study_uid=study_uid, revision=revision, attempt=attempts + 1,
@@ -132,6 +159,17 @@ class AnalysisWorker:
         if not self._deferred:
             return 3600.0
         return max(0.0, min(self._deferred.values()) - self._clock())
+
+    def _still_claimed(self, study_uid: str, revision: int) -> bool:
+        """Before retrying a deferred study: is it still this worker's?  (A late instance
+        or another node may have taken it meanwhile.)  Unsure (database down): yes."""
+        try:
+            if self.index.renew_lease(study_uid, revision, self.name, self.lease_seconds):
+                return True
+        except Exception:  # noqa: BLE001 - the retry itself will meet the fault again
+            return True
+        log.info("study_claim_gone", study_uid=study_uid, revision=revision)
+        return False
 
     def next_due(self) -> tuple[str, int] | None:
         """A deferred study whose retry time has come, if any."""

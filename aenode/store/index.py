@@ -13,6 +13,7 @@ One Index object may be shared between threads; other processes open their own.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from aenode.store.datadir import DataDir
-from aenode.store.db import Database, Row
+from aenode.store.db import Database, Row, open_store_database
 from aenode.store.meta import InstanceHeader, split_multi
 
 RECEIVING = "receiving"
@@ -106,7 +107,20 @@ _MIGRATIONS = (
     # Backfill (aenode backfill): studies retrieved from a PACS for surveillance; the
     # alert stage never alerts on them.  Marked before the C-MOVE, so before any instance.
     "CREATE TABLE IF NOT EXISTS backfilled (study_uid TEXT PRIMARY KEY, marked DOUBLE PRECISION NOT NULL)",
+    # Several nodes on one database: an analysing study's claim lasts until lease_until
+    # (renewed while the analysis runs); after that any node may claim it again.
+    "ALTER TABLE studies ADD COLUMN lease_until DOUBLE PRECISION",
 )
+
+LEASE_SECONDS = 60.0   # default claim length ([database] lease_seconds)
+
+
+def node_identity(name: str, port: int) -> str:
+    """Who claims studies: ``[node] name`` @ host : DICOM port.  Stable across restarts of
+    the same node (so it takes back its own interrupted studies at once) and different for
+    every node sharing a database (so it never takes another live node's).  Workers claim
+    as ``<identity>/<pid>-<thread>``."""
+    return f"{name}@{socket.gethostname()}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,16 +200,18 @@ class Index:
     """The node's index; ``db_path`` is usually ``DataDir.index_db``."""
 
     def __init__(self, db_path: str | Path, data_dir: str | Path | None = None, *,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, url: str | None = None):
         self.db_path = Path(db_path)
         self.data_dir = Path(data_dir).resolve() if data_dir else self.db_path.resolve().parent
         self._clock = clock
-        self._db = Database(self.db_path, _SCHEMA, migrations=_MIGRATIONS)
+        self._db: Database = open_store_database("index", self.db_path, _SCHEMA, _MIGRATIONS, url)
 
     @classmethod
-    def for_data_dir(cls, data_dir: str | Path, *, clock: Callable[[], float] = time.time) -> Index:
+    def for_data_dir(cls, data_dir: str | Path, *, clock: Callable[[], float] = time.time,
+                     url: str | None = None) -> Index:
+        """The node's index: ``url`` is ``[database] url`` (None: SQLite under ``data_dir``)."""
         layout = DataDir.of(data_dir)
-        return cls(layout.index_db, layout.root, clock=clock)
+        return cls(layout.index_db, layout.root, clock=clock, url=url)
 
     def close(self) -> None:
         self._db.close()
@@ -237,7 +253,7 @@ class Index:
                     revision += 1
                     t.execute(
                         "UPDATE studies SET state=?, revision=?, last_arrival=?, state_changed=?,"
-                        " claimed_by=NULL, reason=NULL, attempts=0 WHERE study_uid=?",
+                        " claimed_by=NULL, lease_until=NULL, reason=NULL, attempts=0 WHERE study_uid=?",
                         (RECEIVING, revision, now, now, meta.study_uid))
             t.execute(
                 "INSERT INTO series (series_uid, study_uid, modality, series_description, series_number,"
@@ -271,36 +287,71 @@ class Index:
         return [(r[0], float(r[1])) for r in self._db.query(
             "SELECT study_uid, last_arrival FROM studies WHERE state=?", (RECEIVING,))]
 
+    def receiving_instance_count(self, study_uid: str) -> int:
+        """Instances (not the node's own output) of the study's current revision: a node
+        compares it with what it received itself to learn whether another node shares
+        the study (see :class:`aenode.store.stabilise.Stabiliser`)."""
+        row = self._db.one("SELECT COUNT(*) FROM instances i JOIN studies s ON s.study_uid=i.study_uid"
+                           " WHERE i.study_uid=? AND i.revision=s.revision AND i.own_output=0", (study_uid,))
+        return int(row[0]) if row else 0
+
     def mark_complete(self, study_uid: str, last_arrival: float) -> bool:
         """``receiving`` -> ``complete`` unless an instance arrived since ``last_arrival``."""
         return self._db.execute(
             "UPDATE studies SET state=?, state_changed=? WHERE study_uid=? AND state=? AND last_arrival=?",
             (COMPLETE, self._clock(), study_uid, RECEIVING, last_arrival)) == 1
 
+    def recover_interrupted(self, owner: str | None = None) -> int:
+        """At node start: analyses that did not finish durably are run again.
+
+        ``owner`` (this node's :func:`node_identity`) limits it to studies this node's
+        previous incarnation claimed, plus claims whose lease expired or that have none;
+        studies another live node holds stay with it.  ``None`` (one node alone on its
+        database): every ``analysing`` study."""
+        now = self._clock()
+        sql = "UPDATE studies SET state=?, claimed_by=NULL, lease_until=NULL, state_changed=? WHERE state=?"
+        args: tuple[str | float | int, ...] = (COMPLETE, now, ANALYSING)
+        if owner is not None:
+            prefix = owner + "/"
+            sql += (" AND (lease_until IS NULL OR lease_until < ? OR claimed_by IS NULL"
+                    " OR substr(claimed_by, 1, ?) = ?)")
+            args += (now, len(prefix), prefix)
+        return self._db.execute(sql, args)
+
     def release_claims(self, claimed_by_prefix: str) -> int:
         """Studies an analysis process that died was working on go back to ``complete``
         (the supervisor calls this with the dead process's worker-name prefix)."""
         return self._db.execute(
-            "UPDATE studies SET state=?, claimed_by=NULL, state_changed=? WHERE state=? AND claimed_by LIKE ?",
-            (COMPLETE, self._clock(), ANALYSING, claimed_by_prefix.replace("%", "") + "%"))
-
-    def recover_interrupted(self) -> int:
-        """At node start: analyses that did not finish durably are run again."""
-        return self._db.execute("UPDATE studies SET state=?, claimed_by=NULL, state_changed=? WHERE state=?",
-                                (COMPLETE, self._clock(), ANALYSING))
+            "UPDATE studies SET state=?, claimed_by=NULL, lease_until=NULL, state_changed=? WHERE state=?"
+            " AND substr(claimed_by, 1, ?) = ?",
+            (COMPLETE, self._clock(), ANALYSING, len(claimed_by_prefix), claimed_by_prefix))
 
     # ---- hand-off to later stages ---------------------------------------------------
 
-    def claim_next_complete(self, worker: str) -> StudyClaim | None:
-        """Atomically move the oldest ``complete`` study to ``analysing``."""
-        with self._db.tx() as t:
-            row = t.one("SELECT study_uid, revision FROM studies WHERE state=? ORDER BY state_changed LIMIT 1",
-                        (COMPLETE,))
+    def claim_next_complete(self, worker: str, lease_seconds: float = LEASE_SECONDS) -> StudyClaim | None:
+        """Atomically move the oldest ``complete`` study (or an ``analysing`` one whose
+        lease expired: its node died) to ``analysing``, claimed by ``worker`` until
+        ``now + lease_seconds`` (see :meth:`renew_lease`).
+
+        Several nodes claim concurrently without waiting on each other: the row is locked
+        with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite's one writer gives the same)."""
+        now = self._clock()
+        with self._db.tx(exclusive=False) as t:
+            row = t.one("SELECT study_uid, revision FROM studies WHERE state=? OR (state=? AND lease_until < ?)"
+                        " ORDER BY state_changed LIMIT 1 FOR UPDATE SKIP LOCKED", (COMPLETE, ANALYSING, now))
             if row is None:
                 return None
-            t.execute("UPDATE studies SET state=?, claimed_by=?, state_changed=? WHERE study_uid=?",
-                      (ANALYSING, worker, self._clock(), row[0]))
+            t.execute("UPDATE studies SET state=?, claimed_by=?, lease_until=?, state_changed=? WHERE study_uid=?",
+                      (ANALYSING, worker, now + lease_seconds, now, row[0]))
             return StudyClaim(row[0], int(row[1]))
+
+    def renew_lease(self, study_uid: str, revision: int, worker: str, seconds: float = LEASE_SECONDS) -> bool:
+        """Extend ``worker``'s claim on an analysing study revision to ``now + seconds``.
+        False when the claim is gone (the study was reopened by a late instance, or another
+        node took it after the lease ran out): the caller's analysis is stale."""
+        return self._db.execute(
+            "UPDATE studies SET lease_until=? WHERE study_uid=? AND revision=? AND state=? AND claimed_by=?",
+            (self._clock() + seconds, study_uid, revision, ANALYSING, worker)) == 1
 
     def finish_study(self, study_uid: str, revision: int, state: str, reason: str | None = None) -> bool:
         """Record the end of an analysis; ignored (False) if the revision is stale."""
@@ -324,7 +375,7 @@ class Index:
 
     def requeue_failed(self, study_uid: str | None = None) -> int:
         """``error`` -> ``complete`` for one study or all (``aenode retry --studies``); returns how many."""
-        sql = "UPDATE studies SET state=?, state_changed=?, claimed_by=NULL, attempts=0 WHERE state=?"
+        sql = "UPDATE studies SET state=?, state_changed=?, claimed_by=NULL, lease_until=NULL, attempts=0 WHERE state=?"
         args: tuple[str | float, ...] = (COMPLETE, self._clock(), ERROR)
         if study_uid is not None:
             sql += " AND study_uid=?"

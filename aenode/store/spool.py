@@ -4,13 +4,22 @@ Layout: ``<data_dir>/spool/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``, built 
 from validated UIDs.  Incoming data is written to ``<data_dir>/spool/.tmp`` first and
 made durable with fsync(file), rename (atomic replace of an earlier copy of the same
 instance) and fsync(directory) before the sender hears "success".
+
+A spool shared by several nodes (``data_dir`` on a network file system, with
+``[database] url``): each node writes its temporary files into its own folder,
+``.tmp/<node>``, and cleans only that one at start, so a starting node never removes
+another's files in flight; every temporary name is unique per host, process and thread,
+and the final rename is atomic, so two nodes storing the same instance at once leave
+one whole copy (the last one), never a mix.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +30,11 @@ TMP_NAME = ".tmp"
 
 # Test hook: called with the path about to be committed; may raise OSError (e.g. ENOSPC).
 write_hook = None
+
+
+def _unique() -> str:
+    """Unique among the writers of a shared spool: host, process, thread."""
+    return f"{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}"
 
 
 class UnsafePath(ValueError):
@@ -36,10 +50,14 @@ def fsync_dir(path: Path) -> None:
 
 
 class Spool:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, node: str | None = None):
+        """``node``: this node's identity when the spool is shared (temporary files then
+        go to a folder of its own)."""
         self.data_dir = Path(data_dir).resolve()
         self.root = self.data_dir / "spool"
         self.tmp_dir = self.root / TMP_NAME
+        if node:
+            self.tmp_dir = self.tmp_dir / re.sub(r"[^A-Za-z0-9._-]", "_", node)
         self._known_dirs: set[Path] = set()
         self._lock = threading.Lock()
 
@@ -120,7 +138,7 @@ class Spool:
             if exc.errno != errno.EXDEV:
                 raise
             # The temporary file lives on another file system: copy next to the target.
-            staged = final.with_name(final.name + ".part")
+            staged = final.with_name(f"{final.name}.{_unique()}.part")  # never another node's
             shutil.copyfile(tmp_path, staged)
             fd3 = os.open(staged, os.O_RDONLY)
             try:
@@ -136,7 +154,7 @@ class Spool:
         """Durably store an instance given as bytes (DICOM file format)."""
         self.path_for(study_uid, series_uid, sop_uid)  # validate before anything is written
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp_dir / f"{sop_uid}.{threading.get_ident()}.part"
+        tmp = self.tmp_dir / f"{sop_uid}.{_unique()}.part"
         try:
             with open(tmp, "wb") as fh:
                 fh.write(data)

@@ -5,6 +5,14 @@ A ``receiving`` study becomes ``complete`` when no instance has arrived for
 survives a restart), or ``stability.after_release_seconds`` after the association that
 sent it was released while no other association is still sending to it (in memory: after
 a restart only the quiet timer applies).
+
+Several nodes on one database (``[database] url``): the quiet timer uses the shared
+last-arrival time, so a study sent to two nodes completes once, after the quiet period
+since the last instance on either; ``mark_complete`` is conditional, so only one node's
+stabiliser wins.  The release shortcut only knows this node's associations, so a node
+takes it only when it received every instance of the study's current revision itself
+(counted here, compared with the index); a study shared with another node waits for the
+quiet period.
 """
 
 from __future__ import annotations
@@ -57,9 +65,13 @@ class ActivityTracker:
         self._by_assoc: dict[object, set[str]] = defaultdict(set)
         self._senders: dict[str, int] = defaultdict(int)
         self._released_at: dict[str, float] = {}
+        self._received: dict[str, int] = defaultdict(int)   # instances received here, per study
+        self._last_local: dict[str, float] = {}
 
     def instance(self, assoc_key: object, study_uid: str) -> None:
         with self._lock:
+            self._received[study_uid] += 1
+            self._last_local[study_uid] = self._clock()
             studies = self._by_assoc[assoc_key]
             if study_uid not in studies:
                 studies.add(study_uid)
@@ -79,16 +91,36 @@ class ActivityTracker:
         with self._lock:
             return self._senders.get(study_uid, 0) > 0, self._released_at.get(study_uid)
 
+    def received(self, study_uid: str) -> int:
+        """Instances of the study this node received since it last left ``receiving``
+        (re-sent duplicates count again, which only ever disables the shortcut)."""
+        with self._lock:
+            return self._received.get(study_uid, 0)
+
     def forget(self, study_uid: str) -> None:
         with self._lock:
             self._released_at.pop(study_uid, None)
+            self._received.pop(study_uid, None)
+            self._last_local.pop(study_uid, None)
+
+    def keep_only(self, receiving: set[str], listed_at: float) -> None:
+        """Drop what is known about studies no longer receiving (another node completed
+        them), so a later revision starts counting afresh; a study that received here
+        since ``listed_at`` (when ``receiving`` was read) is kept."""
+        with self._lock:
+            for study in [s for s in {*self._received, *self._released_at} if s not in receiving
+                          and self._last_local.get(s, 0.0) < listed_at]:
+                self._received.pop(study, None)
+                self._released_at.pop(study, None)
+                self._last_local.pop(study, None)
 
 
 class Stabiliser:
     def __init__(self, index: Index, tracker: ActivityTracker, quiet_seconds: float,
                  after_release_seconds: float, interval: float | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, shared: bool = False):
         self.index = index
+        self.shared = shared   # other nodes write the same index ([database] url)
         self._clock = clock
         self.tracker = tracker
         self.quiet = quiet_seconds
@@ -101,14 +133,21 @@ class Stabiliser:
         if self.after_release <= 0:
             return False
         sending, released = self.tracker.state(study_uid)
-        return (not sending and released is not None and released >= last_arrival
-                and now - released >= self.after_release)
+        if not (not sending and released is not None and released >= last_arrival
+                and now - released >= self.after_release):
+            return False
+        # Shared index: another node may still be receiving this study; only a study this
+        # node received entirely may complete before the quiet period.
+        return not self.shared or self.tracker.received(study_uid) == self.index.receiving_instance_count(study_uid)
 
     def tick(self) -> list[str]:
         """Declare every study complete whose quiet period has passed; returns their UIDs."""
         now = self._clock()
         done = []
-        for study_uid, last in self.index.receiving_studies():
+        receiving = self.index.receiving_studies()
+        if self.shared:
+            self.tracker.keep_only({uid for uid, _ in receiving}, now)
+        for study_uid, last in receiving:
             if self.due(study_uid, last, now) and self.index.mark_complete(study_uid, last):
                 self.tracker.forget(study_uid)
                 done.append(study_uid)

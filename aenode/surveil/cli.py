@@ -31,7 +31,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.since and args.until and args.since > args.until:
         print("--from is after --until", file=sys.stderr)
         return 2
-    with SurveillanceStore.for_data_dir(config.node.data_dir) as store:
+    with SurveillanceStore.for_data_dir(config.node.data_dir, url=config.database.url) as store:
         records = store.records(args.since, args.until, surveillance_model(config))
     if args.format == "csv":
         text = records_csv(records)

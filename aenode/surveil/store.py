@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from aenode.store.datadir import DataDir
-from aenode.store.db import Database, Row
+from aenode.store.db import Database, Row, open_store_database
 from aenode.surveil.records import Findings, SurveillanceRecord, record_key
 
 _SCHEMA = """
@@ -144,13 +144,14 @@ class BackfillItem:
 class SurveillanceStore:
     """Records, confirmations, signals and backfill progress."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, url: str | None = None):
         self.path = Path(path)
-        self._db = Database(self.path, _SCHEMA)
+        self._db: Database = open_store_database("surveillance", self.path, _SCHEMA, (), url)
 
     @classmethod
-    def for_data_dir(cls, data_dir: str | Path) -> SurveillanceStore:
-        return cls(DataDir.of(data_dir).surveillance_db)
+    def for_data_dir(cls, data_dir: str | Path, *, url: str | None = None) -> SurveillanceStore:
+        """``url`` is ``[database] url`` (None: SQLite under ``data_dir``)."""
+        return cls(DataDir.of(data_dir).surveillance_db, url=url)
 
     def close(self) -> None:
         self._db.close()

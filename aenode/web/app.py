@@ -70,10 +70,10 @@ def create_app(config: Config, index: Index, *, outbox: Outbox | None = None, al
         outbox = Outbox.for_config(config)
         owned.append(outbox)
     if alerts is None:
-        alerts = AlertStore.for_data_dir(config.node.data_dir)
+        alerts = AlertStore.for_data_dir(config.node.data_dir, url=config.database.url)
         owned.append(alerts)
     if store is None:
-        store = WebStore.for_data_dir(config.node.data_dir)
+        store = WebStore.for_data_dir(config.node.data_dir, url=config.database.url)
         owned.append(store)
     web = WebApp(config, index, outbox, alerts, store, owned)
     app = FastAPI(title="aenode", docs_url=None, redoc_url=None, openapi_url=None)

@@ -92,7 +92,7 @@ class WebApp:
         self.store = store
         self.auth = Authenticator(config, store)
         self.data = NodeData(config, index, alerts, outbox, store)
-        self.surveillance = SurveillanceStore.for_data_dir(config.node.data_dir)  # /surveillance, confirmations
+        self.surveillance = SurveillanceStore.for_data_dir(config.node.data_dir, url=config.database.url)  # /surveillance, confirmations
         self._owned.append(self.surveillance)
         self.actions = Actions(config, self.data, store, surveillance=self.surveillance)
         self.health = Health(config, HealthStores(index, outbox, alerts, store))

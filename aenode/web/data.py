@@ -198,7 +198,7 @@ class NodeData:
             })
         delivery = {name: {k: v for k, v in d.items() if k != "ids"}  # row ids are for `aenode retry`
                     for name, d in self.outbox_store.summary_for_study(study_uid).items()}
-        channels = alert_status(self.data_dir, study_uid, outbox=self.outbox_store)
+        channels = alert_status(self.data_dir, study_uid, outbox=self.outbox_store, url=self.config.database.url)
         channels.pop("dashboard", None)  # the dashboard's own "channel" is shown as the alert itself
         selected = [r.selected_series for r in newest.values() if r.selected_series]
         out: JSON = {

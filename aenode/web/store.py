@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aenode.store.datadir import DataDir
-from aenode.store.db import Database, Row
+from aenode.store.db import Database, Row, open_store_database
 
 INFECTION_STATUSES = ("pcr-positive", "pcr-negative", "unknown")
 
@@ -147,13 +147,14 @@ def _confirmation(r: Row) -> Confirmation:
 class WebStore:
     """Acknowledgements, confirmations, audit log and sessions of the dashboard."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, url: str | None = None):
         self.path = Path(path)
-        self._db = Database(self.path, _SCHEMA)
+        self._db: Database = open_store_database("web", self.path, _SCHEMA, (), url)
 
     @classmethod
-    def for_data_dir(cls, data_dir: str | Path) -> WebStore:
-        return cls(DataDir.of(data_dir).web_db)
+    def for_data_dir(cls, data_dir: str | Path, *, url: str | None = None) -> WebStore:
+        """``url`` is ``[database] url`` (None: SQLite under ``data_dir``)."""
+        return cls(DataDir.of(data_dir).web_db, url=url)
 
     def close(self) -> None:
         self._db.close()

@@ -18,8 +18,8 @@ def row(study: str, revision: int, channel: str, category: str, alerting: bool, 
                     alerting, revision > 1, None, json.dumps({"probability": 0.5}), created, False)
 
 
-def test_current_alerts_counts_and_cursor(tmp_path):
-    store = AlertStore.for_data_dir(tmp_path)
+def test_current_alerts_counts_and_cursor(tmp_path, db_url):
+    store = AlertStore.for_data_dir(tmp_path, url=db_url)
     assert store.path == DataDir.of(tmp_path).alerts_db
     store.commit_decisions(10, [("s1", "m", 1), ("s2", "m", 1), ("s3", "m", 1)], [
         row("s1", 1, DASHBOARD, "Typical", True, 1.0),
@@ -49,8 +49,8 @@ def test_current_alerts_counts_and_cursor(tmp_path):
     store.close()
 
 
-def test_current_alerts_newest_first_and_limited(tmp_path):
-    with AlertStore.for_data_dir(tmp_path) as store:
+def test_current_alerts_newest_first_and_limited(tmp_path, db_url):
+    with AlertStore.for_data_dir(tmp_path, url=db_url) as store:
         store.commit_decisions(3, [], [row(f"s{i}", 1, DASHBOARD, "Typical", True, float(i)) for i in range(3)])
         assert [a.study_uid for a in store.current_alerts(2)] == ["s2", "s1"]
 

@@ -1,6 +1,9 @@
-"""Outbox logic (pure SQLite, fake clock and senders): states, backoff, requeue, summary."""
+"""Outbox logic (fake clock and senders): states, backoff, requeue, summary -- on both engines
+(``db_url``: embedded SQLite, then a real throwaway PostgreSQL)."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -9,6 +12,10 @@ from aenode.deliver.dicom import DeliveryError
 from aenode.deliver.outbox import Outbox, backoff_delay
 from aenode.deliver.senders import register_sender
 from aenode.deliver.worker import DeliveryWorker
+
+
+def _database(url: str | None) -> dict[str, dict[str, str]]:
+    return {} if url is None else {"database": {"url": url}}
 
 
 class Clock:
@@ -24,21 +31,22 @@ def test_backoff_is_exponential_and_capped():
     assert backoff_delay(10_000, 1.0, 5.0) == 5.0
 
 
-def test_enqueue_is_idempotent_and_durable(tmp_path):
-    with Outbox(tmp_path / "o.sqlite") as box:
+def test_enqueue_is_idempotent_and_durable(tmp_path, db_url):
+    with Outbox(tmp_path / "o.sqlite", url=db_url) as box:
         a = box.enqueue("dicom", "pacs", "1.2.3", "/x/sr.dcm", study_uid="9.9")
         assert box.enqueue("dicom", "pacs", "1.2.3", "/x/sr.dcm", study_uid="9.9") == a
         b = box.enqueue("dicom", "backup", "1.2.3", "/x/sr.dcm", study_uid="9.9")
         assert a != b
-    with Outbox(tmp_path / "o.sqlite") as box:  # reopened: still there
+    with Outbox(tmp_path / "o.sqlite", url=db_url) as box:  # reopened: still there
         assert [r.id for r in box.rows(state="pending")] == [a, b]
     with pytest.raises(ValueError):
-        Outbox(tmp_path / "p.sqlite").enqueue("", "pacs", "1", "/p")
+        Outbox(tmp_path / "p.sqlite", url=db_url).enqueue("", "pacs", "1", "/p")
 
 
-def test_attempts_backoff_then_failed_then_requeue(tmp_path):
+def test_attempts_backoff_then_failed_then_requeue(tmp_path, db_url):
     clock = Clock()
-    box = Outbox(tmp_path / "o.sqlite", max_attempts=3, backoff_base_seconds=10, backoff_cap_seconds=15, clock=clock)
+    box = Outbox(tmp_path / "o.sqlite", max_attempts=3, backoff_base_seconds=10, backoff_cap_seconds=15, clock=clock,
+                 url=db_url)
     rid = box.enqueue("dicom", "pacs", "1.2.3", "/x", study_uid="s")
     assert [r.id for r in box.claim_due()] == [rid]
     assert box.claim_due() == []  # leased
@@ -67,16 +75,16 @@ def test_attempts_backoff_then_failed_then_requeue(tmp_path):
     assert box.counts() == {"pending": 0, "sending": 0, "sent": 1, "failed": 0}
 
 
-def test_expired_lease_is_claimed_again(tmp_path):
+def test_expired_lease_is_claimed_again(tmp_path, db_url):
     clock = Clock()
-    box = Outbox(tmp_path / "o.sqlite", lease_seconds=60, clock=clock)
+    box = Outbox(tmp_path / "o.sqlite", lease_seconds=60, clock=clock, url=db_url)
     rid = box.enqueue("dicom", "pacs", "1", "/x")
     box.claim_due()  # worker dies here
     clock.t += 61
     assert [r.id for r in box.claim_due()] == [rid]
 
 
-def test_worker_uses_sender_registry_and_permanent_errors(tmp_path):
+def test_worker_uses_sender_registry_and_permanent_errors(tmp_path, db_url):
     calls = []
 
     def sender(config, destination, rows):
@@ -84,7 +92,8 @@ def test_worker_uses_sender_registry_and_permanent_errors(tmp_path):
         return {r.id: (None if r.object_id == "ok" else DeliveryError("gone", permanent=True)) for r in rows}
 
     register_sender("test-kind", sender)
-    config = parse_config({"node": {"data_dir": str(tmp_path)}, "delivery": {"max_attempts": 5}})
+    config = parse_config({"node": {"data_dir": str(tmp_path)}, "delivery": {"max_attempts": 5},
+                           **_database(db_url)})
     box = Outbox.for_config(config)
     a = box.enqueue("test-kind", "hook", "ok", "payload")
     b = box.enqueue("test-kind", "hook", "bad", "payload")
@@ -107,9 +116,9 @@ def test_sql_is_portable():
         assert bad not in src, bad
 
 
-def test_stats_and_check(tmp_path):
+def test_stats_and_check(tmp_path, db_url):
     clock = Clock()
-    box = Outbox(tmp_path / "o.sqlite", max_attempts=2, backoff_base_seconds=1, clock=clock)
+    box = Outbox(tmp_path / "o.sqlite", max_attempts=2, backoff_base_seconds=1, clock=clock, url=db_url)
     a = box.enqueue("dicom", "pacs", "1.1", "/a", study_uid="s")
     b = box.enqueue("dicom", "pacs", "1.2", "/b", study_uid="s")
     c = box.enqueue("webhook", "webhook", "k1", "{}", study_uid="s")
@@ -131,12 +140,17 @@ def test_stats_and_check(tmp_path):
     box.close()
     from aenode.store.db import StoreError
 
-    (tmp_path / "bad.sqlite").write_bytes(b"this is not a database at all" * 100)
-    with pytest.raises(StoreError):
-        Outbox(tmp_path / "bad.sqlite").check()
+    if db_url is None:
+        (tmp_path / "bad.sqlite").write_bytes(b"this is not a database at all" * 100)
+        with pytest.raises(StoreError):
+            Outbox(tmp_path / "bad.sqlite").check()
+    else:  # no server there: the error names the schema, never the password
+        with pytest.raises(StoreError, match="aenode_outbox") as err:
+            Outbox(tmp_path / "x", url="postgresql://u:canary-pw@127.0.0.1:9/nodb")
+        assert "canary-pw" not in str(err.value)
 
 
-def test_kill_between_send_and_mark_resends_with_the_same_key(tmp_path):
+def test_kill_between_send_and_mark_resends_with_the_same_key(tmp_path, db_url):
     """At-least-once with stable keys: a worker killed after the receiver got the object but
     before ``mark_sent`` leaves the row ``sending``; the next worker sends it again with the
     same object_id (SOP Instance UID / alert key), which the receiver deduplicates on."""
@@ -147,13 +161,20 @@ def test_kill_between_send_and_mark_resends_with_the_same_key(tmp_path):
         return {r.id: None for r in rows}
 
     register_sender("test-alo", sender)
-    config = parse_config({"node": {"data_dir": str(tmp_path)}})
+    config = parse_config({"node": {"data_dir": str(tmp_path)}, **_database(db_url)})
     box = Outbox.for_config(config)
     rid = box.enqueue("test-alo", "r", "1.2.840.99.1", "payload")
     [row] = box.claim_due()
     sender(config, "r", [row])  # delivered ... and the process dies before mark_sent
     box.close()
-    box = Outbox.for_config(config)  # restart
+    if db_url is not None:
+        # Shared database: the row may be another live node's; it is released only once
+        # its lease ran out, so one node sends it at a time.
+        box = Outbox.for_config(config)
+        assert DeliveryWorker(config, outbox=box).resume_interrupted() == 0
+        box.close()
+    later = 0.0 if db_url is None else 301.0
+    box = Outbox.for_config(config, clock=lambda: time.time() + later)  # restart
     w = DeliveryWorker(config, outbox=box)
     assert w.resume_interrupted() == 1
     assert w.run_once() == 1

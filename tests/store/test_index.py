@@ -21,8 +21,8 @@ def meta(study: str, sop: str | None = None, series: str = "1.2.3") -> InstanceH
 
 
 @pytest.fixture
-def index(tmp_path):
-    idx = Index.for_data_dir(tmp_path)
+def index(tmp_path, db_url):
+    idx = Index.for_data_dir(tmp_path, url=db_url)
     yield idx
     idx.close()
 
@@ -70,12 +70,12 @@ def test_finish_states_and_recovery(index, tmp_path):
     assert index.study(a.study_uid).reason == "no CT series"
 
 
-def test_claims_are_exclusive(index, tmp_path):
+def test_claims_are_exclusive(index, tmp_path, db_url):
     for k in range(20):
         uid = f"1.5.{k}"
         index.record_instance(meta(uid), tmp_path / f"{k}.dcm", 1, "SCU")
         index.mark_complete(uid, index.study(uid).last_arrival)
-    others = [Index.for_data_dir(tmp_path) for _ in range(4)]
+    others = [Index.for_data_dir(tmp_path, url=db_url) for _ in range(4)]
     got: list = []
 
     def work(idx):
@@ -88,6 +88,8 @@ def test_claims_are_exclusive(index, tmp_path):
     for t in threads:
         t.join()
     assert sorted(got) == sorted(f"1.5.{k}" for k in range(20))
+    for i in others:
+        i.close()
 
 
 def test_own_output_never_opens_a_study(index, tmp_path):
@@ -99,14 +101,14 @@ def test_own_output_never_opens_a_study(index, tmp_path):
     assert (index.study("1.8").state, index.study("1.8").revision) == (COMPLETE, 1)
 
 
-def test_stabiliser_quiet_and_release(tmp_path):
+def test_stabiliser_quiet_and_release(tmp_path, db_url):
     """Timers on an injected clock: no sleeping, no dependence on the machine's load."""
     now = [1000.0]
 
     def clock() -> float:
         return now[0]
 
-    index = Index.for_data_dir(tmp_path, clock=clock)
+    index = Index.for_data_dir(tmp_path, clock=clock, url=db_url)
     try:
         tracker = ActivityTracker(clock=clock)
         stab = Stabiliser(index, tracker, quiet_seconds=5, after_release_seconds=0.1, clock=clock)
@@ -132,7 +134,7 @@ def test_stabiliser_quiet_and_release(tmp_path):
         index.close()
 
 
-def test_spool_paths_and_reconcile(tmp_path):
+def test_spool_paths_and_reconcile(tmp_path, db_url):
     spool = Spool(tmp_path)
     spool.prepare()
     with pytest.raises(UnsafePath):
@@ -145,7 +147,7 @@ def test_spool_paths_and_reconcile(tmp_path):
     path = spool.write_bytes(buf.getvalue(), ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     m = read_meta(path)
     assert m.sop_instance_uid == ds.SOPInstanceUID and m.phi  # PHI values found for masking
-    idx = Index.for_data_dir(tmp_path)  # an index that lost the row (e.g. power loss)
+    idx = Index.for_data_dir(tmp_path, url=db_url)  # an index that lost the row (e.g. power loss)
     assert reconcile(idx, spool) == 1 and reconcile(idx, spool) == 0
     (row,) = idx.instances(ds.StudyInstanceUID)
     assert row.path == path and idx.study(ds.StudyInstanceUID).state == RECEIVING
