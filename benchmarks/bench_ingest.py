@@ -3,7 +3,11 @@
 Modes (default: all):
   speed     one 400-slice 512x512 CT study over one association with DCMTK storescu, to
             DCMTK storescp, Orthanc and ``aenode serve`` in the same run; prints each
-            time (best and median of --repeat) and the ratio aenode/storescp
+            time (best and median of --repeat) and the ratio aenode/storescp; then the cost of
+            durability on the same disk in the same run: per instance of the study's size,
+            fsync(file) + rename + fsync(directory) (what aenode does before answering),
+            and a single fdatasync (the floor of any design that syncs once per instance).
+            DCMTK storescp does not sync at all.
   parallel  four associations sending four studies at once to aenode: aggregate MB/s
   rss       ~1 GB (big multi-frame objects) to aenode: peak RSS growth of the server
 
@@ -207,6 +211,50 @@ def send(port: int, aet: str, folder: Path) -> float:
 # ---- modes -------------------------------------------------------------------------------
 
 
+def fsync_cost(folder: Path, samples: int = 60) -> dict:
+    """Seconds per instance (files of the study's size, on the benchmark's disk) for
+    aenode's commit (fsync file, rename, fsync directory) and for one fdatasync."""
+    files = sorted(folder.glob("*.dcm"))
+    data = files[len(files) // 2].read_bytes()
+    d = folder.parent / "fsync-probe"
+    shutil.rmtree(d, ignore_errors=True)
+    (d / "tmp").mkdir(parents=True)
+    (d / "dst").mkdir()
+
+    def fsync_dir(p: Path) -> None:
+        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    commit = nosync = once = 0.0
+    journal = os.open(d / "journal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    for i in range(samples):  # interleaved, so that a busy disk weighs on all three alike
+        t = time.perf_counter()
+        fd = os.open(d / "tmp" / f"a{i}", os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(d / "tmp" / f"a{i}", d / "dst" / f"a{i}")
+        fsync_dir(d / "dst")
+        commit += time.perf_counter() - t
+        t = time.perf_counter()
+        fd = os.open(d / "tmp" / f"b{i}", os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, data)
+        os.close(fd)
+        os.replace(d / "tmp" / f"b{i}", d / "dst" / f"b{i}")
+        nosync += time.perf_counter() - t
+        t = time.perf_counter()
+        os.write(journal, data)
+        os.fdatasync(journal)
+        once += time.perf_counter() - t
+    os.close(journal)
+    shutil.rmtree(d, ignore_errors=True)
+    return {"commit_s": commit / samples, "no_sync_s": nosync / samples, "one_fdatasync_s": once / samples,
+            "bytes": len(data)}
+
+
 def mode_speed(work: Path, repeat: int, slices: int) -> dict:
     study = make_study(work / "study", slices)
     mb = folder_mb(study)
@@ -231,6 +279,14 @@ def mode_speed(work: Path, repeat: int, slices: int) -> dict:
     print(f"ratio aenode/storescp: best {a['best'] / s['best']:.2f}  median {a['median'] / s['median']:.2f}")
     if "orthanc" in out:
         print(f"ratio aenode/orthanc: best {a['best'] / out['orthanc']['best']:.2f}")
+    cost = fsync_cost(study)
+    out["fsync"] = cost
+    print(f"durability on this disk, per {cost['bytes'] / 1e3:.0f} KB instance: write+rename without sync"
+          f" {cost['no_sync_s'] * 1e3:.2f} ms; fsync file + rename + fsync dir {cost['commit_s'] * 1e3:.2f} ms"
+          f" (x{slices} = {cost['commit_s'] * slices:.2f} s); one fdatasync {cost['one_fdatasync_s'] * 1e3:.2f} ms"
+          f" (x{slices} = {cost['one_fdatasync_s'] * slices:.2f} s)")
+    floor = s["best"] + cost["commit_s"] * slices
+    print(f"storescp + aenode's syncs: {floor:.2f} s -> ratio aenode/(storescp + syncs) {a['best'] / floor:.2f}")
     return out
 
 
