@@ -214,7 +214,7 @@ def send(port: int, aet: str, folder: Path) -> float:
 def fsync_cost(folder: Path, samples: int = 60) -> dict:
     """Seconds per instance (files of the study's size, on the benchmark's disk) for
     aenode's commit (fsync file, rename, fsync directory) and for one fdatasync."""
-    files = sorted(folder.glob("*.dcm"))
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
     data = files[len(files) // 2].read_bytes()
     d = folder.parent / "fsync-probe"
     shutil.rmtree(d, ignore_errors=True)
