@@ -9,6 +9,7 @@ Modes (default: all):
             and a single fdatasync (the floor of any design that syncs once per instance).
             DCMTK storescp does not sync at all.
   parallel  four associations sending four studies at once to aenode: aggregate MB/s
+            (--receive-workers N: N receive processes on the port, [workers] receive)
   rss       ~1 GB (big multi-frame objects) to aenode: peak RSS growth of the server
 
 Usage: python benchmarks/bench_ingest.py [--mode speed|parallel|rss|all] [--repeat 5]
@@ -177,6 +178,7 @@ class Orthanc(Receiver):
 class Aenode(Receiver):
     name = "aenode serve"
     aet = "AENODE"
+    receive_workers = 1  # [workers] receive (--receive-workers)
 
     def start(self) -> None:
         self.data = self.work / "aenode-data"
@@ -187,7 +189,8 @@ class Aenode(Receiver):
         cfg = self.work / "aenode.toml"
         cfg.write_text(f'[node]\nae_title = "{self.aet}"\nhost = "127.0.0.1"\nport = {self.port}\n'
                        f'data_dir = "{self.data}"\nmax_associations = 16\n'
-                       '[stability]\nquiet_seconds = 30\n')
+                       '[stability]\nquiet_seconds = 30\n'
+                       f'[workers]\nreceive = {self.receive_workers}\n')
         self.log = open(self.work / "aenode.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "aenode", "serve", "--config", str(cfg)],
                                      stdout=self.log, stderr=self.log)
@@ -295,6 +298,7 @@ def mode_parallel(work: Path, slices: int) -> dict:
     mb = sum(folder_mb(s) for s in studies)
     rx = Aenode(work)
     rx.start()
+    time.sleep(5 * rx.receive_workers)  # the extra listeners start after the first answers
     try:
         errors: list[BaseException] = []
 
@@ -315,7 +319,7 @@ def mode_parallel(work: Path, slices: int) -> dict:
             raise errors[0]
     finally:
         rx.stop()
-    print(f"4 associations, 4 studies x {slices} slices, {mb:.0f} MB in {dt:.2f} s: {mb / dt:.0f} MB/s aggregate")
+    print(f"[workers] receive = {rx.receive_workers}: 4 associations, 4 studies x {slices} slices, {mb:.0f} MB in {dt:.2f} s: {mb / dt:.0f} MB/s aggregate")
     return {"seconds": dt, "mb": mb, "mb_per_s": mb / dt}
 
 
@@ -361,8 +365,10 @@ def main() -> int:
     ap.add_argument("--rss-objects", type=int, default=4)
     ap.add_argument("--rss-frames", type=int, default=512, help="512 frames of 512x512 int16 = 256 MB each")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--receive-workers", type=int, default=1, help="[workers] receive of aenode serve")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, {cpu_name()}")
+    Aenode.receive_workers = args.receive_workers
     work = Path(tempfile.mkdtemp(prefix="aenode-bench-"))
     try:
         if args.mode in ("speed", "all"):

@@ -81,12 +81,13 @@ class IndexWriter:
             self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every row submitted before this call is committed; False on timeout."""
+        """Wait until every row submitted before this call is committed; False on timeout,
+        or at once while the index cannot be written (nobody waits on a full disk)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._submitted
             while self._committed < target:
-                if self._thread is None or not self._thread.is_alive():
+                if self._thread is None or not self._thread.is_alive() or self._failing is not None:
                     return False
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -95,7 +96,8 @@ class IndexWriter:
             return True
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Commit what is queued (within ``timeout``), then end the thread."""
+        """Commit what is queued (within ``timeout``; at once while failing: start-up
+        reconciliation indexes the rest), then end the thread."""
         self.flush(timeout)
         with self._cond:
             self._stopping = True

@@ -131,3 +131,36 @@ def test_kill9_during_ingest_keeps_every_acknowledged_instance(tmp_path):
     finally:
         node.terminate()
         node.wait(20)
+
+
+def test_index_failure_answers_out_of_resources_then_recovers_without_loss(tmp_path):
+    """A real write failure of the index database (a trigger that aborts every insert, as a
+    full disk would): the file is kept, later instances get 0xA700 (retry), and once the
+    database accepts writes again every durable instance is indexed."""
+    from pynetdicom import AE
+
+    config = make_config(tmp_path, stability={"quiet_seconds": 60.0, "after_release_seconds": 60.0})
+    study_uid, series_uid = generate_uid(), generate_uid()
+    slices = [ct_slice(study_uid, series_uid, i, size=16) for i in range(6)]
+    db = config.node.data_dir / "index.sqlite"
+    with running_node(config, workers=()) as node:
+        ae = AE(ae_title="SCU")
+        ae.add_requested_context(slices[0].SOPClassUID, "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="AENODE")
+        assert assoc.is_established
+        assert assoc.send_c_store(slices[0]).Status == 0x0000
+        assert node.scp.flush_index(10)
+        with sqlite3.connect(db) as c:
+            c.execute("CREATE TRIGGER full BEFORE INSERT ON instances BEGIN SELECT RAISE(ABORT, 'full'); END")
+        assert assoc.send_c_store(slices[1]).Status == 0x0000  # durable; its row cannot be written yet
+        wait_for(lambda: node.scp.writer.failing, timeout=10)
+        statuses = [assoc.send_c_store(ds).Status for ds in slices[2:4]]
+        assert statuses == [0xA700, 0xA700]  # the sender is told to retry
+        assert not node.scp.flush_index(1)  # nobody waits on a failing index
+        with sqlite3.connect(db) as c:
+            c.execute("DROP TRIGGER full")
+        wait_for(lambda: not node.scp.writer.failing, timeout=10)
+        assert [assoc.send_c_store(ds).Status for ds in slices[4:]] == [0x0000, 0x0000]
+        assoc.release()
+        rows = {r.sop_instance_uid for r in node.index.instances(study_uid)}
+        assert rows == {ds.SOPInstanceUID for ds in slices}  # the 0xA700 ones were durable too
