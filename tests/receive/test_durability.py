@@ -164,3 +164,40 @@ def test_index_failure_answers_out_of_resources_then_recovers_without_loss(tmp_p
         assoc.release()
         rows = {r.sop_instance_uid for r in node.index.instances(study_uid)}
         assert rows == {ds.SOPInstanceUID for ds in slices}  # the 0xA700 ones were durable too
+
+
+def test_responses_do_not_wait_for_the_index_but_the_release_does(tmp_path):
+    """Another process holds the index database's write lock: C-STOREs are still answered at
+    once (the spool file is the durable record), and the release is answered only once the
+    rows are committed, after the lock is let go."""
+    import time
+
+    from pynetdicom import AE
+
+    config = make_config(tmp_path, stability={"quiet_seconds": 60.0, "after_release_seconds": 60.0})
+    study_uid, series_uid = generate_uid(), generate_uid()
+    slices = [ct_slice(study_uid, series_uid, i, size=16) for i in range(5)]
+    db = config.node.data_dir / "index.sqlite"
+    hold = 2.0
+    with running_node(config, workers=()) as node:
+        ae = AE(ae_title="SCU")
+        ae.add_requested_context(slices[0].SOPClassUID, "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="AENODE")
+        assert assoc.is_established
+        locker = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        locker.execute("BEGIN IMMEDIATE")  # the writer now waits (busy timeout)
+        released_lock = threading.Timer(hold, lambda: locker.execute("ROLLBACK"))
+        t0 = time.monotonic()
+        released_lock.start()
+        try:
+            statuses = [assoc.send_c_store(ds).Status for ds in slices]
+            answered = time.monotonic() - t0
+            assert statuses == [0] * 5
+            assert answered < hold / 2, answered  # not held up by the locked index
+            assoc.release()
+            released = time.monotonic() - t0
+        finally:
+            released_lock.join()
+            locker.close()
+        assert released >= hold * 0.9, released  # the release waited for the rows
+        assert len(node.index.instances(study_uid)) == 5  # at once, no polling
