@@ -138,6 +138,9 @@ class WorkersConfig(_Section):
     analysis: int | None = Field(None, ge=1, le=256)
     # Threads each analysis process may use for its numeric libraries; None = cores / analysis.
     threads_per_analysis: int | None = Field(None, ge=1, le=256)
+    # Receive processes listening on the one DICOM port (SO_REUSEPORT: the kernel spreads
+    # associations over them; one Python process is one GIL).  1 on small machines.
+    receive: int = Field(1, ge=1, le=64)
 
 
 class RetentionConfig(_Section):

@@ -76,7 +76,8 @@ class _Worker:
 class Node:
     """A running node in this process (threads).  ``stop()`` shuts it down cleanly."""
 
-    def __init__(self, config: Config, workers: Collection[WorkerName] = ALL_WORKERS, *, receive: bool = True):
+    def __init__(self, config: Config, workers: Collection[WorkerName] = ALL_WORKERS, *, receive: bool = True,
+                 receive_slot: int = 0):
         register_senders()  # the outbox can send every configured alert channel
         unknown = set(workers) - set(ALL_WORKERS)
         if unknown:
@@ -86,7 +87,8 @@ class Node:
         self.identity = node_identity(config.node.name, config.node.port)
         url = config.database.url
         self.receive = receive
-        self.spool = Spool(self.data_dir.root, self.identity if url else None)
+        self.receive_slot = receive_slot  # > 0: an extra listener on the port ([workers] receive)
+        self.spool = Spool(self.data_dir.root, self.identity if url else None, receive_slot)
         if receive:
             self.spool.prepare()
         self.index = Index.for_data_dir(self.data_dir.root, url=url)
@@ -142,10 +144,11 @@ class Node:
             if requeued:
                 log.info("analyses_requeued", studies=requeued)
         if self.receive:
-            orphans = remove_purged_orphans(self.index, self.spool)
-            if orphans:
-                log.info("purged_orphans_removed", files=orphans)
-            reconcile(self.index, self.spool)
+            if self.receive_slot == 0:  # once per node, not per extra listener
+                orphans = remove_purged_orphans(self.index, self.spool)
+                if orphans:
+                    log.info("purged_orphans_removed", files=orphans)
+                reconcile(self.index, self.spool)
             self.scp.start()
             self._spawn("stabiliser", self.stabiliser.run)
         self.workers = self._build_workers()
@@ -222,7 +225,7 @@ def _die_with_parent() -> None:
 
 
 def _child(config: Config, role: Role, wakeups: tuple[WakeEvent, WakeEvent], ready: WakeEvent, log_level: str,
-           threads: int) -> None:
+           threads: int, slot: int = 0) -> None:
     """Body of one child process of ``aenode serve``."""
     _die_with_parent()
     configure_logging(log_level)
@@ -235,7 +238,11 @@ def _child(config: Config, role: Role, wakeups: tuple[WakeEvent, WakeEvent], rea
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
-    node = Node(config, ROLE_WORKERS[role], receive=(role == "receive")).start(recover=False)
+    # Receive slots 1.. are extra listeners on the port ([workers] receive): SCP and
+    # stabiliser only; retention and reconciliation run in slot 0.
+    extra_listener = role == "receive" and slot > 0
+    node = Node(config, () if extra_listener else ROLE_WORKERS[role], receive=(role == "receive"),
+                receive_slot=slot if role == "receive" else 0).start(recover=False)
     ready.set()
     log.info("process_started", role=role, pid=os.getpid())
     try:
@@ -259,7 +266,8 @@ class Supervisor:
         n = analysis_processes(config)
         self.threads = config.workers.threads_per_analysis or max(1, (os.cpu_count() or 1) // n)
         analysis: list[Role] = ["analysis"] * n
-        roles: list[Role] = ["receive", *analysis, "delivery"]
+        receivers: list[Role] = ["receive"] * config.workers.receive
+        roles: list[Role] = [*receivers, *analysis, "delivery"]
         if config.web.enabled:
             roles.append("web")
         self._slots: list[tuple[Role, multiprocessing.process.BaseProcess | None, int]] = [
@@ -271,7 +279,7 @@ class Supervisor:
         role, _, restarts = self._slots[slot]
         ready = self._ctx.Event()
         proc = self._ctx.Process(target=_child, name=f"aenode-{role}",
-                                 args=(self.config, role, self._wakeups, ready, self.log_level, self.threads))
+                                 args=(self.config, role, self._wakeups, ready, self.log_level, self.threads, slot))
         proc.start()
         self._slots[slot] = (role, proc, restarts)
         return ready

@@ -3,8 +3,13 @@
 Modes (default: all):
   speed     one 400-slice 512x512 CT study over one association with DCMTK storescu, to
             DCMTK storescp, Orthanc and ``aenode serve`` in the same run; prints each
-            time (best and median of --repeat) and the ratio aenode/storescp
+            time (best and median of --repeat) and the ratio aenode/storescp; then the cost of
+            durability on the same disk in the same run: per instance of the study's size,
+            fsync(file) + rename + fsync(directory) (what aenode does before answering),
+            and a single fdatasync (the floor of any design that syncs once per instance).
+            DCMTK storescp does not sync at all.
   parallel  four associations sending four studies at once to aenode: aggregate MB/s
+            (--receive-workers N: N receive processes on the port, [workers] receive)
   rss       ~1 GB (big multi-frame objects) to aenode: peak RSS growth of the server
 
 Usage: python benchmarks/bench_ingest.py [--mode speed|parallel|rss|all] [--repeat 5]
@@ -173,6 +178,7 @@ class Orthanc(Receiver):
 class Aenode(Receiver):
     name = "aenode serve"
     aet = "AENODE"
+    receive_workers = 1  # [workers] receive (--receive-workers)
 
     def start(self) -> None:
         self.data = self.work / "aenode-data"
@@ -183,7 +189,8 @@ class Aenode(Receiver):
         cfg = self.work / "aenode.toml"
         cfg.write_text(f'[node]\nae_title = "{self.aet}"\nhost = "127.0.0.1"\nport = {self.port}\n'
                        f'data_dir = "{self.data}"\nmax_associations = 16\n'
-                       '[stability]\nquiet_seconds = 30\n')
+                       '[stability]\nquiet_seconds = 30\n'
+                       f'[workers]\nreceive = {self.receive_workers}\n')
         self.log = open(self.work / "aenode.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "aenode", "serve", "--config", str(cfg)],
                                      stdout=self.log, stderr=self.log)
@@ -205,6 +212,50 @@ def send(port: int, aet: str, folder: Path) -> float:
 
 
 # ---- modes -------------------------------------------------------------------------------
+
+
+def fsync_cost(folder: Path, samples: int = 60) -> dict:
+    """Seconds per instance (files of the study's size, on the benchmark's disk) for
+    aenode's commit (fsync file, rename, fsync directory) and for one fdatasync."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    data = files[len(files) // 2].read_bytes()
+    d = folder.parent / "fsync-probe"
+    shutil.rmtree(d, ignore_errors=True)
+    (d / "tmp").mkdir(parents=True)
+    (d / "dst").mkdir()
+
+    def fsync_dir(p: Path) -> None:
+        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    commit = nosync = once = 0.0
+    journal = os.open(d / "journal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    for i in range(samples):  # interleaved, so that a busy disk weighs on all three alike
+        t = time.perf_counter()
+        fd = os.open(d / "tmp" / f"a{i}", os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(d / "tmp" / f"a{i}", d / "dst" / f"a{i}")
+        fsync_dir(d / "dst")
+        commit += time.perf_counter() - t
+        t = time.perf_counter()
+        fd = os.open(d / "tmp" / f"b{i}", os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, data)
+        os.close(fd)
+        os.replace(d / "tmp" / f"b{i}", d / "dst" / f"b{i}")
+        nosync += time.perf_counter() - t
+        t = time.perf_counter()
+        os.write(journal, data)
+        os.fdatasync(journal)
+        once += time.perf_counter() - t
+    os.close(journal)
+    shutil.rmtree(d, ignore_errors=True)
+    return {"commit_s": commit / samples, "no_sync_s": nosync / samples, "one_fdatasync_s": once / samples,
+            "bytes": len(data)}
 
 
 def mode_speed(work: Path, repeat: int, slices: int) -> dict:
@@ -231,6 +282,14 @@ def mode_speed(work: Path, repeat: int, slices: int) -> dict:
     print(f"ratio aenode/storescp: best {a['best'] / s['best']:.2f}  median {a['median'] / s['median']:.2f}")
     if "orthanc" in out:
         print(f"ratio aenode/orthanc: best {a['best'] / out['orthanc']['best']:.2f}")
+    cost = fsync_cost(study)
+    out["fsync"] = cost
+    print(f"durability on this disk, per {cost['bytes'] / 1e3:.0f} KB instance: write+rename without sync"
+          f" {cost['no_sync_s'] * 1e3:.2f} ms; fsync file + rename + fsync dir {cost['commit_s'] * 1e3:.2f} ms"
+          f" (x{slices} = {cost['commit_s'] * slices:.2f} s); one fdatasync {cost['one_fdatasync_s'] * 1e3:.2f} ms"
+          f" (x{slices} = {cost['one_fdatasync_s'] * slices:.2f} s)")
+    floor = s["best"] + cost["commit_s"] * slices
+    print(f"storescp + aenode's syncs: {floor:.2f} s -> ratio aenode/(storescp + syncs) {a['best'] / floor:.2f}")
     return out
 
 
@@ -239,6 +298,7 @@ def mode_parallel(work: Path, slices: int) -> dict:
     mb = sum(folder_mb(s) for s in studies)
     rx = Aenode(work)
     rx.start()
+    time.sleep(5 * rx.receive_workers)  # the extra listeners start after the first answers
     try:
         errors: list[BaseException] = []
 
@@ -259,7 +319,7 @@ def mode_parallel(work: Path, slices: int) -> dict:
             raise errors[0]
     finally:
         rx.stop()
-    print(f"4 associations, 4 studies x {slices} slices, {mb:.0f} MB in {dt:.2f} s: {mb / dt:.0f} MB/s aggregate")
+    print(f"[workers] receive = {rx.receive_workers}: 4 associations, 4 studies x {slices} slices, {mb:.0f} MB in {dt:.2f} s: {mb / dt:.0f} MB/s aggregate")
     return {"seconds": dt, "mb": mb, "mb_per_s": mb / dt}
 
 
@@ -305,8 +365,10 @@ def main() -> int:
     ap.add_argument("--rss-objects", type=int, default=4)
     ap.add_argument("--rss-frames", type=int, default=512, help="512 frames of 512x512 int16 = 256 MB each")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--receive-workers", type=int, default=1, help="[workers] receive of aenode serve")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, {cpu_name()}")
+    Aenode.receive_workers = args.receive_workers
     work = Path(tempfile.mkdtemp(prefix="aenode-bench-"))
     try:
         if args.mode in ("speed", "all"):

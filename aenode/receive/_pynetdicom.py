@@ -50,6 +50,15 @@ Assumptions
 ``dimse_queue``
     The association reactor takes decoded messages from ``assoc.dimse.msg_queue``, a
     :class:`queue.Queue` (its ``not_empty`` condition and ``_qsize()`` are used to wait).
+``release_hook``
+    An acceptor answers the peer's A-RELEASE-RQ on the association thread (the thread that
+    runs the C-STORE handlers) in ``Association._run_reactor``: ``self.acse.is_release_requested()``
+    takes the A-RELEASE primitive (``result`` None) with ``self.dul.receive_pdu(wait=False)``,
+    which triggers ``evt.EVT_ACSE_RECV`` with it, before ``send_release(is_response=True)``.
+    The SCP's EVT_ACSE_RECV handler therefore runs after the association's last C-STORE
+    handler and before the release is answered (it waits there for the association's index
+    rows, see ``indexer.py``).  Broken: a sender that released may briefly not find its
+    instances in the index (they are durable and indexed moments later).
 ``log_handlers``
     ``_config.LOG_HANDLER_LEVEL`` decides, when a server is created, whether pynetdicom
     binds its per-PDU "standard" log handlers (the node logs one line per association).
@@ -75,10 +84,12 @@ from pynetdicom import association as _association_mod
 from pynetdicom import dimse_messages as _dimse_messages_mod
 from pynetdicom import dul as _dul_mod
 from pynetdicom import fsm as _fsm_mod
+from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
 
@@ -87,7 +98,7 @@ from aenode.receive.spoolfile import SpoolTempFile
 
 TESTED_RANGE = "pynetdicom>=3.0.0,<3.1"
 ASSUMPTIONS = ("reactor_sleeps", "dul_subclass", "dul_read_hook", "associate_injection", "create_association",
-               "chunked_store", "dimse_queue", "log_handlers")
+               "chunked_store", "dimse_queue", "release_hook", "log_handlers")
 IDLE_WAIT = 0.02  # longest a reactor waits before re-checking timers and kill flags
 _MESSAGE_WAIT = 0.005
 # How often the hooks ran (tests check that the fast paths are really taken).
@@ -324,6 +335,14 @@ def stored_file(request: C_STORE) -> SpoolTempFile | None:
     return f if isinstance(f, SpoolTempFile) else None
 
 
+# ---- release_hook ----------------------------------------------------------------------
+
+
+def is_release_request(primitive: object) -> bool:
+    """True for the peer's A-RELEASE-RQ as passed to an ``EVT_ACSE_RECV`` handler."""
+    return isinstance(primitive, A_RELEASE) and primitive.result is None
+
+
 # ---- log_handlers ----------------------------------------------------------------------
 
 
@@ -436,6 +455,16 @@ def check_assumptions() -> list[Broken]:
            "req._dataset_file.close()" in store and "os.unlink(req._dataset_file.name)" in store,
            "StorageServiceClass.SCP no longer closes and unlinks the streamed file after the handler")
 
+    released = _source(ACSE.is_release_requested)
+    _check(broken, "release_hook", "self.dul.receive_pdu(wait=False)" in released and "A_RELEASE" in released,
+           "ACSE.is_release_requested no longer takes the primitive with dul.receive_pdu")
+    _check(broken, "release_hook", "EVT_ACSE_RECV" in _source(DULServiceProvider.receive_pdu),
+           "DULServiceProvider.receive_pdu no longer triggers EVT_ACSE_RECV")
+    run = _source(Association._run_reactor)
+    ask, answer = run.find("self.acse.is_release_requested()"), run.find("send_release(is_response=True)")
+    _check(broken, "release_hook", 0 <= ask < answer,
+           "Association._run_reactor no longer checks for the release request before answering it")
+
     _check(broken, "log_handlers", hasattr(_config, "LOG_HANDLER_LEVEL")
            and "LOG_HANDLER_LEVEL" in _source(AssociationServer._bind_defaults),
            "_config.LOG_HANDLER_LEVEL no longer controls the standard handlers")
@@ -468,5 +497,5 @@ def installed_version() -> str:
 
 
 __all__ = ["ASSUMPTIONS", "TESTED_RANGE", "Broken", "counters", "DulLink", "FastDUL", "PynetdicomIncompatible", "check_assumptions",
-           "create_acceptor", "finish_acceptor", "install", "installed_version", "quiet_server",
+           "create_acceptor", "finish_acceptor", "install", "installed_version", "is_release_request", "quiet_server",
            "raw_socket", "stored_file"]

@@ -4,8 +4,11 @@ Data path: each C-STORE data set is streamed, P-DATA fragment by fragment, into 
 temporary file in the spool's ``.tmp`` folder (``spoolfile.py``; nothing is decoded or
 held in memory).  The C-STORE handler then reads the header once (stopping before the
 pixel data), checks it against the presentation context, the command and ``[limits]``,
-fsyncs, renames into place, fsyncs the directory, indexes the instance and only then
-answers success.  Connections, associations and PDUs are bounded in ``server.py`` and
+fsyncs, renames into place, fsyncs the directory (coalesced across concurrent
+associations) and only then answers success: the spool file is the durable record.  Its
+index row is queued to ``indexer.IndexWriter``, which group-commits rows after the
+response; the association's release is answered once its rows are committed, and
+start-up reconciliation re-indexes spool files whose row a crash lost.  Connections, associations and PDUs are bounded in ``server.py`` and
 ``pdu.py``; pynetdicom's internals are touched only in ``_pynetdicom.py``.
 
 C-STORE statuses: 0x0000 stored; 0xA700 out of resources (disk full, I/O error, index
@@ -32,9 +35,10 @@ from aenode.config import Config, TLSConfig
 from aenode.logs import get_logger, phi_values
 from aenode.receive import _pynetdicom
 from aenode.receive.checks import DEFLATED_TRANSFER_SYNTAXES, LimitExceeded, check_geometry, read_header
+from aenode.receive.indexer import IndexWriter
 from aenode.receive.server import AssociationServer, Connection, ConnectionHandler
 from aenode.receive.spoolfile import InstanceTooLarge, SpoolTempFile
-from aenode.store.index import Index
+from aenode.store.index import Index, InstanceRecord
 from aenode.store.meta import BadInstance
 from aenode.store.spool import Spool, UnsafePath
 from aenode.store.stabilise import ActivityTracker
@@ -47,6 +51,8 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_SOP_CLASS_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
+# How long an association's release (or end) waits for its index rows to be committed.
+RELEASE_FLUSH_SECONDS = 10.0
 
 
 def decodable_transfer_syntaxes() -> list[str]:
@@ -77,6 +83,7 @@ class StorageSCP:
         self.index = index
         self.spool = spool
         self.tracker = tracker
+        self.writer = IndexWriter(index)
         self.own_ae = config.node.ae_title
         tls = config.node.tls
         self.handshake_timeout = tls.handshake_timeout_seconds if tls else 10.0
@@ -137,11 +144,13 @@ class StorageSCP:
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_ACSE_RECV, self._on_acse),
             (evt.EVT_ACCEPTED, self._on_outcome, ["established"]),
             (evt.EVT_REJECTED, self._on_outcome, ["rejected"]),
             (evt.EVT_RELEASED, self._on_outcome, ["released"]),
             (evt.EVT_ABORTED, self._on_outcome, ["aborted"]),
         ]
+        self.writer.start()
         address = (self.config.node.host, self.config.node.port)
         server = _pynetdicom.quiet_server(lambda: ae.make_server(
             address, ae_title=self.own_ae, evt_handlers=handlers, server_class=AssociationServer,
@@ -174,7 +183,18 @@ class StorageSCP:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        self.writer.stop()
         self.ae = None
+
+    def flush_index(self, timeout: float | None = None) -> bool:
+        """Wait until the index rows of every instance answered so far are committed."""
+        return self.writer.flush(timeout)
+
+    def association_ended(self, assoc: object) -> None:
+        """Tell the stabiliser, once the association's index rows are committed (so that a
+        study is never completed while its last rows are still queued)."""
+        self.writer.flush(RELEASE_FLUSH_SECONDS)
+        self.tracker.ended(assoc)
 
     # ---- event handlers --------------------------------------------------------------
 
@@ -186,7 +206,14 @@ class StorageSCP:
         if conn is not None and conn.outcome not in ("refused", "failed"):
             conn.outcome = outcome
         if outcome in ("released", "aborted"):
-            self.tracker.ended(event.assoc)
+            self.association_ended(event.assoc)
+
+    def _on_acse(self, event: evt.Event) -> None:
+        # Runs on the association thread after its last C-STORE handler, before the release
+        # is answered (see _pynetdicom "release_hook"): a sender that has released finds
+        # every instance it sent in the index.
+        if _pynetdicom.is_release_request(getattr(event, "primitive", None)):
+            self.writer.flush(RELEASE_FLUSH_SECONDS)
 
     def _on_echo(self, event: evt.Event) -> int:
         return STATUS_SUCCESS
@@ -270,12 +297,13 @@ class StorageSCP:
             except OSError as exc:
                 return self._resource_failure(exc, "commit")
             own = calling_ae == self.own_ae or meta.own_output
-            try:
-                self.index.record_instance(meta, final, tmp.size, calling_ae, time.time(), own_output=own)
-            except Exception as exc:  # noqa: BLE001 - e.g. the disk filled up under SQLite
-                # The file is durable; start-up reconciliation indexes it.  Tell the
-                # sender to retry so that the study is tracked now.
-                return self._resource_failure(exc, "index")
+            failing = self.writer.failing
+            # The file is durable: its row is queued (and retried) whatever happens next.
+            self.writer.submit(InstanceRecord(meta, final, tmp.size, calling_ae, time.time(), own))
+            if failing:
+                # The index cannot be written now (e.g. the disk filled up under SQLite): tell
+                # the sender to retry so that it does not take the study as tracked.
+                return self._resource_failure(OSError("index writer failing"), "index")
             if not own:
                 self.tracker.instance(sender, meta.study_uid)
             return STATUS_SUCCESS

@@ -156,6 +156,7 @@ class AssociationServer(ThreadedAssociationServer):
 
     def __init__(self, *args: Any, scp: StorageSCP, **kwargs: Any):
         self.scp = scp
+        self.reuse_port = scp.config.workers.receive > 1
         self.limits: LimitsConfig = scp.config.limits
         self.max_associations = scp.config.node.max_associations
         self.tmp_dir = scp.spool.tmp_dir
@@ -179,6 +180,14 @@ class AssociationServer(ThreadedAssociationServer):
                          for k in range(self.limits.max_pending_connections)]
         for worker in self._workers:
             worker.start()
+
+    def server_bind(self) -> None:
+        # Several receive processes ([workers] receive > 1) share the port: the kernel
+        # spreads new connections over their listening sockets (same user only).
+        if self.reuse_port:
+            assert self.socket is not None
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     # ---- accept ----------------------------------------------------------------------
 
@@ -421,7 +430,7 @@ class ConnectionHandler(RequestHandler):
         server = self.server
         assoc = conn.assoc
         if assoc is not None:
-            server.scp.tracker.ended(assoc)
+            server.scp.association_ended(assoc)
             if conn.outcome == "established":
                 conn.outcome = "dropped"  # closed without release or abort
         for sock in {id(s): s for s in (self.request, conn.sock)}.values():

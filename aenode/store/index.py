@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aenode.store.datadir import DataDir
-from aenode.store.db import Database, Row, open_store_database
+from aenode.store.db import Database, Row, Transaction, open_store_database
 from aenode.store.meta import InstanceHeader, split_multi
 
 RECEIVING = "receiving"
@@ -121,6 +121,18 @@ def node_identity(name: str, port: int) -> str:
     every node sharing a database (so it never takes another live node's).  Workers claim
     as ``<identity>/<pid>-<thread>``."""
     return f"{name}@{socket.gethostname()}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """One stored instance to index (see :meth:`Index.record_instances`)."""
+
+    meta: InstanceHeader
+    file_path: str | Path
+    size: int
+    calling_ae: str | None
+    received_at: float | None = None
+    own_output: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,54 +242,69 @@ class Index:
         ``receiving`` (revision + 1).  A re-sent instance replaces the row and only
         refreshes the arrival time of a study that is still receiving.
         """
-        now = self._clock() if received_at is None else received_at
-        own = meta.own_output if own_output is None else own_output
-        path = Path(file_path)
-        rel = str(path.relative_to(self.data_dir)) if path.is_absolute() else str(path)
+        return self.record_instances([InstanceRecord(meta, file_path, size, calling_ae, received_at,
+                                                     own_output)])[0]
+
+    def record_instances(self, records: Sequence[InstanceRecord]) -> list[bool]:
+        """Index several stored instances in one transaction (group commit: one sync for
+        the batch); for each, True if its SOP instance is new.  Same rules as
+        :meth:`record_instance`, applied in order."""
+        if not records:
+            return []
         with self._db.tx() as t:
-            new = t.one("SELECT 1 FROM instances WHERE sop_instance_uid=?", (meta.sop_instance_uid,)) is None
-            row = t.one("SELECT state, revision FROM studies WHERE study_uid=?", (meta.study_uid,))
-            if row is None:
-                t.execute("INSERT INTO studies (study_uid, state, revision, first_arrival, last_arrival,"
-                          " state_changed, claimed_by, reason) VALUES (?,?,?,?,?,?,NULL,?)",
-                          (meta.study_uid, SKIPPED if own else RECEIVING, 1, now, now, now,
-                           "node output only" if own else None))
-                revision = 1
-            else:
-                state, revision = row[0], int(row[1])
-                if own:
-                    pass
-                elif state == RECEIVING:
-                    t.execute("UPDATE studies SET last_arrival=? WHERE study_uid=?", (now, meta.study_uid))
-                elif new:
-                    revision += 1
-                    t.execute(
-                        "UPDATE studies SET state=?, revision=?, last_arrival=?, state_changed=?,"
-                        " claimed_by=NULL, lease_until=NULL, reason=NULL, attempts=0 WHERE study_uid=?",
-                        (RECEIVING, revision, now, now, meta.study_uid))
-            t.execute(
-                "INSERT INTO series (series_uid, study_uid, modality, series_description, series_number,"
-                " own_output) VALUES (?,?,?,?,?,?) ON CONFLICT(series_uid) DO UPDATE SET"
-                " modality=excluded.modality, series_description=excluded.series_description,"
-                " series_number=excluded.series_number,"
-                " own_output=CASE WHEN series.own_output > excluded.own_output THEN series.own_output"
-                " ELSE excluded.own_output END",
-                (meta.series_uid, meta.study_uid, meta.modality, meta.series_description,
-                 meta.series_number, int(own)))
-            values = (meta.sop_instance_uid, meta.study_uid, meta.series_uid, meta.sop_class_uid,
-                      meta.modality, "\\".join(meta.image_type) or None, meta.series_description or None,
-                      meta.series_number, meta.slice_thickness,
-                      json.dumps(meta.image_position) if meta.image_position else None,
-                      json.dumps(meta.image_orientation) if meta.image_orientation else None,
-                      meta.instance_number, meta.rows, meta.columns, meta.number_of_frames,
-                      meta.transfer_syntax, calling_ae, now, rel, int(size), int(own), revision,
-                      meta.convolution_kernel or None)
-            cols = _INSTANCE_COLS.split(", ")
-            t.execute(
-                f"INSERT INTO instances ({_INSTANCE_COLS}) VALUES ({','.join('?' * len(cols))})"
-                " ON CONFLICT(sop_instance_uid) DO UPDATE SET "
-                + ", ".join(f"{c.strip()}=excluded.{c.strip()}" for c in cols[1:]),
-                values)
+            return [self._record(t, r) for r in records]
+
+    def _record(self, t: Transaction, r: InstanceRecord) -> bool:
+        meta = r.meta
+        now = self._clock() if r.received_at is None else r.received_at
+        own = meta.own_output if r.own_output is None else r.own_output
+        path = Path(r.file_path)
+        rel = str(path.relative_to(self.data_dir)) if path.is_absolute() else str(path)
+        new = t.one("SELECT 1 FROM instances WHERE sop_instance_uid=?", (meta.sop_instance_uid,)) is None
+        row = t.one("SELECT state, revision FROM studies WHERE study_uid=?", (meta.study_uid,))
+        if row is None:
+            t.execute("INSERT INTO studies (study_uid, state, revision, first_arrival, last_arrival,"
+                      " state_changed, claimed_by, reason) VALUES (?,?,?,?,?,?,NULL,?)",
+                      (meta.study_uid, SKIPPED if own else RECEIVING, 1, now, now, now,
+                       "node output only" if own else None))
+            revision = 1
+        else:
+            state, revision = row[0], int(row[1])
+            if own:
+                pass
+            elif state == RECEIVING:
+                # A batch may carry arrivals out of order (several associations): never go back.
+                t.execute("UPDATE studies SET last_arrival=CASE WHEN last_arrival > ? THEN last_arrival"
+                          " ELSE ? END WHERE study_uid=?", (now, now, meta.study_uid))
+            elif new:
+                revision += 1
+                t.execute(
+                    "UPDATE studies SET state=?, revision=?, last_arrival=?, state_changed=?,"
+                    " claimed_by=NULL, lease_until=NULL, reason=NULL, attempts=0 WHERE study_uid=?",
+                    (RECEIVING, revision, now, now, meta.study_uid))
+        t.execute(
+            "INSERT INTO series (series_uid, study_uid, modality, series_description, series_number,"
+            " own_output) VALUES (?,?,?,?,?,?) ON CONFLICT(series_uid) DO UPDATE SET"
+            " modality=excluded.modality, series_description=excluded.series_description,"
+            " series_number=excluded.series_number,"
+            " own_output=CASE WHEN series.own_output > excluded.own_output THEN series.own_output"
+            " ELSE excluded.own_output END",
+            (meta.series_uid, meta.study_uid, meta.modality, meta.series_description,
+             meta.series_number, int(own)))
+        values = (meta.sop_instance_uid, meta.study_uid, meta.series_uid, meta.sop_class_uid,
+                  meta.modality, "\\".join(meta.image_type) or None, meta.series_description or None,
+                  meta.series_number, meta.slice_thickness,
+                  json.dumps(meta.image_position) if meta.image_position else None,
+                  json.dumps(meta.image_orientation) if meta.image_orientation else None,
+                  meta.instance_number, meta.rows, meta.columns, meta.number_of_frames,
+                  meta.transfer_syntax, r.calling_ae, now, rel, int(r.size), int(own), revision,
+                  meta.convolution_kernel or None)
+        cols = _INSTANCE_COLS.split(", ")
+        t.execute(
+            f"INSERT INTO instances ({_INSTANCE_COLS}) VALUES ({','.join('?' * len(cols))})"
+            " ON CONFLICT(sop_instance_uid) DO UPDATE SET "
+            + ", ".join(f"{c.strip()}=excluded.{c.strip()}" for c in cols[1:]),
+            values)
         return new
 
     def known_instances(self) -> set[str]:

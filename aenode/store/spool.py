@@ -3,7 +3,10 @@
 Layout: ``<data_dir>/spool/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``, built only
 from validated UIDs.  Incoming data is written to ``<data_dir>/spool/.tmp`` first and
 made durable with fsync(file), rename (atomic replace of an earlier copy of the same
-instance) and fsync(directory) before the sender hears "success".
+instance) and fsync(directory) before the sender hears "success".  Directory syncs are
+coalesced (group commit): a thread that renamed into a folder waits for one fsync of that
+folder that *started after* its rename; concurrent associations writing the same series
+share one directory sync instead of queueing one each.
 
 A spool shared by several nodes (``data_dir`` on a network file system, with
 ``[database] url``): each node writes its temporary files into its own folder,
@@ -49,22 +52,65 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _Coalesced:
+    """Group commit of one directory's fsync.
+
+    Each caller takes a ticket after its rename; an fsync covers every ticket issued
+    before it started.  A caller whose ticket is covered by a finished fsync returns
+    without syncing; otherwise it waits for the one in progress or runs the next one."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.issued = 0
+        self.done = 0
+        self.busy = False
+        self.users = 0
+
+    def sync(self, directory: Path) -> None:
+        with self.cond:
+            self.issued += 1
+            mine = self.issued
+            while self.done < mine and self.busy:
+                self.cond.wait()
+            if self.done >= mine:
+                return
+            self.busy = True
+            covers = self.issued
+        try:
+            fsync_dir(directory)
+        except BaseException:
+            with self.cond:
+                self.busy = False
+                self.cond.notify_all()  # the others try themselves
+            raise
+        with self.cond:
+            self.done = max(self.done, covers)
+            self.busy = False
+            self.cond.notify_all()
+
+
 class Spool:
-    def __init__(self, data_dir: Path, node: str | None = None):
-        """``node``: this node's identity when the spool is shared (temporary files then
-        go to a folder of its own)."""
+    def __init__(self, data_dir: Path, node: str | None = None, slot: int = 0):
+        """``node``: this node's identity when the spool is shared by several nodes;
+        ``slot``: the receive process (``[workers] receive``).  Each gets a temporary folder
+        of its own, so that one starting up never removes another's files in progress."""
         self.data_dir = Path(data_dir).resolve()
         self.root = self.data_dir / "spool"
         self.tmp_dir = self.root / TMP_NAME
         if node:
             self.tmp_dir = self.tmp_dir / re.sub(r"[^A-Za-z0-9._-]", "_", node)
+        if slot:
+            self.tmp_dir = self.tmp_dir / f"r{slot}"
         self._known_dirs: set[Path] = set()
         self._lock = threading.Lock()
+        self._dir_syncs: dict[Path, _Coalesced] = {}
 
     def prepare(self) -> None:
         """Create the folders and remove temporary files left by a crash."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp_dir.iterdir():
+            if leftover.is_dir():
+                continue  # another receive process's folder
             try:
                 leftover.unlink()
             except OSError:
@@ -147,8 +193,22 @@ class Spool:
                 os.close(fd3)
             os.replace(staged, final)
             os.unlink(tmp_path)
-        fsync_dir(final.parent)
+        self._sync_dir(final.parent)
         return final
+
+    def _sync_dir(self, directory: Path) -> None:
+        with self._lock:
+            group = self._dir_syncs.get(directory)
+            if group is None:
+                group = self._dir_syncs[directory] = _Coalesced()
+            group.users += 1
+        try:
+            group.sync(directory)
+        finally:
+            with self._lock:
+                group.users -= 1
+                if group.users == 0:
+                    self._dir_syncs.pop(directory, None)
 
     def write_bytes(self, data: bytes, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """Durably store an instance given as bytes (DICOM file format)."""

@@ -224,8 +224,10 @@ class _Store:
 def store_target(tmp_path_factory):
     target = _Store(tmp_path_factory.mktemp("fuzzstore"))
     yield target
+    assert target.scp.flush_index(30)  # rows follow the response (aenode/receive/indexer.py)
     assert target.index.known_instances() == target.stored  # indexed exactly when answered 0x0000
     assert not os.listdir(target.spool.tmp_dir)
+    target.scp.writer.stop()
     target.index.close()
 
 
