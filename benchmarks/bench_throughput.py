@@ -203,7 +203,7 @@ def one_config(args: argparse.Namespace, tools: dict[str, Path], studies: list[P
            f'max_associations = 64\n'
            f'[stability]\nquiet_seconds = {args.quiet}\nafter_release_seconds = {args.after_release}\n'
            f'[model]\nproviders = {providers}\n[web]\nenabled = false\n'
-           f'[workers]\nanalysis = {workers}\n'
+           f'[workers]\nanalysis = {workers}\nreceive = {args.receive}\n'
            f'[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = {pacs.port}\n')
     node, log = run_node(cfg, work)
     try:
@@ -235,7 +235,8 @@ def one_config(args: argparse.Namespace, tools: dict[str, Path], studies: list[P
         node.wait(60)
         pacs.stop()
     return {
-        "provider": provider, "analysis_processes": workers, "studies": len(studies), "sr_received": got,
+        "provider": provider, "analysis_processes": workers, "receive_processes": args.receive,
+        "studies": len(studies), "sr_received": got,
         "seconds": round(elapsed, 2), "studies_per_min": round(60 * len(studies) * min(1.0, got / (2 * len(studies)))
                                                                / elapsed, 1),
         "sending_seconds": round(sending, 2), "node_cpu_cores_busy": round(cpu / elapsed, 2),
@@ -264,6 +265,7 @@ def main() -> int:
     p.add_argument("--studies", type=int, default=12)
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--receive", type=int, default=1, help="[workers] receive: listener processes on the port")
     p.add_argument("--workers", default="1,2", help="analysis processes to try, comma-separated")
     p.add_argument("--providers", default="cpu", help="cuda,cpu")
     p.add_argument("--quiet", type=float, default=5.0)

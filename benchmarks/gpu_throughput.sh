@@ -2,9 +2,9 @@
 # Throughput on the lent GPU machine (see docs/BENCHMARKS.md): run from the repository
 # root there after the wheels were installed into /tmp/site (../shared/gpu/prepare-parts.sh).
 # DCMTK (sender and PACS) travels as .dcmtk/dcmtk.tgz: Debian 12's binaries and libraries.
-#   bash benchmarks/gpu_throughput.sh STUDIES WORKERS PROVIDERS [CONCURRENCY]
+#   bash benchmarks/gpu_throughput.sh STUDIES WORKERS PROVIDERS [CONCURRENCY] [RECEIVE]
 set -euo pipefail
-studies=${1:-24}; workers=${2:-4,8}; providers=${3:-cuda,cpu}; conc=${4:-4}
+studies=${1:-24}; workers=${2:-4,8}; providers=${3:-cuda,cpu}; conc=${4:-4}; receive=${5:-1}
 mkdir -p /tmp/dcmtk && tar -xzf .dcmtk/dcmtk.tgz -C /tmp/dcmtk
 export LD_LIBRARY_PATH=/tmp/dcmtk/lib:${LD_LIBRARY_PATH:-}
 export DCMDICTPATH=/tmp/dcmtk/share/dicom.dic
@@ -13,4 +13,4 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TCP_NODELAY=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
 python3 benchmarks/bench_throughput.py --studies "$studies" --workers "$workers" --providers "$providers" \
-  --concurrency "$conc" --dcmtk /tmp/dcmtk/bin --cache /tmp/studies --json "${OUT:-/tmp}/throughput.json"
+  --concurrency "$conc" --receive "$receive" --dcmtk /tmp/dcmtk/bin --cache /tmp/studies --json "${OUT:-/tmp}/throughput.json"
