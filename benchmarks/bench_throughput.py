@@ -295,6 +295,8 @@ def main() -> int:
             r = one_config(args, tools, studies, provider, w, base)
             runs.append(r)
             print(json.dumps(r), flush=True)
+            if args.json:  # after every configuration, so a cut-off run keeps what it measured
+                args.json.write_text(json.dumps({**out, "runs": runs}, indent=2))
     out["runs"] = runs
     cpu_best = max((r["studies_per_min"] for r in runs if r["provider"] == "cpu"), default=None)
     cuda_best = max((r["studies_per_min"] for r in runs if r["provider"] == "cuda"), default=None)
