@@ -55,7 +55,7 @@ class DomainCheck:
                 "low": self.low, "high": self.high, "unit": self.unit, "inside": self.inside}
 
 
-_LABELS = {"lung_median_hu": "median lung HU", "lung_volume_ml": "lung volume"}
+_LABELS = {"lung_median_hu": "median lung attenuation", "lung_volume_ml": "lung volume"}
 
 
 @dataclass(frozen=True)
