@@ -55,7 +55,8 @@ def report_input_from_outcome(manifest: Manifest, prediction: Prediction, volume
         overlay = {z: masks[keep[z]] for z in shown}
     # A tilted series was resampled onto another grid than its instances': a SEG that
     # references those instances would be misplaced, so none is written for it.
-    if manifest.outputs.seg and not outside and not any("gantry tilt" in w for w in volume.warnings):
+    if manifest.outputs.seg and not outside and prediction.lesion_prob is not None and \
+            not any("gantry tilt" in w for w in volume.warnings):
         segmentation = _segmentation(manifest, prediction, volume, keep, threshold)
     classes = [ClassConcept(c.name, c.code_value, c.scheme_designator, c.meaning) for c in manifest.outputs.classes]
     schemes = [CodingScheme(s.designator, s.name, s.version, s.responsible_organization, s.uid)

@@ -22,8 +22,8 @@ from pydicom import dcmread
 
 from aenode.config import parse_config
 from aenode.node import running_node
-from aenode.peers.orthanc import Orthanc, free_port
 from aenode.peers import wait_for
+from aenode.peers.orthanc import Orthanc, free_port
 from aenode.peers.webhook import WebhookServer
 from tests.gate.conftest import PACKAGE, dciodvfy_errors
 from tests.web.conftest import PASSWORDS, hashes, web_section  # noqa: F401 - hashes is a fixture
