@@ -50,7 +50,7 @@ def main() -> None:
     ax.set_ylabel("accuracy in bin")
     ax.set_title(f"covid-typicality: held-out phantoms, n = {len(y)}\n(10 bins; labels: studies per bin)",
                  fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(args.out)
     print(f"written {args.out}")
