@@ -67,3 +67,15 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
     r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
     return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture(autouse=True)
+def _logging_to_real_stderr():
+    """``aenode.cli.main`` points logging at the (captured) stderr of the moment; put it back
+    so that later tests do not log into a closed capture."""
+    yield
+    import sys
+
+    from aenode.logs import configure_logging
+
+    configure_logging("INFO", stream=sys.__stderr__)
