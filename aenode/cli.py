@@ -79,6 +79,9 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     cols = ["study_uid", "state", "revision", "instances", "selected_series", "model", "category",
             "probabilities", "result_uids", "delivery", "alert"]
+    for r in rows:  # outside the model's validated domain: no category, and the reason
+        if r.get("result_state") == "out-of-domain":
+            r["category"] = f"none: out-of-domain ({r.get('domain')})"
     table = [cols] + [[_cell(r[c]) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     for row in table:

@@ -378,14 +378,19 @@ class _Summary:
     probabilities: dict[str, float] | None
     involvement: float | None
     result_uids: list[str] | None
+    result_state: str | None = None   # "analysed", or "out-of-domain" (no category; domain says why)
+    domain: str | None = None         # the domain gate's reason, with the measured values
 
     @classmethod
     def of(cls, r: ResultRow | None) -> _Summary:
         if r is None:
             return cls(None, None, None, None, None, None, None)
-        uids = (r.detail or {}).get("result_uids")
+        detail = r.detail or {}
+        uids = detail.get("result_uids")
+        gate = detail.get("domain")
         return cls(r.selected_series, r.model, r.revision, r.category, r.probabilities, r.involvement,
-                   list(uids) if isinstance(uids, list) else None)
+                   list(uids) if isinstance(uids, list) else None, detail.get("state", "analysed"),
+                   gate.get("reason") if isinstance(gate, dict) else None)
 
 
 def study_status(config: Config) -> list[dict[str, Any]]:

@@ -193,6 +193,7 @@ def stage_times(data_dir: Path) -> dict[str, float]:
 
 def one_config(args: argparse.Namespace, tools: dict[str, Path], studies: list[Path], provider: str,
                workers: int, base: Path) -> dict[str, object]:
+    studies_root = args.cache
     work = base / f"{provider}-{workers}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -211,7 +212,7 @@ def one_config(args: argparse.Namespace, tools: dict[str, Path], studies: list[P
         gpu = GpuSampler()
         gpu.start()
         cpu0, t0 = _cpu_seconds(node.pid), time.perf_counter()
-        sending = send_all(tools["storescu"], port, "AENODE", studies, args.concurrency)
+        sending = send_all(tools["storescu"], port, "AENODE", studies, args.concurrency) if studies else 0.0
         want = 2 * len(studies)  # both models write an SR per study
         deadline = time.monotonic() + args.timeout
         while pacs.count("SR") < want and time.monotonic() < deadline:
@@ -219,13 +220,18 @@ def one_config(args: argparse.Namespace, tools: dict[str, Path], studies: list[P
             if int(time.monotonic()) % 5 == 0 and all_final(work / "data", len(studies)):
                 time.sleep(3)  # everything analysed: give delivery a moment, then stop waiting
                 break
-        elapsed = time.perf_counter() - t0
+        elapsed = max(time.perf_counter() - t0, 1e-9)
         cpu = _cpu_seconds(node.pid) - cpu0
         gpu.stop_event.set()
         got = pacs.count("SR")
-        # Latency: one more study alone, last C-STORE answered -> its SR in the PACS.
+        # Latency: one more study alone, to an idle node (the batch's SCs delivered first),
+        # last C-STORE answered -> its first SR in the PACS.
+        settle = time.monotonic() + 60
+        while pacs.count("SC") < want and time.monotonic() < settle:
+            time.sleep(0.05)
+        time.sleep(1.0)
         before = pacs.count("SR")
-        send_all(tools["storescu"], port, "AENODE", [studies[0].with_name(studies[0].name + "-latency")], 1)
+        send_all(tools["storescu"], port, "AENODE", [studies_root / "latency"], 1)
         t_sent = time.perf_counter()
         while pacs.count("SR") < before + 1 and time.perf_counter() - t_sent < 120:
             time.sleep(0.01)
@@ -237,8 +243,8 @@ def one_config(args: argparse.Namespace, tools: dict[str, Path], studies: list[P
     return {
         "provider": provider, "analysis_processes": workers, "receive_processes": args.receive,
         "studies": len(studies), "sr_received": got,
-        "seconds": round(elapsed, 2), "studies_per_min": round(60 * len(studies) * min(1.0, got / (2 * len(studies)))
-                                                               / elapsed, 1),
+        "seconds": round(elapsed, 2),
+        "studies_per_min": round(60 * len(studies) * min(1.0, got / max(1, 2 * len(studies))) / elapsed, 1),
         "sending_seconds": round(sending, 2), "node_cpu_cores_busy": round(cpu / elapsed, 2),
         "gpu_util_mean": round(statistics.mean(gpu.samples), 1) if gpu.samples else None,
         "gpu_util_max": max(gpu.samples) if gpu.samples else None,
@@ -280,15 +286,16 @@ def main() -> int:
     t0 = time.perf_counter()
     studies = generate(args.cache, args.studies + 1, args.slices)
     latency_study = studies.pop()  # a study of its own for the latency run (new UIDs)
-    target = studies[0].with_name(studies[0].name + "-latency")
+    target = latency_study.with_name("latency")
     if not target.exists():
         latency_study.rename(target)
     print(f"# {len(studies)} studies of {args.slices} slices generated in {time.perf_counter() - t0:.1f} s",
           flush=True)
     base = Path(tempfile.mkdtemp(prefix="aenode-bench-"))
     out: dict[str, object] = {"machine": describe(), "args": {k: str(v) for k, v in vars(args).items()}}
-    out["sender_ceiling"] = ceiling = sender_ceiling(args, tools, studies, base)
-    print(f"sender ceiling (storescu -> storescp, {args.concurrency} at a time): {ceiling}", flush=True)
+    if studies:
+        out["sender_ceiling"] = ceiling = sender_ceiling(args, tools, studies, base)
+        print(f"sender ceiling (storescu -> storescp, {args.concurrency} at a time): {ceiling}", flush=True)
     runs = []
     for provider in args.providers.split(","):
         for w in (int(x) for x in args.workers.split(",")):

@@ -142,6 +142,8 @@ def export_package(model: nn.Module, out: Path, name: str, version: str, input_s
     text = re.sub(r'(?m)^name = ".*"', f'name = "{name}"', text, count=1)
     text = re.sub(r'(?m)^version = ".*"', f'version = "{version}"', text, count=1)
     text = re.sub(r'(?m)^sha256 = "[0-9a-f]*"', f'sha256 = "{digest}"', text, count=1)
+    # This graph carries its own fitted temperature: the reference's must not apply on top.
+    text = re.sub(r'(?m)^temperature = [0-9.]+', "temperature = 1.0", text, count=1)
     (out / "model.toml").write_text(text)
     return digest
 

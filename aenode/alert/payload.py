@@ -17,6 +17,7 @@ from typing import Any
 
 import pydicom
 
+from aenode.alert.rules import NOT_ASSESSED_MESSAGE, OUT_OF_DOMAIN
 from aenode.config import Config
 from aenode.logs import get_logger
 from aenode.store.index import Index
@@ -123,6 +124,9 @@ def build_payload(
         "previous_category": previous_category,
         "previous_category_code": previous_category_code if update else None,
         "cleared": bool(update and not alerting),
+        # "not-assessed": the domain gate fired, the AI gave no category (issue 12).
+        "kind": "not-assessed" if category == OUT_OF_DOMAIN else "category",
+        "message": NOT_ASSESSED_MESSAGE if category == OUT_OF_DOMAIN else None,
         "category": category,
         "category_code": category_code,
         "probability": None if probability is None else round(float(probability), 4),

@@ -17,6 +17,12 @@ alerting X                  alerting Y != X              update: Y, previous_cat
 alerting X                  not alerting (Negative...)   update: cleared, previous_category X
 none / a "cleared" update   not alerting                 nothing
 ==========================  ===========================  ====================================
+
+Outside a model's validated domain (its domain gate fired) a result has no category; the
+node then alerts with the pseudo-category :data:`OUT_OF_DOMAIN` ("AI could not assess;
+needs a radiologist's review"), never a class of the model.  It is one of the model's
+alert classes when its manifest has ``[domain]`` with ``alert = true`` (the default); a
+channel with its own ``categories`` list gets it only when that list names "out-of-domain".
 """
 
 from __future__ import annotations
@@ -32,6 +38,11 @@ from aenode.logs import get_logger
 
 log = get_logger("aenode.alert")
 
+OUT_OF_DOMAIN = "out-of-domain"
+NOT_ASSESSED_MESSAGE = "AI could not assess; needs a radiologist's review"
+OUT_OF_DOMAIN_CODE = {"code_value": "OUTDOMAIN", "scheme_designator": "99AENODER",
+                      "meaning": "Outside the validated domain of the model - no AI category"}
+
 
 @dataclass(frozen=True)
 class ClassRule:
@@ -46,12 +57,15 @@ class ModelRules:
     model: str
     version: str | None
     classes: dict[str, ClassRule]
+    domain_alert: bool = False  # alert when the domain gate fires (OUT_OF_DOMAIN)
 
     @property
     def alert_classes(self) -> list[str]:
-        return [c.name for c in self.classes.values() if c.alert]
+        return [c.name for c in self.classes.values() if c.alert] + ([OUT_OF_DOMAIN] if self.domain_alert else [])
 
     def code(self, name: str | None) -> dict[str, str] | None:
+        if name == OUT_OF_DOMAIN:
+            return dict(OUT_OF_DOMAIN_CODE)
         c = self.classes.get(name or "")
         return c.code if c else None
 
@@ -89,7 +103,17 @@ def rules_from_manifest(m: Manifest) -> ModelRules:
         c.name: ClassRule(c.name, c.alert, c.alert_threshold,
                           {"code_value": c.code_value, "scheme_designator": c.scheme_designator,
                            "meaning": c.meaning})
-        for c in m.outputs.classes})
+        for c in m.outputs.classes}, domain_alert=m.domain is not None and m.domain.alert)
+
+
+def result_category(category: str | None, detail: dict[str, Any] | None) -> str | None:
+    """The category the rules decide on: the result's, or :data:`OUT_OF_DOMAIN` for a result
+    the domain gate kept without one (``detail["state"]``, written by the analysis stage)."""
+    if category:
+        return category
+    if isinstance(detail, dict) and detail.get("state") == OUT_OF_DOMAIN:
+        return OUT_OF_DOMAIN
+    return None
 
 
 def model_rules(config: Config, model: str, detail: dict[str, Any] | None = None) -> ModelRules | None:
@@ -121,6 +145,8 @@ def decide(rules: ModelRules, classes: list[str], category: str | None,
     """Whether a result alerts for a channel's classes; None when there is no category."""
     if not category:
         return None
+    if category == OUT_OF_DOMAIN:  # no probabilities: the model's answer is not used
+        return Decision(OUT_OF_DOMAIN in classes, OUT_OF_DOMAIN, None)
     probs = probabilities or {}
     passing: list[tuple[str, float | None]] = []
     for name in classes:
@@ -154,5 +180,5 @@ def action(previous: dict[str, Any] | None, now: Decision) -> tuple[bool, bool] 
     return None
 
 
-__all__ = ["ClassRule", "Decision", "ModelRules", "action", "channel_classes", "decide", "model_rules",
-           "rules_from_manifest"]
+__all__ = ["NOT_ASSESSED_MESSAGE", "OUT_OF_DOMAIN", "ClassRule", "Decision", "ModelRules", "action",
+           "channel_classes", "decide", "model_rules", "result_category", "rules_from_manifest"]

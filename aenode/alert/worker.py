@@ -26,7 +26,7 @@ import time
 from aenode.alert.base import alert_key
 from aenode.alert.channels import configured_channels
 from aenode.alert.payload import build_payload, phi_of, read_header
-from aenode.alert.rules import ModelRules, action, channel_classes, decide, model_rules
+from aenode.alert.rules import ModelRules, action, channel_classes, decide, model_rules, result_category
 from aenode.alert.senders import register_senders
 from aenode.alert.store import DASHBOARD, AlertRow, AlertStore
 from aenode.config import Config
@@ -93,7 +93,7 @@ class AlertWorker:
         """The decision the dashboard shows: every newest revision, alerting or not."""
         decision = None
         if rules is not None:
-            decision = decide(rules, rules.alert_classes, r.category, r.probabilities)
+            decision = decide(rules, rules.alert_classes, result_category(r.category, r.detail), r.probabilities)
         # A shadow model's result is shown to admins but never alerts (issue 13: safe roll-out).
         alerting = bool(decision and decision.alerting) and not is_shadow(r)
         category = decision.category if decision is not None else (r.category or "none")
@@ -111,11 +111,12 @@ class AlertWorker:
         detail = r.detail if isinstance(r.detail, dict) else None
         now = time.time()
         rules = model_rules(self.config, model, detail)
+        category = result_category(r.category, detail)  # "out-of-domain" when the gate fired
         if rules is None and r.category:
             log.error("alert_rules_unknown", model=model, study_uid=study_uid,
                       hint="no manifest for this model under [model] path; no alert decided")
         out = [self._dashboard(r, rules, now)]
-        if rules is None or not channels or not r.category or is_shadow(r):
+        if rules is None or not channels or not category or is_shadow(r):
             return out
         if self.index.is_backfilled(study_uid):
             # A past study retrieved by ``aenode backfill`` for surveillance: the dashboard
@@ -124,7 +125,7 @@ class AlertWorker:
             return out
         header: dict[str, str | None] | None = None
         for channel in channels:
-            decision = decide(rules, channel_classes(self.config, channel, rules), r.category,
+            decision = decide(rules, channel_classes(self.config, channel, rules), category,
                               r.probabilities)
             if decision is None:
                 continue

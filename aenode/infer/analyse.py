@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from aenode.infer.domain import OUT_OF_DOMAIN
 from aenode.infer.engine import Model, Prediction
 from aenode.infer.preprocess import ModelGrid
 from aenode.load.volume import DEFAULT_MAX_VOXELS, LoadError, Volume, load_series
@@ -28,12 +29,21 @@ log = get_logger("aenode.infer")
 class ModelOutcome:
     model: str
     version: str
-    state: str  # analysed | skipped | error
+    # analysed | out-of-domain | skipped | error.  "out-of-domain": the model ran but its
+    # domain gate fired, so the result has no category (reason: the measured values).  Not
+    # "indeterminate-out-of-domain": Indeterminate is one of the RSNA categories this very
+    # model reports (and alerts on); the state must never be read as that category.
+    state: str
     reason: str | None
     selection: SelectionResult
     prediction: Prediction | None = None
     volume_warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def has_result(self) -> bool:
+        """A result to record and publish (with or without a category)."""
+        return self.state in ("analysed", OUT_OF_DOMAIN) and self.prediction is not None
 
     @property
     def selected_series(self) -> str | None:
@@ -58,11 +68,12 @@ class StudyAnalysis:
 
     @property
     def state(self) -> str:
-        """error if any model failed, else analysed if any model ran, else skipped."""
+        """error if any model failed, else analysed if any model ran (out-of-domain
+        included: it has a result, without a category), else skipped."""
         states = {o.state for o in self.outcomes}
         if "error" in states:
             return "error"
-        if "analysed" in states:
+        if "analysed" in states or OUT_OF_DOMAIN in states:
             return "analysed"
         return "skipped"
 
@@ -70,9 +81,10 @@ class StudyAnalysis:
     def reason(self) -> str | None:
         if not self.outcomes:
             return "no models loaded"
-        wanted = "error" if self.state == "error" else ("skipped" if self.state == "skipped" else None)
-        if wanted is None:
-            return None
+        if self.state == "analysed":  # the domain gate's reasons, else none
+            ood = [f"{o.model}: {OUT_OF_DOMAIN}: {o.reason}" for o in self.outcomes if o.state == OUT_OF_DOMAIN]
+            return "; ".join(ood) or None
+        wanted = "error" if self.state == "error" else "skipped"
         return "; ".join(f"{o.model}: {o.reason}" for o in self.outcomes if o.state == wanted)
 
     def as_dict(self) -> dict[str, Any]:
@@ -134,6 +146,12 @@ def analyse_instances(
             continue
         timings = {"load": t_load, **pred.timings}
         timings["total"] = sum(timings.values())
+        if pred.out_of_domain:
+            reason = pred.domain.reason if pred.domain is not None else None
+            log.warning("domain_gate_fired", study_uid=study_uid, model=m.name, reason=reason)
+            outcomes.append(ModelOutcome(m.name, m.version, OUT_OF_DOMAIN, reason, sel, pred,
+                                         list(vol.warnings), timings))
+            continue
         outcomes.append(ModelOutcome(m.name, m.version, "analysed", None, sel, pred, list(vol.warnings), timings))
     kept = {k[0]: v for k, v in volumes.items() if isinstance(v, Volume)} if keep_volumes else {}
     return StudyAnalysis(outcomes, kept)

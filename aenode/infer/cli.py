@@ -81,6 +81,11 @@ def _text_report(doc: dict) -> str:
             lines.append(f"  skipped series: {s['description'] or s['series_uid']} ({s['instances']} instances): {s['reason']}")
         for w in m.get("volume_warnings", []):
             lines.append(f"  volume: {w}")
+        if m["state"] == "out-of-domain":
+            lines.append("  category: none - outside the validated domain of the model, no AI category; "
+                         "needs a radiologist's review")
+            lines.append(f"  domain: {m['domain']['reason'] if m.get('domain') else m['reason']}")
+            lines.append(f"  time: {m['timings_s'].get('total', 0):.2f} s")
         if m["state"] == "analysed":
             lines.append(f"  category: {m['category']}")
             probs = ", ".join(f"{k} {v:.3f}" for k, v in m["probabilities"].items())

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from aenode.infer.domain import DomainResult, check_domain
 from aenode.infer.findings import describe_maps
 from aenode.infer.manifest import Manifest, ManifestError, load_manifest, verify_onnx
 from aenode.infer.preprocess import (
@@ -78,7 +79,7 @@ def resolve_providers(wanted: list[str], device_id: int = 0) -> list[Any]:
 class Prediction:
     model: str
     version: str
-    category: str
+    category: str | None  # None: outside the model's validated domain (see ``domain``)
     probabilities: dict[str, float]
     alerts: list[str]
     involvement_percent: float | None
@@ -88,6 +89,12 @@ class Prediction:
     grid: ModelGrid | None = field(default=None, repr=False)
     timings: dict[str, float] = field(default_factory=dict)
     detail: dict[str, Any] = field(default_factory=dict)
+    lung_prob: np.ndarray | None = field(default=None, repr=False)  # model grid, z y x (for the SEG)
+    domain: DomainResult | None = None
+
+    @property
+    def out_of_domain(self) -> bool:
+        return self.domain is not None and not self.domain.inside
 
     def lesion_mask_on_series(self, volume: Volume, threshold: float = 0.5) -> np.ndarray | None:
         """The lesion map as a uint8 mask on the series grid (for overlays), computed on demand."""
@@ -108,12 +115,25 @@ class Prediction:
             return None
         return mask_slices_on_series(self.lesion_prob, self.grid, volume, slices, threshold)
 
+    def lung_mask_on_series(self, volume: Volume, threshold: float = 0.5) -> np.ndarray | None:
+        """The lung map as a uint8 mask on the series grid (for the SEG), computed on demand."""
+        if self.lung_prob is None or self.grid is None:
+            return None
+        return map_to_series(self.lung_prob, self.grid, volume, threshold)
+
     def as_dict(self) -> dict[str, Any]:
+        probs = {k: round(v, 4) for k, v in self.probabilities.items()}
+        out_of_domain = self.out_of_domain
         return {
             "model": self.model, "version": self.version, "category": self.category,
-            "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()},
+            "domain": None if self.domain is None else self.domain.as_dict(),
+            # Outside the domain the class probabilities are withheld (they would read as a
+            # category); kept apart for audit only.
+            "probabilities": {} if out_of_domain else probs,
+            **({"withheld_probabilities": probs} if out_of_domain else {}),
             "alerts": self.alerts,
-            "involvement_percent": None if self.involvement_percent is None else round(self.involvement_percent, 2),
+            "involvement_percent": None if self.involvement_percent is None or out_of_domain
+            else round(self.involvement_percent, 2),
             "lesion_volume_ml": None if self.lesion_volume_ml is None else round(self.lesion_volume_ml, 1),
             "lung_volume_ml": None if self.lung_volume_ml is None else round(self.lung_volume_ml, 1),
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
@@ -214,24 +234,32 @@ class Model:
         t1 = time.perf_counter()
         out = self.run(x)
         t2 = time.perf_counter()
-        return self.interpret(out, grid, timings={"preprocess": t1 - t0, "inference": t2 - t1})
+        return self.interpret(out, grid, timings={"preprocess": t1 - t0, "inference": t2 - t1}, x=x)
 
-    def interpret(self, out: dict[str, np.ndarray], grid: ModelGrid, timings: dict[str, float]) -> Prediction:
+    def interpret(self, out: dict[str, np.ndarray], grid: ModelGrid, timings: dict[str, float],
+                  x: np.ndarray | None = None) -> Prediction:
+        """The prediction from the raw outputs; ``x`` (the model input) lets the domain gate
+        measure lung HU (without it, a declared ``[domain]`` cannot be checked and the study
+        is treated as outside the domain: the gate fails closed)."""
         m = self.manifest
-        probs = np.asarray(out[m.outputs.probabilities], dtype=np.float64).reshape(-1)
-        if probs.shape[0] != len(m.outputs.classes):
-            raise ValueError(f"model {m.name} returned {probs.shape[0]} probabilities for "
+        raw = np.asarray(out[m.outputs.probabilities], dtype=np.float64).reshape(-1)
+        if raw.shape[0] != len(m.outputs.classes):
+            raise ValueError(f"model {m.name} returned {raw.shape[0]} probabilities for "
                              f"{len(m.outputs.classes)} classes")
+        probs = calibrated(raw, m.outputs.scores, m.outputs.temperature)
         probabilities = {c.name: float(p) for c, p in zip(m.outputs.classes, probs)}
-        category = m.outputs.classes[int(np.argmax(probs))].name
+        category: str | None = m.outputs.classes[int(np.argmax(probs))].name
         alerts = [c.name for c in m.outputs.classes if c.alert and probabilities[c.name] >= c.alert_threshold]
-        lesion_prob = involvement = lesion_ml = lung_ml = None
-        detail: dict[str, Any] = {}
+        lesion_prob = lung_prob = involvement = lesion_ml = lung_ml = None
+        lung = None
+        detail: dict[str, Any] = {"raw_scores": {c.name: float(v) for c, v in zip(m.outputs.classes, raw)}}
+        if m.outputs.lung_map:
+            lung_prob = np.asarray(out[m.outputs.lung_map.name], dtype=np.float32)[0, 0]
         if m.outputs.lesion_map:
             lesion_prob = np.asarray(out[m.outputs.lesion_map.name], dtype=np.float32)[0, 0]
             lesion = lesion_prob >= m.outputs.lesion_map.threshold
-            if m.outputs.lung_map:
-                lung = np.asarray(out[m.outputs.lung_map.name])[0, 0] >= m.outputs.lung_map.threshold
+            if m.outputs.lung_map and lung_prob is not None:
+                lung = lung_prob >= m.outputs.lung_map.threshold
                 lung |= lesion  # consolidated lung is lung too
                 lung_ml = float(lung.sum()) * grid.voxel_volume_ml
                 lesion_ml = float((lesion & lung).sum()) * grid.voxel_volume_ml
@@ -240,8 +268,36 @@ class Model:
                 lung = None
                 lesion_ml = float(lesion.sum()) * grid.voxel_volume_ml
             detail["findings"] = describe_maps(lesion, lung, grid.spacing_zyx)  # surveillance records
+        elif lung_prob is not None and m.outputs.lung_map:
+            lung = lung_prob >= m.outputs.lung_map.threshold
+        domain = None
+        if m.domain is not None:
+            if x is None:
+                lung = None  # fail closed: nothing to measure on
+            domain = check_domain(m.domain, x if x is not None else np.zeros(0), lung, grid.voxel_volume_ml,
+                                  m.preprocessing)
+            if not domain.inside:
+                # No category, no alert class: the model's answer is not trusted here.
+                category, alerts = None, []
         return Prediction(
             model=m.name, version=m.version, category=category, probabilities=probabilities, alerts=alerts,
             involvement_percent=involvement, lesion_volume_ml=lesion_ml, lung_volume_ml=lung_ml,
-            lesion_prob=lesion_prob, grid=grid, timings=timings, detail=detail,
+            lesion_prob=lesion_prob, grid=grid, timings=timings, detail=detail, lung_prob=lung_prob,
+            domain=domain,
         )
+
+
+def calibrated(raw: np.ndarray, scores: str, temperature: float) -> np.ndarray:
+    """Class probabilities from the model's output tensor, temperature-scaled.
+
+    Logits are divided by T before the softmax; softmax probabilities are turned back into
+    logits with log(p) first (the softmax of log p is p, so T = 1 changes nothing)."""
+    logits = np.asarray(raw, dtype=np.float64)
+    if scores == "probabilities":
+        if temperature == 1.0:
+            return logits
+        logits = np.log(np.clip(logits, 1e-12, 1.0))
+    z = logits / temperature
+    z -= z.max()
+    e = np.exp(z)
+    return e / e.sum()

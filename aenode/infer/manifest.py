@@ -113,9 +113,16 @@ class MapSpec(_Section):
 
 class Outputs(_Section):
     probabilities: str = Field(min_length=1)  # ONNX output tensor name, shape [batch, n_classes]
+    # What that tensor holds: softmax "probabilities" (the reference model) or raw "logits".
+    scores: Literal["probabilities", "logits"] = "probabilities"
+    # Temperature scaling (fitted on held-out data, see training/calibrate.py): softmax of
+    # logits / T; for probabilities, log(p) stands in for the logits (same softmax).
+    temperature: float = Field(1.0, gt=0.05, le=20.0)
     classes: list[ClassSpec] = Field(min_length=2)
     lesion_map: MapSpec | None = None
     lung_map: MapSpec | None = None
+    # Also write the lesion and lung maps as a DICOM Segmentation (needs lesion_map).
+    seg: bool = False
 
     @field_validator("classes")
     @classmethod
@@ -124,6 +131,25 @@ class Outputs(_Section):
         if len(set(names)) != len(names):
             raise ValueError("class names must be unique")
         return v
+
+
+class DomainSpec(_Section):
+    """Image-level statistics of the training data (see :mod:`aenode.infer.domain`):
+    a study whose measured value falls outside a range gets no category."""
+
+    lung_median_hu: list[float] | None = Field(None, min_length=2, max_length=2)
+    lung_volume_ml: list[Annotated[float, Field(ge=0)]] | None = Field(None, min_length=2, max_length=2)
+    # Alert ("AI could not assess; needs a radiologist's review") when the gate fires, on
+    # the channels that take the model's alert classes (or list "out-of-domain").
+    alert: bool = True
+
+    @model_validator(mode="after")
+    def _ranges(self) -> DomainSpec:
+        for key in ("lung_median_hu", "lung_volume_ml"):
+            r = getattr(self, key)
+            if r is not None and r[0] >= r[1]:
+                raise ValueError(f"{key}: low must be below high")
+        return self
 
 
 class Algorithm(_Section):
@@ -143,6 +169,15 @@ class Manifest(_Section):
     preprocessing: Preprocessing
     selection: SelectionRules = Field(default_factory=SelectionRules)
     outputs: Outputs
+    domain: DomainSpec | None = None
+
+    @model_validator(mode="after")
+    def _domain_needs_lung_map(self) -> Manifest:
+        if self.domain is not None and self.outputs.lung_map is None:
+            raise ValueError("domain: the image-level checks need outputs.lung_map")
+        if self.outputs.seg and self.outputs.lesion_map is None:
+            raise ValueError("outputs.seg: a Segmentation needs outputs.lesion_map")
+        return self
 
     @model_validator(mode="after")
     def _schemes_declared(self) -> Manifest:

@@ -189,7 +189,7 @@ class AnalysisWorker:
                                      keep_volumes=self.publisher is not None, study_uid=study_uid,
                                      max_voxels=self.config.limits.max_volume_voxels)
         for outcome in analysis.outcomes:
-            if outcome.state != "analysed" or outcome.prediction is None:
+            if not outcome.has_result:  # analysed, or out-of-domain (a result without a category)
                 continue
             result_uids: list[str] = []
             shadow = self.config.model_mode(outcome.model) == "shadow"
@@ -227,8 +227,12 @@ class AnalysisWorker:
             "findings": p.detail.get("findings"),  # laterality, distribution (aenode.infer.findings)
             "skipped_series": [{"series_uid": uid, "reason": why} for uid, why in o.selection.skipped.items()],
             "mode": mode,   # "shadow": the alert worker and PACS ignore it; admins compare it
+            "state": o.state,   # "analysed" or "out-of-domain" (category None, domain says why)
+            "domain": None if p.domain is None else p.domain.as_dict(),
         }
-        self.index.record_result(study_uid, revision, o.model, p.category,
-                                 probabilities={k: round(v, 4) for k, v in p.probabilities.items()},
-                                 selected_series=o.selected_series, involvement=p.involvement_percent,
-                                 detail=detail)
+        probabilities: dict[str, float] | None = {k: round(v, 4) for k, v in p.probabilities.items()}
+        involvement = p.involvement_percent
+        if p.out_of_domain:  # no category: nothing that reads as one either (kept for audit only)
+            detail["withheld_probabilities"], probabilities, involvement = probabilities, None, None
+        self.index.record_result(study_uid, revision, o.model, p.category, probabilities=probabilities,
+                                 selected_series=o.selected_series, involvement=involvement, detail=detail)

@@ -18,6 +18,7 @@ from aenode.report.models import (
     ModelInfo,
     PredecessorRef,
     ReportInput,
+    SegmentationInput,
     SourceRef,
     header_from_dataset,
 )
@@ -38,9 +39,13 @@ def report_input_from_outcome(manifest: Manifest, prediction: Prediction, volume
     refs = [SourceRef(cls_uid, str(volume.sop_instance_uids[z])) for z in keep]
     hu = volume.hu if len(keep) == volume.hu.shape[0] else volume.hu[keep]
     overlay = None
+    segmentation = None
     spec = manifest.outputs.lesion_map
     threshold = spec.threshold if spec else 0.5
-    scores = prediction.lesion_scores_on_series(volume, threshold=threshold)
+    outside = prediction.category is None
+    # Outside the validated domain the lesion map is no more trustworthy than the category:
+    # no overlay, no SEG, no involvement.
+    scores = None if outside else prediction.lesion_scores_on_series(volume, threshold=threshold)
     if scores is not None:
         # Only the slices the SC shows are resampled to full resolution (issue 11: the
         # full 512 x 512 x N projection was the slowest step of the results stage).
@@ -48,6 +53,11 @@ def report_input_from_outcome(manifest: Manifest, prediction: Prediction, volume
         shown = choose_key_slices(scores, len(keep))
         masks = prediction.lesion_masks_on_slices(volume, [keep[z] for z in shown], threshold=threshold) or {}
         overlay = {z: masks[keep[z]] for z in shown}
+    # A tilted series was resampled onto another grid than its instances': a SEG that
+    # references those instances would be misplaced, so none is written for it.
+    if manifest.outputs.seg and not outside and prediction.lesion_prob is not None and \
+            not any("gantry tilt" in w for w in volume.warnings):
+        segmentation = _segmentation(manifest, prediction, volume, keep, threshold)
     classes = [ClassConcept(c.name, c.code_value, c.scheme_designator, c.meaning) for c in manifest.outputs.classes]
     schemes = [CodingScheme(s.designator, s.name, s.version, s.responsible_organization, s.uid)
                for s in manifest.coding_scheme]
@@ -60,9 +70,32 @@ def report_input_from_outcome(manifest: Manifest, prediction: Prediction, volume
         category=prediction.category,
         model=ModelInfo(manifest.name, manifest.version, manifest.algorithm.manufacturer, manifest.sha256),
         coding_schemes=schemes,
-        lung_involvement_percent=prediction.involvement_percent,
+        lung_involvement_percent=None if outside else prediction.involvement_percent,
         revision=revision,
         predecessors=predecessors,
         volume=np.asarray(hu, dtype=np.int16),
         overlay=overlay,
+        out_of_domain=prediction.domain.reason if outside and prediction.domain is not None else (
+            "outside the validated domain" if outside else None),
+        domain_values={c.name: c.value for c in prediction.domain.checks if c.value is not None}
+        if prediction.domain is not None else {},
+        segmentation=segmentation,
     )
+
+
+def _segmentation(manifest: Manifest, prediction: Prediction, volume: Volume, keep: list[int],
+                  threshold: float) -> SegmentationInput | None:
+    """The full-resolution lesion and lung masks (computed here, once, only when the
+    manifest asks for a SEG) and the analysed instances' headers, without pixels."""
+    lesion = prediction.lesion_mask_on_series(volume, threshold=threshold)
+    if lesion is None:
+        return None
+    lung_spec = manifest.outputs.lung_map
+    lung = prediction.lung_mask_on_series(volume, threshold=lung_spec.threshold if lung_spec else 0.5)
+    if len(keep) != lesion.shape[0]:
+        lesion = lesion[keep]
+        lung = None if lung is None else lung[keep]
+    if lung is not None:
+        np.bitwise_or(lung, lesion, out=lung)  # consolidated lung is lung too
+    headers = [dcmread(volume.paths[z], stop_before_pixels=True) for z in keep]
+    return SegmentationInput(headers, lesion, lung)

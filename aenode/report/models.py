@@ -137,10 +137,36 @@ def header_from_dataset(ds: Dataset) -> Dataset:
 
 
 @dataclass(frozen=True, eq=False)
+class SegmentationInput:
+    """What the DICOM Segmentation needs: the analysed series' instance headers (no pixels,
+    aligned with ``ReportInput.source_refs``) and the full-resolution masks on that grid."""
+
+    source_images: Sequence[Dataset]
+    lesion: np.ndarray                # bool or uint8 (z, y, x)
+    lung: np.ndarray | None = None    # bool or uint8 (z, y, x)
+
+    def __post_init__(self) -> None:
+        imgs = tuple(self.source_images)
+        if not imgs or not all(isinstance(d, Dataset) for d in imgs):
+            raise ValueError("segmentation.source_images: at least one pydicom Dataset")
+        object.__setattr__(self, "source_images", imgs)
+        for name in ("lesion", "lung"):
+            m = getattr(self, name)
+            if m is None:
+                continue
+            if not isinstance(m, np.ndarray) or m.ndim != 3 or m.dtype not in (np.bool_, np.uint8):
+                raise ValueError(f"segmentation.{name}: must be a bool or uint8 array (z, y, x)")
+            if m.shape[0] != len(imgs):
+                raise ValueError(f"segmentation.{name}: {m.shape[0]} slices but {len(imgs)} source images")
+
+
+@dataclass(frozen=True, eq=False)
 class ReportInput:
     """What the report stage needs to build the SR and SC of one analysed series.
 
-    ``classes`` and ``probabilities`` are aligned; ``category`` is the name of one class.
+    ``classes`` and ``probabilities`` are aligned; ``category`` is the name of one class, or
+    None when the study is outside the model's validated domain -- then ``out_of_domain``
+    says why, with the measured value, and the SR and SC carry no category.
     ``source_refs`` lists the analysed series' instances in slice order (the order of the
     volume's z axis when a volume is given).
     """
@@ -150,7 +176,7 @@ class ReportInput:
     source_refs: Sequence[SourceRef]
     classes: Sequence[ClassConcept]
     probabilities: Sequence[float]
-    category: str
+    category: str | None
     model: ModelInfo
     coding_schemes: Sequence[CodingScheme] = ()
     lung_involvement_percent: float | None = None
@@ -162,6 +188,10 @@ class ReportInput:
     # Cheaper (only those slices are resampled from the model grid) and what the analysis
     # stage passes.
     overlay: Mapping[int, np.ndarray] | None = field(default=None, repr=False)
+    out_of_domain: str | None = None  # the domain gate's reason (measured values)
+    # The domain gate's measured values by check name (lung_median_hu, lung_volume_ml).
+    domain_values: Mapping[str, float] = field(default_factory=dict)
+    segmentation: SegmentationInput | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.header, Dataset):
@@ -192,8 +222,18 @@ class ReportInput:
             if not math.isfinite(p) or not 0.0 <= p <= 1.0:
                 raise ValueError(f"probabilities[{i}]: {p} is not in [0, 1]")
         object.__setattr__(self, "probabilities", probs)
-        if self.category not in {c.name for c in classes}:
+        if self.category is None:
+            if not self.out_of_domain:
+                raise ValueError("category: None needs out_of_domain (the reason there is no category)")
+        elif self.out_of_domain is not None:
+            raise ValueError("out_of_domain: a study outside the domain has no category")
+        elif self.category not in {c.name for c in classes}:
             raise ValueError(f"category: {self.category!r} is not one of the classes")
+        if self.segmentation is not None:
+            if len(self.segmentation.source_images) != len(refs):
+                raise ValueError("segmentation: source_images must match source_refs")
+            if self.volume is not None and self.segmentation.lesion.shape != self.volume.shape:
+                raise ValueError("segmentation.lesion: must have the volume's shape")
         if not isinstance(self.model, ModelInfo):
             raise TypeError("model: must be a ModelInfo")
         schemes = tuple(self.coding_schemes)
@@ -249,8 +289,12 @@ class ReportInput:
 
     @property
     def category_concept(self) -> ClassConcept:
+        if self.category is None:
+            raise ValueError("category_concept: outside the validated domain there is no category")
         return next(c for c in self.classes if c.name == self.category)
 
     @property
     def category_probability(self) -> float:
+        if self.category is None:
+            raise ValueError("category_probability: outside the validated domain there is no category")
         return self.probabilities[[c.name for c in self.classes].index(self.category)]

@@ -1,6 +1,6 @@
 """Write a result's SR and SC durably (queueing them for PACS is the deliver stage's).
 
-Files go to ``<data_dir>/results/<study UID>/<model name>/r<revision>/{sr,sc}.dcm``
+Files go to ``<data_dir>/results/<study UID>/<model name>/r<revision>/{sr,sc,seg}.dcm``
 (fsynced, atomic rename); an existing file of the same revision is kept as it is, so a
 retry after a crash re-enqueues the very same bytes and UIDs.
 """
@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 
 from aenode.report.models import ReportInput
 from aenode.report.sc import build_sc
+from aenode.report.seg import build_seg
 from aenode.report.sr import build_sr
 from aenode.report.uids import result_uids
 from aenode.store.datadir import DataDir
@@ -59,7 +60,8 @@ def write_dataset(ds: Dataset, path: Path) -> None:
 
 def write_results(data_dir: str | Path, inp: ReportInput, *, node_name: str = "aenode",
                   on_written: Callable[[Path], None] | None = None) -> list[Path]:
-    """Build and write the SR (and the SC when ``inp`` has a volume); returns the paths.
+    """Build and write the SR (and the SC when ``inp`` has a volume, the SEG when it has a
+    segmentation); returns the paths.
     Files already written for this revision are not rebuilt.  ``on_written`` is called
     with each file as soon as it is durable, so the SR can leave before the SC is drawn."""
     uids = result_uids(inp.study_instance_uid, inp.series_instance_uid, inp.model.sha256, inp.revision)
@@ -78,4 +80,11 @@ def write_results(data_dir: str | Path, inp: ReportInput, *, node_name: str = "a
         paths.append(sc_path)
         if on_written is not None:
             on_written(sc_path)
+    if inp.segmentation is not None:
+        seg_path = out_dir / "seg.dcm"
+        if not seg_path.is_file():
+            write_dataset(build_seg(inp, node_name=node_name, uids=uids), seg_path)
+        paths.append(seg_path)
+        if on_written is not None:
+            on_written(seg_path)
     return paths

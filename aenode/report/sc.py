@@ -65,7 +65,15 @@ def choose_key_slices(per_slice: np.ndarray | None, n_slices: int, count: int = 
     return sorted({min(n_slices - 1, int(round(f * (n_slices - 1)))) for f in fractions})
 
 
+OUT_OF_DOMAIN_BANNER = "Outside the validated domain - no AI category"
+
+
 def banner_lines(inp: ReportInput) -> list[tuple[str, tuple[int, int, int]]]:
+    if inp.category is None:
+        lines = [("AI RESULT - NOT FOR DIAGNOSTIC USE", WARNING_FG), (OUT_OF_DOMAIN_BANNER, WARNING_FG)]
+        lines += [(part.strip(), BANNER_FG) for part in (inp.out_of_domain or "").split(";") if part.strip()]
+        lines.append((f"Model: {inp.model.name} {inp.model.version}", BANNER_FG))
+        return lines
     cat = inp.category_concept
     lines = [
         ("AI RESULT - NOT FOR DIAGNOSTIC USE", WARNING_FG),
@@ -139,8 +147,9 @@ def build_sc(inp: ReportInput, *, uids: ResultUIDs | None = None) -> hd.sc.SCIma
     sc.Laterality = ""  # Type 2C: lungs are paired, the image shows both (empty = not one side)
     sc.SoftwareVersions = f"{SOFTWARE_PREFIX} {__version__}"
     sc.ManufacturerModelName = "aenode"
+    what = ("outside the validated domain, no AI category" if inp.category is None else "AI lesion overlay")
     sc.DerivationDescription = (
-        f"Key axial slices, lung window W1500 L-600, AI lesion overlay; {inp.model.name} {inp.model.version}")[:1024]
+        f"Key axial slices, lung window W1500 L-600, {what}; {inp.model.name} {inp.model.version}")[:1024]
     sources = []
     for z in slices:
         ref = inp.source_refs[z]

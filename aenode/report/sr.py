@@ -10,6 +10,10 @@ One measurement group (TID 1501) per report:
 * one numeric measurement per class: the class probability, UCUM ``{probability}``;
 * lung involvement in UCUM ``%`` when the model gave a lesion map.
 
+Outside the model's validated domain (its domain gate fired) the group carries no
+category and no class probabilities: one coded evaluation "Outside the validated domain
+of the model - no AI category" and the measured values that put it there.
+
 Evidence: every instance of the analysed series (Current Requested Procedure Evidence
 Sequence).  VerificationFlag UNVERIFIED, PreliminaryFlag PRELIMINARY.
 """
@@ -35,6 +39,16 @@ NODE_SCHEME_NAME = "aenode report concepts"
 NODE_SCHEME_VERSION = "1"
 CONCEPT_CATEGORY = hd.sr.CodedConcept("CATEGORY", NODE_SCHEME_DESIGNATOR, "AI classification category")
 CONCEPT_LUNG_INVOLVEMENT = hd.sr.CodedConcept("LUNGINV", NODE_SCHEME_DESIGNATOR, "Lung involvement")
+# Outside the model's validated domain: this evaluation replaces the category.
+CONCEPT_DOMAIN = hd.sr.CodedConcept("DOMAIN", NODE_SCHEME_DESIGNATOR, "AI validated domain")
+OUT_OF_DOMAIN_TEXT = "Outside the validated domain of the model - no AI category"
+OUTSIDE_DOMAIN = hd.sr.CodedConcept("OUTDOMAIN", NODE_SCHEME_DESIGNATOR, OUT_OF_DOMAIN_TEXT)
+DOMAIN_MEASUREMENTS = {
+    "lung_median_hu": (hd.sr.CodedConcept("LUNGHU", NODE_SCHEME_DESIGNATOR, "Median lung attenuation"),
+                       hd.sr.CodedConcept("[hnsf'U]", "UCUM", "Hounsfield unit")),
+    "lung_volume_ml": (hd.sr.CodedConcept("LUNGVOL", NODE_SCHEME_DESIGNATOR, "Lung volume"),
+                       hd.sr.CodedConcept("ml", "UCUM", "milliliter")),
+}
 
 PNEUMONIA = hd.sr.CodedConcept("233604007", "SCT", "Pneumonia")
 LUNG = hd.sr.CodedConcept("39607008", "SCT", "Lung")
@@ -109,11 +123,20 @@ def build_sr(inp: ReportInput, *, node_name: str = "aenode", uids: ResultUIDs | 
 
     algorithm = hd.sr.AlgorithmIdentification(
         name=inp.model.name, version=inp.model.version, manufacturer=inp.model.manufacturer)
-    measurements = [
-        hd.sr.Measurement(name=_concept(c), value=p, unit=UNIT_PROBABILITY)
-        for c, p in zip(inp.classes, inp.probabilities)
-    ]
-    if inp.lung_involvement_percent is not None:
+    if inp.category is None:
+        # No category, and no class probabilities either: they would read as one.
+        measurements = [
+            hd.sr.Measurement(name=concept, value=round(float(inp.domain_values[key]), 1), unit=unit,
+                              finding_sites=[hd.sr.FindingSite(LUNG)])
+            for key, (concept, unit) in DOMAIN_MEASUREMENTS.items() if inp.domain_values.get(key) is not None]
+        evaluation = hd.sr.QualitativeEvaluation(name=CONCEPT_DOMAIN, value=OUTSIDE_DOMAIN)
+    else:
+        measurements = [
+            hd.sr.Measurement(name=_concept(c), value=p, unit=UNIT_PROBABILITY)
+            for c, p in zip(inp.classes, inp.probabilities)
+        ]
+        evaluation = hd.sr.QualitativeEvaluation(name=CONCEPT_CATEGORY, value=_concept(inp.category_concept))
+    if inp.lung_involvement_percent is not None and inp.category is not None:
         measurements.append(hd.sr.Measurement(
             name=CONCEPT_LUNG_INVOLVEMENT, value=round(inp.lung_involvement_percent, 3), unit=UNIT_PERCENT,
             finding_sites=[hd.sr.FindingSite(LUNG)]))
@@ -123,10 +146,8 @@ def build_sr(inp: ReportInput, *, node_name: str = "aenode", uids: ResultUIDs | 
         finding_type=PNEUMONIA,
         algorithm_id=algorithm,
         finding_sites=[hd.sr.FindingSite(LUNG)],
-        measurements=measurements,
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=CONCEPT_CATEGORY, value=_concept(inp.category_concept)),
-        ],
+        measurements=measurements or None,
+        qualitative_evaluations=[evaluation],
     )
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 _NAMESPACE = "aenode-result-v1"
 
-ROLES = ("sr-series", "sr-instance", "sc-series", "sc-instance", "tracking", "device")
+ROLES = ("sr-series", "sr-instance", "sc-series", "sc-instance", "tracking", "device",
+         "seg-series", "seg-instance", "seg-tracking-lesion", "seg-tracking-lung")
 
 
 def derived_uid(*parts: str) -> str:
@@ -45,6 +46,10 @@ class ResultUIDs:
     sc_sop_instance_uid: str
     tracking_uid: str
     revision: int
+    seg_series_instance_uid: str
+    seg_sop_instance_uid: str
+    seg_lesion_tracking_uid: str
+    seg_lung_tracking_uid: str
 
 
 def result_uids(study_instance_uid: str, series_instance_uid: str, model_sha256: str, revision: int) -> ResultUIDs:
@@ -68,6 +73,10 @@ def result_uids(study_instance_uid: str, series_instance_uid: str, model_sha256:
         sc_sop_instance_uid=uid("sc-instance"),
         tracking_uid=uid("tracking"),
         revision=revision,
+        seg_series_instance_uid=uid("seg-series"),
+        seg_sop_instance_uid=uid("seg-instance"),
+        seg_lesion_tracking_uid=uid("seg-tracking-lesion"),
+        seg_lung_tracking_uid=uid("seg-tracking-lung"),
     )
 
 

@@ -189,6 +189,10 @@ class NodeData:
                 "selected_series": r.selected_series, "created": r.created,
                 "version": (r.detail or {}).get("version"),
                 "has_sc": (rdir / "sc.dcm").is_file(), "has_sr": (rdir / "sr.dcm").is_file(),
+                "has_seg": (rdir / "seg.dcm").is_file(),
+                # "out-of-domain": the domain gate fired, no category (reason with the measured values)
+                "state": (r.detail or {}).get("state", "analysed"),
+                "domain": (r.detail or {}).get("domain"),
                 "alert": None if decision is None else self._alert_json(
                     decision, self.store.acknowledgement(study_uid, model, decision.category)),
                 "confirmation": next(({"category": c.category, "agrees": c.agrees, "user": c.user, "at": c.at,

@@ -101,7 +101,7 @@ def test_disk_full_between_analysis_and_publishing_retries_and_publishes(heldout
         results = {r.model: r for r in index.results(study_uid)}
         assert results["covid-typicality"].category == "typical"
         sr_sc = results["covid-typicality"].detail["result_uids"]
-        assert len(sr_sc) == 2
+        assert len(sr_sc) == 3  # SR, SC and the SEG (the manifest's [outputs] seg = true)
         queued = {r.object_id for r in outbox.rows() if r.destination == "pacs"}
         assert set(sr_sc) <= queued
         assert index.study(study_uid).state == ANALYSED

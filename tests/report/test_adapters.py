@@ -22,6 +22,7 @@ class FakeVolume:
     hu: np.ndarray
     sop_instance_uids: list
     paths: list
+    warnings: list = field(default_factory=list)
 
 
 @dataclass
@@ -31,6 +32,7 @@ class FakePrediction:
     involvement_percent: float | None = None
     lesion_prob: object = None
     extra: dict = field(default_factory=dict)
+    domain: object = None  # no domain gate result
 
     def lesion_scores_on_series(self, volume, threshold=0.5):
         return None  # this model has no lesion map

@@ -557,6 +557,14 @@ class KillLoop:
         return {m.name: m.sha256 for m in (load_manifest(p) for p in sorted(MODELS.iterdir())
                                            if (p / "model.toml").is_file())}
 
+    @staticmethod
+    def model_seg(model: str) -> bool:
+        """Whether the model's manifest asks for a SEG beside the SR and SC."""
+        from aenode.infer.manifest import load_manifest
+
+        return any(load_manifest(p).outputs.seg for p in MODELS.iterdir()
+                   if (p / "model.toml").is_file() and load_manifest(p).name == model)
+
     def model_names(self) -> list[str]:
         return sorted(self.model_shas())
 
@@ -583,6 +591,7 @@ class KillLoop:
                             u = result_uids(uid, series, sha, rev)
                             allowed[u.sr_sop_instance_uid] = (model, rev, "SR")
                             allowed[u.sc_sop_instance_uid] = (model, rev, "SC")
+                            allowed[u.seg_sop_instance_uid] = (model, rev, "SEG")
                 strays = sorted(set(in_pacs) - set(allowed))
                 if strays:
                     out.append(f"study {uid}: {len(strays)} result object(s) in Orthanc with unexpected UIDs")
@@ -592,16 +601,18 @@ class KillLoop:
                         out.append(f"study {uid}: no {model} result for revision {row.revision}")
                         continue
                     uids = [str(u) for u in (r.detail or {}).get("result_uids") or []]
-                    if len(uids) != 2:
-                        out.append(f"study {uid} {model}: result lists {len(uids)} objects, expected SR + SC")
+                    expected = Counter({"SR": 1, "SC": 1, **({"SEG": 1} if self.model_seg(model) else {})})
+                    if len(uids) != sum(expected.values()):
+                        out.append(f"study {uid} {model}: result lists {len(uids)} objects, expected "
+                                   f"{' + '.join(expected)}")
                     for obj in uids:
                         if obj not in in_pacs:
                             out.append(f"study {uid} {model} r{r.revision}: {obj} not in Orthanc")
                     current = Counter(role for sop, (m, rev, role) in allowed.items()
                                       if m == model and rev == row.revision and sop in in_pacs)
-                    if current != Counter({"SR": 1, "SC": 1}):
+                    if current != expected:
                         out.append(f"study {uid} {model} r{row.revision}: Orthanc holds {dict(current)}, "
-                                   "expected one SR and one SC")
+                                   f"expected {dict(expected)}")
         finally:
             index.close()
         return out

@@ -63,6 +63,8 @@ def body_text(payload: dict[str, Any]) -> str:
     patient = payload["patient"]
     prob = payload.get("probability")
     lines = []
+    if payload.get("message"):  # e.g. the domain gate's "AI could not assess; needs a radiologist's review"
+        lines.append(str(payload["message"]))
     if payload.get("cleared"):
         lines.append(f"UPDATE: the result was revised from {payload.get('previous_category')} "
                      f"to {payload['category']}; it no longer meets the alert criteria.")

@@ -1,0 +1,102 @@
+"""The domain gate: does this study look like the data the model was trained on?
+
+A model only knows its training domain; outside it, it still answers, often confidently
+(issue 12: a real COVID-19 CT read as Atypical with p = 0.97 by a phantom-trained model).
+So each package declares, in ``[domain]`` of its ``model.toml``, image-level statistics of
+its training data, and the engine measures them on every study from what the model
+already produces (its input tensor and its lung map; no second model, no extra pass):
+
+* ``lung_median_hu``: the median HU of the voxels inside the model's lung mask (phantom
+  lungs sit near -970 HU; real inflated lung near -850; soft tissue or a non-chest volume
+  far above);
+* ``lung_volume_ml``: the volume of that mask (no lungs, half a chest, a non-chest scan).
+
+A feature-statistics distance would need an embedding output that the shipped ONNX
+graph does not have (it exports probabilities and the two maps only): that check waits
+for the next retraining.  A value outside its declared range puts the study outside the
+domain: it gets no category, and the reason names the measured value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aenode.infer.manifest import DomainSpec, Preprocessing
+
+OUT_OF_DOMAIN = "out-of-domain"
+
+
+@dataclass(frozen=True)
+class DomainCheck:
+    """One statistic, measured, against its declared range (``value`` None: not measurable)."""
+
+    name: str
+    value: float | None
+    low: float
+    high: float
+    unit: str
+
+    @property
+    def inside(self) -> bool:
+        return self.value is not None and self.low <= self.value <= self.high
+
+    def describe(self) -> str:
+        label = _LABELS.get(self.name, self.name)
+        if self.value is None:
+            return f"{label} not measurable (no lung found)"
+        return (f"{label} {self.value:.0f} {self.unit} outside the validated range "
+                f"{self.low:g} to {self.high:g} {self.unit}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "value": None if self.value is None else round(self.value, 1),
+                "low": self.low, "high": self.high, "unit": self.unit, "inside": self.inside}
+
+
+_LABELS = {"lung_median_hu": "median lung attenuation", "lung_volume_ml": "lung volume"}
+
+
+@dataclass(frozen=True)
+class DomainResult:
+    checks: tuple[DomainCheck, ...]
+
+    @property
+    def inside(self) -> bool:
+        return all(c.inside for c in self.checks)
+
+    @property
+    def reason(self) -> str | None:
+        """Why the study is outside the domain, with the measured values; None when inside."""
+        failed = [c.describe() for c in self.checks if not c.inside]
+        return "; ".join(failed) if failed else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"inside": self.inside, "reason": self.reason, "checks": [c.as_dict() for c in self.checks]}
+
+
+def lung_hu(x: np.ndarray, lung: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """HU of the lung voxels of the model input (the normalisation undone, within the window)."""
+    v = np.asarray(x).reshape(lung.shape)[lung].astype(np.float32)
+    if prep.normalisation == "minmax":
+        lo, hi = prep.hu_window
+        return v * np.float32(hi - lo) + np.float32(lo)
+    return v * np.float32(prep.std) + np.float32(prep.mean)
+
+
+def check_domain(spec: DomainSpec, x: np.ndarray, lung: np.ndarray | None, voxel_volume_ml: float,
+                 prep: Preprocessing) -> DomainResult:
+    """Measure the declared statistics on one study (``x``: the model input, ``lung``: the
+    model's lung mask on the model grid)."""
+    checks = []
+    n = 0 if lung is None else int(lung.sum())
+    if spec.lung_median_hu is not None:
+        median = float(np.median(lung_hu(x, lung, prep))) if lung is not None and n else None
+        low, high = spec.lung_median_hu
+        checks.append(DomainCheck("lung_median_hu", median, low, high, "HU"))
+    if spec.lung_volume_ml is not None:
+        low, high = spec.lung_volume_ml
+        checks.append(DomainCheck("lung_volume_ml", n * voxel_volume_ml if lung is not None else None,
+                                  low, high, "ml"))
+    return DomainResult(tuple(checks))
