@@ -6,6 +6,8 @@ model manifest, the prediction and the loaded volume of the analysed series.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from pydicom import dcmread
 
@@ -39,7 +41,7 @@ def report_input_from_outcome(manifest: Manifest, prediction: Prediction, volume
     refs = [SourceRef(cls_uid, str(volume.sop_instance_uids[z])) for z in keep]
     hu = volume.hu if len(keep) == volume.hu.shape[0] else volume.hu[keep]
     overlay = None
-    segmentation = None
+    segmentation_source: Callable[[], SegmentationInput | None] | None = None
     spec = manifest.outputs.lesion_map
     threshold = spec.threshold if spec else 0.5
     outside = prediction.category is None
@@ -57,7 +59,10 @@ def report_input_from_outcome(manifest: Manifest, prediction: Prediction, volume
     # references those instances would be misplaced, so none is written for it.
     if manifest.outputs.seg and not outside and prediction.lesion_prob is not None and \
             not any("gantry tilt" in w for w in volume.warnings):
-        segmentation = _segmentation(manifest, prediction, volume, keep, threshold)
+        # Computed when the SEG is written, after the SR and SC are on their way (the full
+        # masks take seconds; the SR must not wait for them).
+        def segmentation_source() -> SegmentationInput | None:
+            return _segmentation(manifest, prediction, volume, keep, threshold)
     classes = [ClassConcept(c.name, c.code_value, c.scheme_designator, c.meaning) for c in manifest.outputs.classes]
     schemes = [CodingScheme(s.designator, s.name, s.version, s.responsible_organization, s.uid)
                for s in manifest.coding_scheme]
@@ -79,7 +84,7 @@ def report_input_from_outcome(manifest: Manifest, prediction: Prediction, volume
             "outside the validated domain" if outside else None),
         domain_values={c.name: c.value for c in prediction.domain.checks if c.value is not None}
         if prediction.domain is not None else {},
-        segmentation=segmentation,
+        segmentation_source=segmentation_source,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -192,6 +192,8 @@ class ReportInput:
     # The domain gate's measured values by check name (lung_median_hu, lung_volume_ml).
     domain_values: Mapping[str, float] = field(default_factory=dict)
     segmentation: SegmentationInput | None = field(default=None, repr=False)
+    # Or: how to compute it, called only when the SEG is written (after the SR and SC).
+    segmentation_source: Callable[[], SegmentationInput | None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.header, Dataset):

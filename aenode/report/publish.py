@@ -8,6 +8,7 @@ retry after a crash re-enqueues the very same bytes and UIDs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import tempfile
@@ -80,8 +81,10 @@ def write_results(data_dir: str | Path, inp: ReportInput, *, node_name: str = "a
         paths.append(sc_path)
         if on_written is not None:
             on_written(sc_path)
-    if inp.segmentation is not None:
-        seg_path = out_dir / "seg.dcm"
+    seg_path = out_dir / "seg.dcm"
+    if inp.segmentation is None and inp.segmentation_source is not None and not seg_path.is_file():
+        inp = dataclasses.replace(inp, segmentation=inp.segmentation_source())
+    if inp.segmentation is not None or seg_path.is_file():
         if not seg_path.is_file():
             write_dataset(build_seg(inp, node_name=node_name, uids=uids), seg_path)
         paths.append(seg_path)
