@@ -112,7 +112,10 @@ class FakeIndex:
         self.finished: dict[str, tuple[str, str | None]] = {}
         self.results: list[tuple] = []
 
-    def claim_next_complete(self, worker):
+    def renew_lease(self, study_uid, revision, worker, seconds):
+        return any(q[0] == study_uid for q in self.queue)
+
+    def claim_next_complete(self, worker, lease_seconds=None):
         from types import SimpleNamespace
 
         return SimpleNamespace(study_uid=self.queue[0][0], revision=1) if self.queue else None
