@@ -12,7 +12,6 @@ import json
 import time
 from pathlib import Path
 
-import pytest
 from pydicom import dcmread
 
 import aenode.phantom as phantom
@@ -23,7 +22,7 @@ from tests.alert.helpers import CANARY_NAME, outbox_rows
 from tests.alert.servers import free_port, wait_for
 
 STORESCU = "/usr/bin/storescu" if Path("/usr/bin/storescu").is_file() else None  # DCMTK, not pynetdicom's
-pytestmark = pytest.mark.skipif(STORESCU is None, reason="DCMTK storescu not installed")
+assert STORESCU is not None, "DCMTK storescu is installed by scripts/setup.sh"
 
 
 def _storescu(port: int, folder: Path) -> None:
@@ -81,9 +80,8 @@ def test_storescu_to_alerts(tmp_path, peers):
     assert all(r.state == "sent" for r in outbox_rows(config))
 
 
-@pytest.mark.skipif(not (REPO_MODELS_DIR / "covid-typicality" / "model.onnx").is_file(),
-                    reason="the covid-typicality model package has no model.onnx yet")
 def test_full_pipeline(tmp_path, peers):
+    assert (REPO_MODELS_DIR / "covid-typicality" / "model.onnx").is_file()
     wh, sm, ml = peers
     study = phantom.generate_study(tmp_path / "study", "typical", seed=11, extra_series=False)
     config = _config(tmp_path, all_channels(wh, sm, ml))

@@ -29,8 +29,7 @@ def node_port():
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory, node_port):
-    if not shutil.which("Orthanc") and not __import__("os").path.exists("/usr/sbin/Orthanc"):
-        pytest.skip("Orthanc is not installed")
+    assert shutil.which("Orthanc") or __import__("os").path.exists("/usr/sbin/Orthanc"), "Orthanc is not installed"
     o = Orthanc(tmp_path_factory.mktemp("orthanc"),
                 modalities={"aenode": [NODE_AE, "127.0.0.1", node_port]}).start()
     yield o

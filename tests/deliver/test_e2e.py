@@ -9,7 +9,6 @@ package; it is skipped until they exist.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import time
 from pathlib import Path
@@ -99,9 +98,6 @@ MODEL_DIR = Path(__file__).resolve().parents[2] / "models"
 COVID_MODEL = MODEL_DIR / "covid-typicality"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("aenode.infer.worker") is None
-                    or not (COVID_MODEL / "model.onnx").is_file(),
-                    reason="analysis worker or reference model (models/covid-typicality/model.onnx) not there yet")
 @pytest.mark.parametrize("pattern,meaning", [("typical", "Typical appearance"), ("negative", "Negative")])
 def test_full_pipeline(tmp_path, orthanc, node_port, pattern, meaning):
     study = phantom.generate_study(tmp_path / "study", pattern, seed=5, extra_series=True)
