@@ -215,11 +215,14 @@ def one_config(args: argparse.Namespace, tools: dict[str, Path], studies: list[P
         sending = send_all(tools["storescu"], port, "AENODE", studies, args.concurrency) if studies else 0.0
         want = 2 * len(studies)  # both models write an SR per study
         deadline = time.monotonic() + args.timeout
+        next_check = time.monotonic() + 5
         while pacs.count("SR") < want and time.monotonic() < deadline:
             time.sleep(0.05)
-            if int(time.monotonic()) % 5 == 0 and all_final(work / "data", len(studies)):
-                time.sleep(3)  # everything analysed: give delivery a moment, then stop waiting
-                break
+            if time.monotonic() >= next_check:  # every 5 s: all analysed, some SR never coming?
+                next_check += 5
+                if all_final(work / "data", len(studies)):
+                    time.sleep(3)  # give delivery a moment, then stop waiting
+                    break
         elapsed = max(time.perf_counter() - t0, 1e-9)
         cpu = _cpu_seconds(node.pid) - cpu0
         gpu.stop_event.set()

@@ -11,6 +11,7 @@ from pydicom.uid import generate_uid
 
 from aenode.deliver.outbox import Outbox
 from aenode.node import _OutboxDelivery, running_node, study_status
+from aenode.peers import wait_for
 from aenode.store.index import ANALYSED, RECEIVING
 from aenode.store.retention import Retention, remove_purged_orphans
 from aenode.store.stabilise import reconcile
@@ -20,22 +21,19 @@ from tests.receive.dicomgen import ct_slice, save
 DAY = 86400.0
 
 
-def _wait(pred, timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
+def _received(tmp_path, node, n: int) -> tuple[str, str]:
+    """Send ``n`` slices of a new study through the real SCP and wait until it completes."""
+    study, series = generate_uid(), generate_uid()
+    files = [save(ct_slice(study, series, i), tmp_path / "in" / f"{i}.dcm") for i in range(n)]
+    assert storescu(node.port, *files).returncode == 0
+    assert wait_for(lambda: (s := node.index.study(study)) is not None and s.state != RECEIVING, 20)
+    return study, series
 
 
 def test_images_deleted_after_delivery_and_late_instance_reopens(tmp_path):
-    study, series = generate_uid(), generate_uid()
-    files = [save(ct_slice(study, series, i), tmp_path / "in" / f"{i}.dcm") for i in range(5)]
     config = make_config(tmp_path, stability={"quiet_seconds": 0.3, "after_release_seconds": 0})
     with running_node(config, workers=()) as node:
-        assert storescu(node.port, *files).returncode == 0
-        _wait(lambda: node.index.study(study) is not None and node.index.study(study).state != RECEIVING)
+        study, series = _received(tmp_path, node, 5)
         claim = node.index.claim_next_complete("test")
         assert claim is not None
         node.index.record_result(study, claim.revision, "m", "negative", {"negative": 1.0})
@@ -71,12 +69,9 @@ def test_images_deleted_after_delivery_and_late_instance_reopens(tmp_path):
 
 
 def test_orphans_of_a_crash_during_deletion_are_removed_not_reindexed(tmp_path):
-    study, series = generate_uid(), generate_uid()
-    files = [save(ct_slice(study, series, i), tmp_path / "in" / f"{i}.dcm") for i in range(3)]
     config = make_config(tmp_path, stability={"quiet_seconds": 0.3, "after_release_seconds": 0})
     with running_node(config, workers=()) as node:
-        assert storescu(node.port, *files).returncode == 0
-        _wait(lambda: node.index.study(study) is not None and node.index.study(study).state != RECEIVING)
+        study, _ = _received(tmp_path, node, 3)
         claim = node.index.claim_next_complete("test")
         assert node.index.finish_study(study, claim.revision, ANALYSED)
         paths = [i.path for i in node.index.instances(study)]
