@@ -16,8 +16,16 @@ Label set of ``PhantomVolume.lesion_mask`` (uint8):
 
 Lesions are planned in mm on the coarse lung model (so a seed means the same lesions at any
 grid) and drawn into a "lesion canvas": weight (0..255), target HU and label. The slab renderer
-blends the target HU into the parenchyma *before* the vessels are added, so GGO keeps vessels
-visible while consolidation hides them.
+blends the target HU into the parenchyma *before* the vessels and airways are added, so GGO keeps
+vessels visible (and consolidation shows air bronchograms), and modulates GGO with the coarse
+texture field so it is patchy with irregular margins. "Lower lobes" and "lobar" mean the lobes
+cut by the fissures (anatomy.lobe_of).
+
+Confounders (emphysema, linear scars, dependent atelectasis, breathing motion) are drawn from
+the seed alone, with the same odds for every pattern, so that a classifier cannot take them as a
+sign of one category; they are not lesions (label 0), except atelectasis (7, as before).
+Not modelled: bronchiectasis, honeycombing, mosaic attenuation, calcified granulomas, pleural
+plaques, devices and lines.
 """
 from __future__ import annotations
 
@@ -26,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .anatomy import Pleural
+from .anatomy import LOWER_LOBES, Pleural, lobe_of
 from .grid import Grid
 from .lungmodel import STEP, CoarseLung
 from .vessels import _seg_dist
@@ -55,6 +63,8 @@ class Plan:
     prims: list = field(default_factory=list)
     pleural: Pleural = field(default_factory=Pleural)
     features: list = field(default_factory=list)
+    confounders: list = field(default_factory=list)
+    motion_mm: float = 0.0  # breathing-motion doubling at the lung bases (0: none)
 
 
 def _pick(rng, pts: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
@@ -87,12 +97,15 @@ def plan_lesions(cl: CoarseLung, pattern: str, seed: int, variant: str | None = 
         placed: list[tuple[np.ndarray, float]] = []
         n_pave = 0
         n_cons = 0
+        n_halo = 0
         want_cons = rng.random() < 0.6
+        want_halo = rng.random() < 0.3
         for i, lab in enumerate(sides):
             P = pts[lab]
             c = P[(P[:, 3] >= 2.0) & (P[:, 3] <= 8.0)]
             zf = _zfrac(cl, c[:, 2])
-            w = np.where(zf < 0.5, 1.0, 0.04)  # lower-lobe predominant
+            # lower-lobe predominant, but above the dome's thin crescent of lung
+            w = np.where(np.isin(c[:, 4], LOWER_LOBES) & (zf > 0.15), 1.0, np.where(zf < 0.5, 0.2, 0.03))
             for _ in range(40):
                 q = _pick(rng, c, w)
                 r = rng.uniform(9.0, 16.0)
@@ -107,9 +120,14 @@ def plan_lesions(cl: CoarseLung, pattern: str, seed: int, variant: str | None = 
             if want_cons and n_cons < 2 and not pave and i >= 2:
                 core, n_cons = rng.uniform(0.35, 0.55), n_cons + 1
             radii = r * rng.uniform(0.85, 1.15, 3)
-            plan.prims.append(("blob", q[:3], radii, rng.uniform(-640, -540), 2 if pave else 1, 2.5,
-                               rng.uniform(5.0, 7.0) if pave else 0.0, core))
+            if not pave and not core and i >= 2 and n_halo == 0 and want_halo:
+                n_halo = 1  # reverse halo: central GGO ringed by consolidation (organising pneumonia)
+                plan.prims.append(("rhalo", q[:3], r, rng.uniform(2.5, 4.0), rng.uniform(-660, -560)))
+                continue
+            plan.prims.append(("blob", q[:3], radii, rng.uniform(-640, -500), 2 if pave else 1, 2.5,
+                               rng.uniform(8.0, 12.0) if pave else 0.0, core))
         plan.features = ["ggo", "bilateral", "peripheral", "lower-lobe-predominant"]
+        plan.features += ["reverse-halo"] * n_halo
         plan.features += ["crazy-paving"] * (n_pave > 0) + ["consolidation"] * (n_cons > 0)
     elif chosen == "unilateral":
         lab = int(rng.integers(1, 3))
@@ -143,17 +161,15 @@ def plan_lesions(cl: CoarseLung, pattern: str, seed: int, variant: str | None = 
     elif chosen == "lobar-consolidation":
         side = int(rng.choice([-1, 1]))
         h = np.array(p.hilum(side))
-        lobe = "lower" if rng.random() < 0.6 else "upper"
-        beta = np.deg2rad(rng.uniform(35, 50))
-        nrm = np.array([0.0, -np.sin(beta), np.cos(beta)])  # points to the upper lobe
-        if lobe == "lower":
-            nrm = -nrm
+        u = rng.random()
+        lobe = "lower" if u < 0.6 else ("middle" if u < 0.7 and side < 0 else "upper")
+        code = {(-1, "upper"): 1, (-1, "middle"): 2, (-1, "lower"): 3, (1, "upper"): 4, (1, "lower"): 5}[(side, lobe)]
         cone = None
         if rng.random() < 0.4:  # segmental: a wedge of the lobe
             d = np.array([side * 0.5, 0.8 if lobe == "lower" else -0.5, -0.4 if lobe == "lower" else 0.6])
             cone = (d / np.linalg.norm(d), np.cos(np.deg2rad(35)))
-        plan.prims.append(("lobe", side, h, nrm, rng.uniform(18, 40), 3, cone))
-        plan.features = ["consolidation", f"{lobe}-lobe", "segmental" if cone else "lobar"]
+        plan.prims.append(("lobe", side, h, code, rng.uniform(18, 40), 3, cone))
+        plan.features = ["consolidation", f"{lobe}-lobe", "segmental" if cone else "lobar", "air-bronchograms"]
     elif chosen == "tree-in-bud":
         for _ in range(int(rng.integers(2, 5))):
             lab = int(rng.integers(1, 3))
@@ -196,7 +212,51 @@ def plan_lesions(cl: CoarseLung, pattern: str, seed: int, variant: str | None = 
         plan.features = ["dependent-atelectasis"]
     else:  # normal
         plan.features = []
+    add_confounders(plan, cl, seed)
     return plan
+
+
+def add_confounders(plan: Plan, cl: CoarseLung, seed: int) -> None:
+    """Incidental findings of real chest CTs, drawn from the seed only (same odds for every pattern)."""
+    rng = np.random.default_rng([seed, 43])
+    p = cl.p
+    pts = cl.points()
+    zf = _zfrac(cl, pts[:, 2])
+    extra: list = []
+    if rng.random() < 0.3:  # emphysema: low-attenuation areas below -950 HU, upper-lobe predominant
+        if rng.random() < 0.65:
+            c = pts[(zf > 0.45) & (pts[:, 3] > 8.0)]
+            for _ in range(int(rng.integers(40, 160))):
+                extra.append(("blob", _pick(rng, c)[:3], np.full(3, rng.uniform(1.5, 4.5)), rng.uniform(-1000, -975),
+                              0, 0.6, 0.0, 0.0))
+            plan.confounders.append("centrilobular-emphysema")
+        else:
+            c = pts[(zf > 0.35) & (pts[:, 3] < 6.0)]
+            for _ in range(int(rng.integers(15, 50))):
+                extra.append(("blob", _pick(rng, c)[:3], np.full(3, rng.uniform(3.0, 7.0)), rng.uniform(-1000, -980),
+                              0, 0.6, 0.0, 0.0))
+            plan.confounders.append("paraseptal-emphysema")
+    if rng.random() < 0.3:  # linear scars / subsegmental band atelectasis
+        c = pts[(pts[:, 3] > 3.0) & (pts[:, 3] < 25.0)]
+        for _ in range(int(rng.integers(1, 4))):
+            a = _pick(rng, c)[:3]
+            d = rng.normal(size=3) * np.array([1.0, 1.0, 0.4])
+            d /= np.linalg.norm(d)
+            b = a + d * rng.uniform(15.0, 40.0)
+            extra.append(("capsule", np.r_[a, b, rng.uniform(0.6, 1.2)], rng.uniform(-80.0, 30.0), 0))
+        plan.confounders.append("linear-scar")
+    pl = plan.pleural
+    if not pl.atelectasis_sides and not pl.effusion_sides and rng.random() < 0.25:
+        sides = (-1, 1) if rng.random() < 0.5 else (int(rng.choice([-1, 1])),)
+        plan.pleural = Pleural(atelectasis_sides=sides, atelectasis_depth=rng.uniform(2.5, 6.0),
+                               atelectasis_top=p.z_dome_r + rng.uniform(5, 25))
+        plan.confounders.append("dependent-atelectasis")
+    elif pl.atelectasis_sides:
+        plan.confounders.append("dependent-atelectasis")
+    if rng.random() < 0.15:
+        plan.motion_mm = float(rng.uniform(1.5, 4.0))
+        plan.confounders.append("breathing-motion")
+    plan.prims[:0] = extra  # before the lesions: a lesion drawn later wins where they overlap
 
 
 class Canvas:
@@ -302,6 +362,17 @@ def rasterize(plan: Plan, cl: CoarseLung, grid: Grid) -> Canvas:
             z, y, x = cv.coords(sl)
             d = _seg_dist(z, y, x, s)
             cv.put(sl, np.clip((r - d) / pv + 0.5, 0, 1), level, lab)
+        elif kind == "rhalo":
+            _, c, ro, wall, level = pr
+            m = ro + pv
+            sl = grid.bbox(c - m, c + m)
+            if sl is None:
+                continue
+            z, y, x = cv.coords(sl)
+            d = np.sqrt((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2)
+            w = np.clip((ro - d) / pv + 0.5, 0, 1)
+            ring = d >= ro - wall
+            cv.put(sl, w, np.where(ring, 10.0, level).astype(np.float32), np.where(ring, 3, 1).astype(np.uint8))
         elif kind == "cavity":
             _, c, ro, wall, lab = pr
             m = ro + pv
@@ -315,15 +386,15 @@ def rasterize(plan: Plan, cl: CoarseLung, grid: Grid) -> Canvas:
             w = np.where(d < ro - wall, 1.0, w)
             cv.put(sl, w, hu, lab)
         elif kind == "lobe":
-            _, side, h, nrm, level, lab, cone = pr
+            _, side, h, code, level, lab, cone = pr
             lo = (p.cx if side > 0 else p.cx - p.a, lung_lo[1], lung_lo[2])
             hi = (p.cx + p.a if side > 0 else p.cx, lung_hi[1], lung_hi[2])
             sl = grid.bbox(lo, hi)
             if sl is None:
                 continue
             z, y, x = cv.coords(sl)
-            sd = (x - h[0]) * nrm[0] + (y - h[1]) * nrm[1] + (z - h[2]) * nrm[2]
-            w = np.clip(sd / pv + 0.5, 0, 1)
+            lungs = np.full((1, 1, 1), 1 if side < 0 else 2, np.uint8)
+            w = (lobe_of(p, lungs, x, y, z) == code).astype(np.float32)
             if cone is not None:
                 d, cosa = cone
                 vx, vy, vz = x - h[0], y - h[1], z - h[2]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .anatomy import AnatomyMaps, PatientParams
+from .anatomy import AnatomyMaps, PatientParams, lobe_of
 
 STEP = 4.0
 
@@ -27,6 +27,7 @@ class CoarseLung:
         wy, wx = maps.win
         lab[:, wy, wx] = maps.lung_labels(self.zs)
         self.labels = lab
+        self.lobes = lobe_of(p, lab, self.xs[None, None, :], self.ys[None, :, None], self.zs[:, None, None])
         # Depth below the pleura (mm), per lung.
         self.depth = (ndimage.distance_transform_edt(lab > 0) * STEP).astype(np.float32)
         self._x0, self._y0, self._z0 = float(self.xs[0]), float(self.ys[0]), float(self.zs[0])
@@ -60,8 +61,12 @@ class CoarseLung:
         k, j, i, ok = self._idx(pts)
         return np.where(ok, self.depth[k, j, i], 0.0)
 
+    def lobe_at(self, pts: np.ndarray) -> np.ndarray:
+        k, j, i, ok = self._idx(pts)
+        return np.where(ok, self.lobes[k, j, i], 0)
+
     def points(self, label: int | None = None) -> np.ndarray:
-        """(N, 3) xyz mm of lung voxels, with columns for depth appended as (N, 4)."""
+        """(N, 5) lung voxels: x y z (mm), depth below the pleura (mm), lobe code."""
         m = self.labels > 0 if label is None else self.labels == label
         k, j, i = np.nonzero(m)
-        return np.stack([self.xs[i], self.ys[j], self.zs[k], self.depth[k, j, i]], axis=1)
+        return np.stack([self.xs[i], self.ys[j], self.zs[k], self.depth[k, j, i], self.lobes[k, j, i]], axis=1)

@@ -1,14 +1,25 @@
-"""Pulmonary vessel tree and airways, generated as 3-D capsules (segments with a radius) in mm.
+"""Bronchovascular tree: pulmonary vessels and the airways that run with them, as 3-D capsules in mm.
 
-The tree branches from each hilum, halves in calibre every few generations and stops
-near the pleura, so vessels thin toward the periphery as on real CT.
+The vessel tree branches from each hilum (16 lobar/segmental trunks per lung), each child taking
+0.68-0.78 of its parent's radius (a diameter exponent of about 2.3-2.6, in the range measured for
+pulmonary arteries; Murray's law would be 3) until ~0.4 mm, and stops near the pleura, so vessels
+thin toward the periphery over 8-10 generations. Bronchi follow the vessel branches side by side
+(bronchus lumen ~0.8 x the artery radius, wall ~0.4 x the lumen radius, i.e. ~15 % of the outer
+diameter) down to a ~2 mm lumen. Not modelled: separate arterial and venous trees (veins run
+between lobules, not with the bronchi), lymphatics, bronchial wall cartilage rings.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .anatomy import TISSUE
 from .grid import Grid
 from .lungmodel import CoarseLung
+
+AW_LUMEN = 0.8     # bronchus lumen radius / artery radius
+AW_WALL = 0.43     # wall thickness / lumen radius (wall = 15 % of the outer diameter)
+AW_MIN_LUMEN = 1.0  # mm radius: smaller bronchi are not resolved on clinical CT
+CENTRAL_AIRWAY_GENERATIONS = 2  # trachea excluded: main bronchus = 1, lobar bronchi = 2 (class Airways)
 
 
 def _perp(d: np.ndarray, rng) -> np.ndarray:
@@ -17,26 +28,36 @@ def _perp(d: np.ndarray, rng) -> np.ndarray:
     return v / (np.linalg.norm(v) + 1e-9)
 
 
-def grow_tree(cl: CoarseLung, seed: int) -> np.ndarray:
-    """Return segments as an (N, 7) float32 array: x0 y0 z0 x1 y1 z1 radius."""
+def grow_tree(cl: CoarseLung, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (vessels, airways) as (N, 8) float32 arrays: x0 y0 z0 x1 y1 z1 radius generation.
+
+    Airway rows carry the lumen radius; generation counts from the hilum (vessel roots = 1,
+    airways continuing the lobar bronchi = 3)."""
     rng = np.random.default_rng([seed, 23])
     p = cl.p
     segs: list[tuple] = []
+    aws: list[tuple] = []
     for side in (-1, 1):
         lab = 1 if side < 0 else 2
         h = np.array(p.hilum(side))
         roots = [(0.1, -0.1, 1.0), (0.6, -0.3, 0.6), (1.0, 0.1, 0.1), (0.4, -0.8, -0.4),
                  (0.5, 0.7, -0.5), (0.3, 0.1, -1.0), (0.5, 0.9, 0.2), (0.4, -0.8, 0.3),
-                 (0.8, 0.3, -0.6), (0.2, 0.4, 0.9), (0.7, -0.5, -0.8), (0.2, 0.8, -1.0)]
-        stack = []
+                 (0.8, 0.3, -0.6), (0.2, 0.4, 0.9), (0.7, -0.5, -0.8), (0.2, 0.8, -1.0),
+                 (0.3, 0.5, -1.0), (0.5, -0.2, -1.0), (0.1, 0.9, -0.8), (0.7, 0.2, -1.0)]  # basal trunks
+        stack: list[tuple] = []
         for r0 in roots:
             d = np.array([side * r0[0], r0[1], r0[2]], float)
             d /= np.linalg.norm(d)
-            stack.append((h + side * np.array([6.0, 0, 0]), d, rng.uniform(3.6, 4.6), 0))
+            a0 = h + side * np.array([6.0, 0, 0])
+            u = _perp(d, rng)
+            r = rng.uniform(3.6, 4.6)
+            stack.append((a0, d, r, 0, a0 + u * (r * (1 + AW_LUMEN * (1 + AW_WALL)) + 0.3), u))
         while stack:
-            a, d, r, gen = stack.pop()
-            length = float(np.clip(r * rng.uniform(5.0, 8.0), 3.0, 28.0))
-            for _ in range(3):
+            a, d, r, gen, aw_a, u = stack.pop()
+            length = float(np.clip(r * rng.uniform(7.0, 11.0), 3.0, 36.0))
+            if gen == 0:  # lobar/segmental trunks are long: they carry the tree to the bases and apices
+                length = float(rng.uniform(25.0, 50.0))
+            for _ in range(5):
                 b = a + d * length
                 lb, dp = cl.at(b)
                 if gen == 0 or (lb == lab and dp >= min(1.5 * r, 4.0)):
@@ -44,7 +65,18 @@ def grow_tree(cl: CoarseLung, seed: int) -> np.ndarray:
                 length *= 0.5
             else:
                 continue
-            segs.append((*a, *b, r))
+            segs.append((*a, *b, r, gen + 1))
+            aw_b = None
+            rl = AW_LUMEN * r
+            if aw_a is not None and rl >= AW_MIN_LUMEN:
+                # The bronchus runs beside its artery: same direction, offset perpendicular to it.
+                u = u - u.dot(d) * d
+                u /= np.linalg.norm(u) + 1e-9
+                aw_b = b + u * (r + rl * (1 + AW_WALL) + 0.3)
+                if cl.at(aw_b)[0] == lab or gen == 0:
+                    aws.append((*aw_a, *aw_b, rl, gen + 1 + CENTRAL_AIRWAY_GENERATIONS))
+                else:
+                    aw_b = None
             rc = r * rng.uniform(0.68, 0.78)
             if rc < 0.38 or gen > 14:
                 continue
@@ -53,8 +85,20 @@ def grow_tree(cl: CoarseLung, seed: int) -> np.ndarray:
                 q = _perp(d, rng)
                 nd = np.cos(ang) * d + sgn * np.sin(ang) * q
                 nd /= np.linalg.norm(nd)
-                stack.append((b, nd, rc * rng.uniform(0.95, 1.05), gen + 1))
-    return np.asarray(segs, np.float32).reshape(-1, 7)
+                # Both children inherit the bronchus end point: the airway branches where its artery does.
+                stack.append((b, nd, rc * rng.uniform(0.95, 1.05), gen + 1, aw_b, u))
+    return np.asarray(segs, np.float32).reshape(-1, 8), np.asarray(aws, np.float32).reshape(-1, 8)
+
+
+def tree_stats(segs: np.ndarray, aws: np.ndarray) -> dict:
+    """Generations and smallest calibres of the rendered tree (PhantomVolume.tree)."""
+    return {
+        "vessel_generations": int(segs[:, 7].max()) if len(segs) else 0,
+        "airway_generations": int(aws[:, 7].max()) if len(aws) else CENTRAL_AIRWAY_GENERATIONS,
+        "min_vessel_radius_mm": round(float(segs[:, 6].min()), 3) if len(segs) else 0.0,
+        "min_airway_lumen_radius_mm": round(float(aws[:, 6].min()), 3) if len(aws) else 4.0,
+        "vessel_segments": int(len(segs)), "airway_segments": int(len(aws)),
+    }
 
 
 def _seg_dist(z, y, x, s):
@@ -68,12 +112,14 @@ def _seg_dist(z, y, x, s):
     return np.sqrt(dx * dx + dy * dy + dz * dz)
 
 
-def rasterize_segments(segs: np.ndarray, grid: Grid, out: np.ndarray) -> None:
-    """Max-composite partial-volume fraction (0..255) of each capsule into out (uint8, grid shape)."""
+def rasterize_segments(segs: np.ndarray, grid: Grid, out: np.ndarray, grow: float = 1.0, add: float = 0.0) -> None:
+    """Max-composite partial-volume fraction (0..255) of each capsule into out (uint8, grid shape).
+
+    The capsule radius is grow * radius + add (airway walls are drawn as a grown lumen)."""
     pv = float(np.mean(grid.spacing_zyx[1:]))
     zs, ys, xs = grid.zs, grid.ys, grid.xs
     for s in segs:
-        r = float(s[6])
+        r = float(s[6]) * grow + add
         m = r + pv
         lo = np.minimum(s[0:3], s[3:6]) - m
         hi = np.maximum(s[0:3], s[3:6]) + m
@@ -84,7 +130,7 @@ def rasterize_segments(segs: np.ndarray, grid: Grid, out: np.ndarray) -> None:
         y = ys[sl[1]][None, :, None]
         x = xs[sl[2]][None, None, :]
         d = _seg_dist(z, y, x, s)
-        f = np.clip((r - d) / pv + 0.5, 0.0, 1.0)
+        f = np.clip((r - d) * (1.0 / pv) + 0.5, 0.0, 1.0)
         if r < pv:  # sub-voxel vessels: keep their integral roughly right
             f *= 0.5 + 0.5 * r / pv
         v = (f * 255.0).astype(np.uint8)
@@ -107,8 +153,8 @@ class Airways:
                 segs.append((*end, *(end + np.array(d, float)), rr))
         self.segs = np.asarray(segs, np.float32)
 
-    def paint(self, hw: np.ndarray, zs, ys, xs) -> None:
-        """Paint walls then lumens into the HU window hw (slab x window)."""
+    def paint(self, hw: np.ndarray, zs, ys, xs, tw: np.ndarray | None = None) -> None:
+        """Paint walls then lumens into the HU window hw (slab x window), and their tissue codes into tw."""
         for s in self.segs:
             r = float(s[6])
             lo = np.minimum(s[0:3], s[3:6]) - r - 2.5
@@ -123,3 +169,7 @@ class Airways:
             o = hw[sl]
             o[d < r + 2.0] = 40.0
             o[d < r] = -1000.0
+            if tw is not None:
+                t = tw[sl]
+                t[d < r + 2.0] = TISSUE["airway_wall"]
+                t[d < r] = TISSUE["airway_lumen"]

@@ -68,7 +68,7 @@ def test_seed_changes_habitus(vol_cache):
 
 def test_vessels_thin_toward_periphery(vol_cache):
     from aenode.phantom.volume import _planning
-    cl, segs = _planning(3)
+    cl, segs, _ = _planning(3)
     r = segs[:, 6]
     mid = (segs[:, :3] + segs[:, 3:6]) / 2
     d = cl.depth_at(mid)
