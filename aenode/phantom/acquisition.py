@@ -43,8 +43,8 @@ class Acquisition:
     dose: float = 1.0
     contrast: bool = False
     fov_scale: float = 1.0                   # reconstruction FOV relative to the tech's default (fov_for)
-    manufacturer: str = "AENODE"
-    model_name: str = "PHANTOM CT"
+    manufacturer: str = "AENODE Synthetic"  # defaults: dicom_writer.MANUFACTURER / MODEL
+    model_name: str = "PhantomScan 64"
     kernel_name: str = ""                    # vendor's ConvolutionKernel; "" = the class's generic name
 
     def asdict(self) -> dict:

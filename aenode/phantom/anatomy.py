@@ -575,12 +575,12 @@ class AnatomyMaps:
             jf[:, cols] = ((yf - y00) / pv)[:, cols]
             fis[side] = (yf, slope)
         rows = np.arange(wy_n, dtype=np.float32)
-        upper = rows[None, :, None] < jf[:, None, :]
+        upper: np.ndarray = rows[None, :, None] < jf[:, None, :]
         y0r, _, _, z_hr = p.fissures(-1)
-        hz = (zs[:, None] > z_hr + 0.08 * (ysw[None, :] - y0r))[:, :, None]
+        above_h: np.ndarray = (zs[:, None] > z_hr + 0.08 * (ysw[None, :] - y0r))[:, :, None]
         code = L * np.uint8(4)
         code += upper.view(np.uint8) * np.uint8(2)
-        code += hz.view(np.uint8)
+        code += above_h.view(np.uint8)
         lobe_w = _LOBE_LUT[code]
         # Fissures: thin dense sheets with partial volume over the voxel (dz x dy): only the rows
         # within reach of each column's fissure row are evaluated.
@@ -590,13 +590,13 @@ class AnatomyMaps:
             weff = float(np.sqrt((self.dz * nrm) ** 2 + (pv * np.hypot(slope, FISSURE_KX) * nrm) ** 2))
             amp = min(1.0, 1.2 / weff)
             B = int(np.ceil(weff / (slope * nrm) / pv)) + 1
-            cols = np.flatnonzero(right_cols if side < 0 else ~right_cols)
-            if not len(cols):
+            cidx = np.flatnonzero(right_cols if side < 0 else ~right_cols)
+            if not len(cidx):
                 continue
-            J = np.floor((yf[:, cols] - y00) / pv).astype(np.int64)[..., None] + np.arange(-B, B + 1)
-            a = np.clip(1.0 - (slope * nrm) * np.abs(y00 + J * pv - yf[:, cols][..., None]) / weff, 0.0, 1.0) * amp
+            J = np.floor((yf[:, cidx] - y00) / pv).astype(np.int64)[..., None] + np.arange(-B, B + 1)
+            a = np.clip(1.0 - (slope * nrm) * np.abs(y00 + J * pv - yf[:, cidx][..., None]) / weff, 0.0, 1.0) * amp
             kk = np.broadcast_to(np.arange(n_)[:, None, None], J.shape)
-            ii = np.broadcast_to(cols[None, :, None], J.shape)
+            ii = np.broadcast_to(cidx[None, :, None], J.shape)
             ok = (J >= 0) & (J < wy_n) & (a > 0.02)
             idx = (kk[ok] * wy_n + J[ok]) * wx_n + ii[ok]
             av = a[ok].astype(np.float32)
@@ -608,7 +608,7 @@ class AnatomyMaps:
         # Right horizontal fissure: nearly parallel to the slices, so only a few slices meet it.
         we = max(float(self.dz), pv)
         dh = zs[:, None] - (z_hr + 0.08 * (ysw[None, :] - y0r))  # (n, wy)
-        for k in np.flatnonzero((np.abs(dh) < we).any(axis=1)):
+        for k in np.flatnonzero((np.abs(dh) < we).any(axis=1)).tolist():
             a1 = np.clip(1.0 - np.abs(dh[k]) / we, 0.0, 1.0) * min(1.0, 1.2 / we)
             m = (L[k] == 1) & (a1[:, None] > 0.02) & (rows[:, None] < jf[k][None, :] + 2.0)
             if m.any():

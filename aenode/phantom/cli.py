@@ -13,10 +13,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory (created if missing)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slices", type=int, default=None, help="number of axial slices (default: cover 320 mm)")
-    p.add_argument("--slice-thickness", type=float, default=1.25, metavar="MM", help="1.0-5.0 mm (default 1.25)")
+    p.add_argument("--slice-thickness", type=float, default=1.25, metavar="MM", help="0.5-5.0 mm (default 1.25)")
     p.add_argument("--transfer-syntax", default=TRANSFER_SYNTAXES["explicit"],
                    help="UID or one of " + ", ".join(TRANSFER_SYNTAXES))
-    p.add_argument("--kernel", default="sharp", choices=("sharp", "smooth"))
+    p.add_argument("--kernel", default="sharp", choices=("smooth", "standard", "sharp", "very_sharp"))
+    p.add_argument("--random-acquisition", action="store_true",
+                   help="draw thickness, kernel, dose, contrast, FOV and vendor from the seed (overrides the two above)")
     p.add_argument("--variant", default=None, help="force a pattern variant (default: from the seed)")
     p.add_argument("--no-extra-series", action="store_true", help="only the thin axial series")
     p.add_argument("--patient-name", default=None)
@@ -24,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .acquisition import sample_acquisition
     from .dicom_writer import resolve_transfer_syntax
     from .study import generate_study
 
@@ -39,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         r = generate_study(args.out, args.pattern, args.seed, slices=args.slices,
                            slice_thickness=args.slice_thickness, transfer_syntax=ts,
                            extra_series=not args.no_extra_series, patient_name=args.patient_name,
-                           patient_id=args.patient_id, kernel=args.kernel, variant=args.variant)
+                           patient_id=args.patient_id, kernel=args.kernel, variant=args.variant,
+                           acquisition=sample_acquisition(args.seed) if args.random_acquisition else None)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

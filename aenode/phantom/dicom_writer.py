@@ -66,6 +66,8 @@ class StudyContext:
     ma: float = 200.0
     ctdivol: float = 8.0
     table_height: float = 150.0
+    manufacturer: str = MANUFACTURER
+    model_name: str = MODEL
 
 
 def _file_meta(sop_class: str, sop_uid: str, ts: str) -> FileMetaDataset:
@@ -98,10 +100,10 @@ def common_header(ctx: StudyContext, ds: Dataset | None = None) -> Dataset:
     ds.StudyID = ctx.study_id
     ds.AccessionNumber = i.accession
     ds.StudyDescription = ctx.description
-    ds.Manufacturer = MANUFACTURER
+    ds.Manufacturer = ctx.manufacturer
     ds.InstitutionName = "AENODE PHANTOM HOSPITAL"
     ds.StationName = "PHCT01"
-    ds.ManufacturerModelName = MODEL
+    ds.ManufacturerModelName = ctx.model_name
     ds.DeviceSerialNumber = "PH0000001"
     ds.SoftwareVersions = "aenode-phantom 1.0"
     return ds

@@ -2,6 +2,7 @@
 a 5 mm soft-tissue-kernel axial series, and an X-Ray Radiation Dose SR (TID 10011)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import XRayRadiationDoseSRStorage
 
+from .acquisition import Acquisition
 from .anatomy import fov_for, sample_patient
 from .dicom_writer import StudyContext, _file_meta, common_header, ct_series_header, finish_and_write
 from .identity import add_seconds, uid
@@ -19,14 +21,16 @@ from .volume import generate_volume
 
 
 def render_localizer(pattern: str, seed: int, z_center: float, length_mm: float = 560.0,
-                     size: int = 512, variant: str | None = None) -> tuple[np.ndarray, float, float, float]:
+                     size: int = 512, variant: str | None = None,
+                     acquisition: Acquisition | None = None) -> tuple[np.ndarray, float, float, float]:
     """Frontal (AP) projection of a coarse phantom: returns (stored uint16 image rows=z, cols=x,
     row spacing (z), column spacing (x), x of the first column)."""
     p = sample_patient(seed)
     fov = fov_for(p)
     nz = 160
+    acq = replace(acquisition or Acquisition(), slice_thickness_mm=None, kernel="standard")
     v = generate_volume(pattern, seed, shape_zyx=(nz, 96, 128), spacing_zyx=(length_mm / nz, fov / 96, fov / 128),
-                        noise=False, z_center=z_center, variant=variant, threads=1)
+                        noise=False, z_center=z_center, variant=variant, threads=1, acquisition=acq)
     mu = np.clip(v.hu.astype(np.float32) + 1000.0, 0, None) / 1000.0  # relative to water
     proj = mu.sum(axis=1) * (fov / 96)  # mm of water-equivalent path, (z, x)
     img = Image.fromarray(proj.astype(np.float32), mode="F").resize((size, size), Image.Resampling.BILINEAR)
@@ -39,8 +43,8 @@ def render_localizer(pattern: str, seed: int, z_center: float, length_mm: float 
 
 
 def write_localizer(ctx: StudyContext, pattern: str, seed: int, z_center: float, out: Path,
-                    series_uid: str, variant: str | None = None) -> list[Path]:
-    stored, dz, dx, x0 = render_localizer(pattern, seed, z_center, variant=variant)
+                    series_uid: str, variant: str | None = None, acquisition: Acquisition | None = None) -> list[Path]:
+    stored, dz, dx, x0 = render_localizer(pattern, seed, z_center, variant=variant, acquisition=acquisition)
     base = ct_series_header(ctx, series_uid, 1, "LOCALIZER AP", 0, stored.shape[0], stored.shape[1])
     base.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
     base.ConvolutionKernel = "STANDARD"
@@ -69,14 +73,16 @@ def write_localizer(ctx: StudyContext, pattern: str, seed: int, z_center: float,
 
 
 def thick_volume(pattern: str, seed: int, n: int, in_plane: tuple[int, int], spacing_yx, z_center: float,
-                 thickness: float = 5.0, variant: str | None = None) -> np.ndarray:
+                 thickness: float = 5.0, variant: str | None = None,
+                 acquisition: Acquisition | None = None) -> np.ndarray:
     """5 mm slices as the average of two 2.5 mm sub-slices, smooth kernel, lower noise."""
+    acq = replace(acquisition or Acquisition(), slice_thickness_mm=None, kernel="standard")
     v = generate_volume(pattern, seed, shape_zyx=(2 * n,) + tuple(in_plane),
                         spacing_zyx=(thickness / 2,) + tuple(spacing_yx), noise=False, z_center=z_center,
-                        variant=variant)
+                        variant=variant, acquisition=acq)
     h = v.hu.astype(np.float32).reshape(n, 2, *in_plane).mean(axis=1)
     h = apply_kernel(h, "smooth")
-    pool = NoisePool(seed + 7919, in_plane, n, "smooth", (thickness,) + tuple(spacing_yx))
+    pool = NoisePool(seed + 7919, in_plane, n, "smooth", (thickness,) + tuple(spacing_yx), dose=acq.dose)
     for k in range(n):
         h[k] += pool.slice_noise(k)
     return np.clip(np.rint(h), -1024, 3071).astype(np.int16)

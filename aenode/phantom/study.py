@@ -5,11 +5,12 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from .acquisition import VENDORS, Acquisition
 from .anatomy import fov_for, sample_patient
 from .dicom_writer import TRANSFER_SYNTAXES, StudyContext, ct_series_header, resolve_transfer_syntax, write_ct_series
 from .extra_series import thick_volume, write_dose_sr, write_localizer
@@ -53,11 +54,16 @@ def lesion_stats(v: PhantomVolume) -> dict:
     }
 
 
+def _spacing(p, thick: float, acq: Acquisition) -> tuple[float, float, float]:
+    fov = float(np.clip(fov_for(p) * acq.fov_scale, 300.0, 500.0))
+    return (thick, fov / 512, fov / 512)
+
+
 def _check_inputs(pattern: str, slice_thickness: float, slices: int | None) -> None:
     if pattern not in PATTERNS:
         raise ValueError(f"unknown pattern {pattern!r}; expected one of {', '.join(PATTERNS)}")
-    if not 1.0 <= float(slice_thickness) <= 5.0:
-        raise ValueError(f"slice thickness {slice_thickness} mm out of range 1.0-5.0")
+    if not 0.5 <= float(slice_thickness) <= 5.0:
+        raise ValueError(f"slice thickness {slice_thickness} mm out of range 0.5-5.0")
     if slices is not None and not 1 <= int(slices) <= 2000:
         raise ValueError(f"slices must be 1-2000, got {slices}")
 
@@ -66,14 +72,23 @@ def generate_study(out_dir: str | Path, pattern: str, seed: int = 0, *, slices: 
                    slice_thickness: float = 1.25, transfer_syntax: str = TRANSFER_SYNTAXES["explicit"],
                    extra_series: bool = True, patient_name: str | None = None, patient_id: str | None = None,
                    study_instance_uid: str | None = None, kernel: str = "sharp",
-                   variant: str | None = None) -> StudyResult:
+                   variant: str | None = None, acquisition: Acquisition | None = None) -> StudyResult:
     """Write a synthetic chest CT study to out_dir.
+
+    `acquisition` (acquisition.sample_acquisition) sets the primary series' slice thickness (it
+    overrides `slice_thickness`; slices are contiguous), kernel class and vendor name (it overrides
+    `kernel`), dose (tube current), contrast, field of view and the Manufacturer tags; None keeps
+    `slice_thickness`, `kernel`, standard dose, no contrast and the generator's own tags.
 
     Layout: out_dir/<NNN_description>/<n>.dcm per series and out_dir/ground_truth/ with
     masks.npz (lesion_mask, lung_mask; (z,y,x), z index = InstanceNumber-1 of the primary
     series) and truth.json. Nothing about the truth is written into the DICOM files.
     """
     t0 = time.perf_counter()
+    acq = acquisition if acquisition is not None else Acquisition(slice_thickness_mm=float(slice_thickness), kernel=kernel)
+    if acq.slice_thickness_mm:
+        slice_thickness = acq.slice_thickness_mm
+    kernel = acq.kernel
     _check_inputs(pattern, slice_thickness, slices)
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; expected one of {', '.join(KERNELS)}")
@@ -86,16 +101,18 @@ def generate_study(out_dir: str | Path, pattern: str, seed: int = 0, *, slices: 
     thick = float(slice_thickness)
     n = int(slices) if slices else int(round(DEFAULT_COVERAGE_MM / thick))
     p = sample_patient(seed)
-    fov = fov_for(p)
     ident = make_identity(pattern, seed, patient_name, patient_id, p.a)
     study_uid = study_instance_uid or uid("study", pattern, seed)
     # Tube current follows patient size (automatic exposure control).
-    ma = float(np.clip(120 + (p.a - 140) * 4.0, 100, 400))
+    ma = float(np.clip((120 + (p.a - 140) * 4.0) * acq.dose, 20, 500))
+    desc = "CT CHEST WITH CONTRAST (SYNTHETIC)" if acq.contrast else "CT CHEST WITHOUT CONTRAST (SYNTHETIC)"
     ctx = StudyContext(ident=ident, study_uid=study_uid, frame_of_reference_uid=uid(study_uid, "for"),
-                       study_id=f"{seed % 100000}", description="CT CHEST WITHOUT CONTRAST (SYNTHETIC)",
-                       ma=ma, ctdivol=round(ma / 25.0, 2), table_height=round(260.0 - p.table_y, 1))
-    vol = generate_volume(pattern, seed, shape_zyx=(n, 512, 512), spacing_zyx=(thick, fov / 512, fov / 512),
-                          kernel=kernel, variant=variant)
+                       study_id=f"{seed % 100000}", description=desc,
+                       ma=ma, ctdivol=round(ma / 25.0, 2), table_height=round(260.0 - p.table_y, 1),
+                       manufacturer=acq.manufacturer, model_name=acq.model_name)
+    acq = replace(acq, slice_thickness_mm=thick)
+    vol = generate_volume(pattern, seed, shape_zyx=(n, 512, 512), variant=variant, acquisition=acq,
+                          spacing_zyx=_spacing(p, thick, acq))
     res = StudyResult(study_instance_uid=study_uid, category=vol.category, pattern_variant=vol.pattern_variant,
                       volume=vol)
     truth = out / "ground_truth"
@@ -108,27 +125,29 @@ def generate_study(out_dir: str | Path, pattern: str, seed: int = 0, *, slices: 
     series_uids: dict[str, str] = {}
     if extra_series:
         su = uid(study_uid, "series", "localizer")
-        files = write_localizer(ctx, pattern, seed, zc, out / "001_localizer", su, variant)
+        files = write_localizer(ctx, pattern, seed, zc, out / "001_localizer", su, variant, acquisition=acq)
         res.series.append((su, "LOCALIZER AP", len(files), str(out / "001_localizer")))
         series_uids["localizer"] = su
     su = uid(study_uid, "series", "axial", thick, kernel)
-    desc = f"AXIAL {thick:g}mm {KERNELS[kernel][2]}"
+    kname = acq.kernel_name or KERNELS[kernel][2]
+    desc = f"AXIAL {thick:g}mm {kname}"
     base = ct_series_header(ctx, su, 2, desc, 20, 512, 512)
     folder = out / "002_axial_thin"
     res.ct_files = write_ct_series(vol.hu, vol.z_positions, vol.origin[:2], vol.spacing_zyx, thick, base, su,
-                                   folder, ts, kernel_name=KERNELS[kernel][2])
+                                   folder, ts, kernel_name=kname)
     res.series.append((su, desc, len(res.ct_files), str(folder)))
     series_uids["axial"] = su
     if extra_series:
         nt = max(1, int(round(n * thick / 5.0)))
         h5 = thick_volume(pattern, seed, nt, (512, 512), vol.spacing_zyx[1:], vol.origin[2] - (n - 1) * thick / 2,
-                          variant=vol.pattern_variant)
+                          variant=vol.pattern_variant, acquisition=acq)
         su5 = uid(study_uid, "series", "axial5")
-        base5 = ct_series_header(ctx, su5, 3, "AXIAL 5mm STANDARD", 25, 512, 512)
+        k5 = VENDORS[acq.manufacturer][1]["smooth"][0] if acq.manufacturer in VENDORS else "STANDARD"
+        base5 = ct_series_header(ctx, su5, 3, f"AXIAL 5mm {k5}", 25, 512, 512)
         top5 = vol.origin[2] - (n - 1) * thick / 2 + (nt - 1) * 5.0 / 2
         files = write_ct_series(h5, top5 - np.arange(nt) * 5.0, vol.origin[:2], (5.0,) + tuple(vol.spacing_zyx[1:]),
-                                5.0, base5, su5, out / "003_axial_thick", ts, kernel_name="STANDARD")
-        res.series.append((su5, "AXIAL 5mm STANDARD", len(files), str(out / "003_axial_thick")))
+                                5.0, base5, su5, out / "003_axial_thick", ts, kernel_name=k5)
+        res.series.append((su5, f"AXIAL 5mm {k5}", len(files), str(out / "003_axial_thick")))
         series_uids["axial_thick"] = su5
         sud = uid(study_uid, "series", "dose")
         files = write_dose_sr(ctx, sud, out / "997_dose_report", n * thick, n * thick / 78.7)
@@ -138,7 +157,8 @@ def generate_study(out_dir: str | Path, pattern: str, seed: int = 0, *, slices: 
     info = {
         "generator": "aenode.phantom",
         "pattern": pattern, "category": vol.category, "pattern_variant": vol.pattern_variant,
-        "features": vol.features, "seed": seed, "kernel": kernel,
+        "features": vol.features, "seed": seed, "kernel": kernel, "confounders": vol.confounders,
+        "acquisition": acq.asdict(), "tree": vol.tree,
         "study_instance_uid": study_uid, "series_instance_uids": series_uids,
         "primary_series": {"sop_instance_uids_in_mask_order": [uid(su, k + 1) for k in range(n)],
                            "folder": folder.name},
