@@ -6,7 +6,8 @@ frequency (the ramp filter), rises and is cut by the kernel's apodisation, so it
 here is white Gaussian noise shaped in the Fourier domain to NPS(f) ~ f exp(-(f/f0)^2) (peak at
 f0/sqrt(2)), scaled to the kernel's SD at a reference voxel and dose, and then by
 sqrt(reference thickness / thickness), 1/sqrt(relative dose) and the part of the NPS that the
-pixel size resolves (coarse pixels cut the high frequencies). Noise comes from a small pool of
+pixel size resolves (coarse pixels cut the high frequencies: a coarse grid stands for a fine
+reconstruction resampled to it, which is what a model's preprocessing sees). Noise comes from a small pool of
 filtered 2-D tiles taken at random offsets per slice: as good as fresh noise to the eye and to a
 CNN, and an order of magnitude cheaper than filtering the whole volume. Not modelled: noise
 that grows toward the body centre and along the long axis of the body (photon starvation), streaks,
@@ -22,10 +23,10 @@ import scipy.fft as sfft
 KERNELS = {
     # name: (edge gain of the signal (<0: blur), noise SD in HU at 0.75 x 0.75 mm pixels, 1 mm slices and
     #        standard dose, generic DICOM ConvolutionKernel, NPS peak in cycles/mm)
-    "smooth": (-1.0, 14.0, "STANDARD", 0.22),
-    "standard": (0.0, 22.0, "DETAIL", 0.35),
-    "sharp": (0.7, 48.0, "LUNG", 0.60),
-    "very_sharp": (1.2, 75.0, "BONEPLUS", 0.75),
+    "smooth": (-1.0, 20.0, "STANDARD", 0.22),
+    "standard": (0.0, 28.0, "DETAIL", 0.35),
+    "sharp": (0.7, 60.0, "LUNG", 0.60),
+    "very_sharp": (1.2, 95.0, "BONEPLUS", 0.75),
 }
 REF_PIXEL, REF_THICKNESS = 0.75, 1.0
 
