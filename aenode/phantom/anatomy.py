@@ -59,6 +59,8 @@ class PatientParams:
     arms_down: bool = False
     fissure_dz: float = 0.0     # seed jitter of the oblique fissures (mm)
     hfissure_dz: float = 0.0    # and of the horizontal fissure
+    hu_fat: float = HU["fat"]   # per-patient tissue attenuation (fat -110..-80, muscle 40..60 HU)
+    hu_muscle: float = HU["muscle"]
 
     @property
     def cy(self) -> float:
@@ -180,6 +182,7 @@ def sample_patient(seed: int) -> PatientParams:
         lung_h=lung_h, heart_scale=rng.uniform(0.9, 1.1), rib_pitch=rng.uniform(22.0, 27.0),
         rib_phase=rng.uniform(0.0, 1.0), arms_down=bool(rng.random() < 0.2),
         fissure_dz=rng.uniform(-12.0, 12.0), hfissure_dz=rng.uniform(-10.0, 10.0),
+        hu_fat=rng.uniform(-110.0, -80.0), hu_muscle=rng.uniform(40.0, 60.0),
     )
 
 
@@ -282,20 +285,20 @@ class AnatomyMaps:
                 qa = ((X - ax) / ra) ** 2 + ((Y - ay) / rb) ** 2
                 qi = ((X - ax) / (ra - p.fat * 0.6 - 2)) ** 2 + ((Y - ay) / (rb - p.fat * 0.6 - 2)) ** 2
                 qh = (X - ax) ** 2 + (Y - ay) ** 2
-                for m, hu_, t_ in ((qa < 1, HU["skin"], T["soft_other"]), (qa < 0.9, HU["fat"], T["fat"]),
-                                   (qi < 1, HU["muscle"], T["muscle"]), (qh < 12.0 ** 2, HU["cortex"], T["cortical_bone"]),
+                for m, hu_, t_ in ((qa < 1, HU["skin"], T["soft_other"]), (qa < 0.9, p.hu_fat, T["fat"]),
+                                   (qi < 1, p.hu_muscle, T["muscle"]), (qh < 12.0 ** 2, HU["cortex"], T["cortical_bone"]),
                                    (qh < 8.0 ** 2, HU["marrow"], T["trabecular_bone"])):
                     base[m] = hu_
                     tis[m] = t_
         base[body] = HU["skin"]
         tis[body] = T["soft_other"]
-        base[d_b > p.skin] = HU["fat"]
+        base[d_b > p.skin] = p.hu_fat
         tis[d_b > p.skin] = T["fat"]
-        base[d_b > p.skin + p.fat] = HU["muscle"]
+        base[d_b > p.skin + p.fat] = p.hu_muscle
         tis[d_b > p.skin + p.fat] = T["muscle"]
         cavity = d_b > W
         self.cavity = cavity
-        base[cavity] = HU["fat"]  # mediastinal fat, overwritten below
+        base[cavity] = p.hu_fat  # mediastinal fat, overwritten below
         tis[cavity] = T["fat"]
         # Rib ring (bone drawn per slice), scapulae (upper chest), sternum.
         ring = (d_b > W - p.rib_w - 1) & (d_b <= W - 1)
@@ -487,7 +490,7 @@ class AnatomyMaps:
         mf = self.med_free[wy, wx][None]
         qh = self.q_heart[wy, wx][None] + (((zs - hz) / hrz) ** 2)[:, None, None]
         m = (qh < 1.15) & mf
-        hw[m] = HU["fat"]
+        hw[m] = p.hu_fat
         tw[m] = T["fat"]
         blood = (qh < 1.0) & mf
         asc_on = ((zs < p.z_arch) & (zs > hz + 0.4 * hrz))[:, None, None]
@@ -505,7 +508,7 @@ class AnatomyMaps:
             hw[below] = np.broadcast_to(self.abd[wy, wx], below.shape)[below]
             tw[below] = T["soft_other"]
             dia = below & (Z > dab - 5.0)
-            hw[dia] = HU["muscle"]
+            hw[dia] = p.hu_muscle
             tw[dia] = T["muscle"]
         # Trachea last among mediastinal structures (the arch passes beside it).
         for k, z in enumerate(zs):

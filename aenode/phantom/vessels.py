@@ -4,7 +4,7 @@ The vessel tree branches from each hilum (16 lobar/segmental trunks per lung), e
 0.68-0.78 of its parent's radius (a diameter exponent of about 2.3-2.6, in the range measured for
 pulmonary arteries; Murray's law would be 3) until ~0.4 mm, and stops near the pleura, so vessels
 thin toward the periphery over 8-10 generations. Bronchi follow the vessel branches side by side
-(bronchus lumen ~0.8 x the artery radius, wall ~0.4 x the lumen radius, i.e. ~15 % of the outer
+(bronchus lumen ~0.65 x the artery radius, wall ~0.4 x the lumen radius, i.e. ~15 % of the outer
 diameter) down to a ~2 mm lumen. Not modelled: separate arterial and venous trees (veins run
 between lobules, not with the bronchi), lymphatics, bronchial wall cartilage rings.
 """
@@ -16,7 +16,7 @@ from .anatomy import TISSUE
 from .grid import Grid
 from .lungmodel import CoarseLung
 
-AW_LUMEN = 0.8     # bronchus lumen radius / artery radius
+AW_LUMEN = 0.65    # bronchus lumen radius / artery radius (normal broncho-arterial ratio ~0.65-0.7)
 AW_WALL = 0.43     # wall thickness / lumen radius (wall = 15 % of the outer diameter)
 AW_MIN_LUMEN = 1.0  # mm radius: smaller bronchi are not resolved on clinical CT
 CENTRAL_AIRWAY_GENERATIONS = 2  # trachea excluded: main bronchus = 1, lobar bronchi = 2 (class Airways)
