@@ -548,6 +548,8 @@ class AnatomyMaps:
                     gg = (ll == 1) | (ll == 2)
                     cg = coarse[has][gg]
                     target[gg] += 70.0 * cg
+                    g1 = ll == 1  # pure GGO stays in its published range (crazy paving keeps its septal lines)
+                    target[g1] = np.clip(target[g1], -720.0, -320.0)
                     wg = w[gg]
                     w[gg] = np.where(wg < 1.0, np.clip(wg + 0.3 * cg, 0.0, 1.0), wg)
                 ph = P[has]

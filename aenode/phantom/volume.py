@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -36,7 +36,8 @@ class PhantomVolume:
     lesion_mask: labels listed in lesions.LABELS (1 GGO ... 8 septal thickening).
     tissue: anatomy.TISSUE class of each voxel (noiseless geometry, what the voxel mostly is).
     lobe_mask: anatomy.LOBES (0 none, 1 RUL, 2 RML, 3 RLL, 4 LUL, 5 LLL).
-    tree: generations and smallest calibres of the bronchovascular tree (vessels.tree_stats)."""
+    tree: generations and smallest calibres of the bronchovascular tree (vessels.tree_stats).
+    acquisition: what was rendered (slice_thickness_mm filled in: the z spacing when none was asked)."""
 
     hu: np.ndarray
     lesion_mask: np.ndarray
@@ -220,4 +221,4 @@ def generate_volume(pattern: str, seed: int, *, shape_zyx=(300, 512, 512), spaci
         hu=hu, lesion_mask=lab, lung_mask=lung, spacing_zyx=grid.spacing_zyx, origin=grid.origin_xyz,
         category=CATEGORY[pattern], pattern=pattern, pattern_variant=plan.variant, seed=seed, kernel=kernel,
         features=list(plan.features), patient=p.asdict(), fov_mm=fov, tissue=tis, lobe_mask=lobe, tree=tree,
-        acquisition=acq, confounders=list(plan.confounders), blood_hu=blood)
+        acquisition=replace(acq, slice_thickness_mm=thick), confounders=list(plan.confounders), blood_hu=blood)
