@@ -1,6 +1,6 @@
 """Bronchovascular tree: pulmonary vessels and the airways that run with them, as 3-D capsules in mm.
 
-The vessel tree branches from each hilum (16 lobar/segmental trunks per lung), each child taking
+The vessel tree branches from each hilum (18 lobar/segmental trunks per lung), each child taking
 0.68-0.78 of its parent's radius (a diameter exponent of about 2.3-2.6, in the range measured for
 pulmonary arteries; Murray's law would be 3) until ~0.4 mm, and stops near the pleura, so vessels
 thin toward the periphery over 8-10 generations. Bronchi follow the vessel branches side by side
@@ -43,7 +43,8 @@ def grow_tree(cl: CoarseLung, seed: int) -> tuple[np.ndarray, np.ndarray]:
         roots = [(0.1, -0.1, 1.0), (0.6, -0.3, 0.6), (1.0, 0.1, 0.1), (0.4, -0.8, -0.4),
                  (0.5, 0.7, -0.5), (0.3, 0.1, -1.0), (0.5, 0.9, 0.2), (0.4, -0.8, 0.3),
                  (0.8, 0.3, -0.6), (0.2, 0.4, 0.9), (0.7, -0.5, -0.8), (0.2, 0.8, -1.0),
-                 (0.3, 0.5, -1.0), (0.5, -0.2, -1.0), (0.1, 0.9, -0.8), (0.7, 0.2, -1.0)]  # basal trunks
+                 (0.3, 0.5, -1.0), (0.5, -0.2, -1.0), (0.1, 0.9, -0.8), (0.7, 0.2, -1.0),  # basal trunks
+                 (0.5, 0.5, 0.8), (0.4, -0.6, 0.8)]  # apical/posterior upper-lobe trunks
         stack: list[tuple] = []
         for r0 in roots:
             d = np.array([side * r0[0], r0[1], r0[2]], float)
@@ -56,7 +57,7 @@ def grow_tree(cl: CoarseLung, seed: int) -> tuple[np.ndarray, np.ndarray]:
             a, d, r, gen, aw_a, u = stack.pop()
             length = float(np.clip(r * rng.uniform(7.0, 11.0), 3.0, 36.0))
             if gen == 0:  # lobar/segmental trunks are long: they carry the tree to the bases and apices
-                length = float(rng.uniform(25.0, 50.0))
+                length = float(rng.uniform(45.0, 75.0) if d[2] < -0.6 else rng.uniform(25.0, 50.0))
             for _ in range(5):
                 b = a + d * length
                 lb, dp = cl.at(b)
