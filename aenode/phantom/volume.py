@@ -142,20 +142,21 @@ def generate_volume(pattern: str, seed: int, *, shape_zyx=(300, 512, 512), spaci
     grid, fov = make_grid(p, shape_zyx, spacing_zyx, z_center, acq.fov_scale)
     cl, segs, aws = _planning(seed)
     plan = plan_lesions(cl, pattern, seed, variant)
+    dz = grid.spacing_zyx[0]
+    thick = float(acq.slice_thickness_mm or dz)
+    zext = min(dz, thick)  # each rendered slice covers its own thickness (the profile blends neighbours)
     vessel = np.zeros(grid.shape_zyx, np.uint8)
-    rasterize_segments(segs, grid, vessel)
+    rasterize_segments(segs, grid, vessel, z_extent=zext)
     aw_out = aw_lum = None
     if len(aws):
         aw_out = np.zeros(grid.shape_zyx, np.uint8)
         aw_lum = np.zeros(grid.shape_zyx, np.uint8)
-        rasterize_segments(aws, grid, aw_out, grow=1.0 + AW_WALL)
-        rasterize_segments(aws, grid, aw_lum)
+        rasterize_segments(aws, grid, aw_out, grow=1.0 + AW_WALL, z_extent=zext, also=((aw_lum, 1.0, 0.0),))
     canvas = rasterize(plan, cl, grid) if plan.prims else None
     blood = blood_hu(seed, acq.contrast)
     maps = AnatomyMaps(p, grid.ys, grid.xs, plan.pleural, blood_hu=blood)
     nz, ny, nx = grid.shape_zyx
-    dz = grid.spacing_zyx[0]
-    maps.dz = dz
+    maps.dz = zext
     airways = Airways(cl)
     texture = ParenchymaTexture(seed)
     hu = np.empty(grid.shape_zyx, np.int16)
@@ -163,7 +164,6 @@ def generate_volume(pattern: str, seed: int, *, shape_zyx=(300, 512, 512), spaci
     lab = np.empty(grid.shape_zyx, np.uint8)
     tis = np.empty(grid.shape_zyx, np.uint8)
     lobe = np.empty(grid.shape_zyx, np.uint8)
-    thick = float(acq.slice_thickness_mm or dz)
     prof = slice_profile(thick, dz)
     halo = len(prof) // 2
     pool = NoisePool(seed, (ny, nx), nz, kernel, grid.spacing_zyx, thickness_mm=thick, dose=acq.dose) if noise else None
