@@ -1,9 +1,10 @@
 """Bronchovascular tree: pulmonary vessels and the airways that run with them, as 3-D capsules in mm.
 
-The vessel tree branches from each hilum (18 lobar/segmental trunks per lung), each child taking
-0.68-0.78 of its parent's radius (a diameter exponent of about 2.3-2.6, in the range measured for
-pulmonary arteries; Murray's law would be 3) until ~0.4 mm, and stops near the pleura, so vessels
-thin toward the periphery over 8-10 generations. Bronchi follow the vessel branches side by side
+The vessel tree branches from each hilum (18 lobar/segmental trunks per lung), each of two children
+taking 0.68-0.78 of its parent's radius until ~0.4 mm, and stops near the pleura, so vessels thin
+toward the periphery over 9-10 generations. That taper is steeper than Murray's law (a symmetric
+split would keep 0.79, diameter exponent 3; ours is ~2.2): a Murray tree down to 0.4 mm would
+have ten times the segments and cost seconds per volume, for vessels below what CT resolves. Bronchi follow the vessel branches side by side
 (bronchus lumen ~0.65 x the artery radius, wall ~0.4 x the lumen radius, i.e. ~15 % of the outer
 diameter) down to a ~2 mm lumen. Not modelled: separate arterial and venous trees (veins run
 between lobules, not with the bronchi), lymphatics, bronchial wall cartilage rings.

@@ -187,3 +187,14 @@ def test_habitus_varies_arms_and_fat():
     body = ndimage.binary_fill_holes(v.hu[k] > -500)
     lab, n = ndimage.label(body)
     assert n >= 3  # trunk and two arms
+
+
+def test_lobar_consolidation_fills_one_real_lobe():
+    v = generate_volume("atypical", 4, shape_zyx=SMALL, variant="lobar-consolidation", noise=False, threads=1)
+    cons = v.lesion_mask == 3
+    assert cons.sum() > 200
+    lobes = np.bincount(v.lobe_mask[cons], minlength=6)
+    main = int(np.argmax(lobes))
+    assert main > 0 and lobes[main] > 0.95 * cons.sum()  # bounded by the fissures
+    assert -100 <= np.median(v.hu[cons & (v.tissue == TISSUE["lesion"])]) <= 100
+    assert (cons & (v.tissue == TISSUE["airway_lumen"])).sum() > 5  # air bronchograms
