@@ -14,7 +14,7 @@ No real CT image is used here: targets are numbers read from the cited publicati
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,9 +56,9 @@ def _fmt(x: float) -> str:
 # Full references; the keys are used in TARGETS and in the document. Every entry was looked up
 # (abstract or full text) when the range was set; see docs/PHANTOM_REALISM.md for what each gives.
 SOURCES: dict[str, str] = {
-    "textbook_hu": "Textbook range (secondary tabulations of Hounsfield values, e.g. radclass.mudr.org "
-                   "'Hounsfield units - scale of HU', which cites Buzug 2008, Heymsfield 2005 and Prokop 2003; "
-                   "the textbooks themselves were not checked)",
+    "textbook_hu": "Textbook range, as tabulated by radclass.mudr.org ('Hounsfield units - scale of HU', citing "
+                   "three CT textbooks) and radgray.com ('Hounsfield scale'); the textbooks themselves were not "
+                   "checked, so none is named here",
     "kim2017": "Kim, Jin, Li, Lee, Shin. CT quantification of lungs and airways in normal Korean subjects. "
                "Korean J Radiol 2017;18(4) (initials not checked)",
     "zach2012": "Zach JA, Newell JD Jr, Schroeder J, et al. Quantitative CT of the lungs and airways in healthy "
@@ -372,13 +372,14 @@ def _mean(vals: Iterable[float]) -> float:
     return float(np.mean(v)) if v else math.nan
 
 
-def aggregate(records: list[tuple[str, Mapping[str, float]]],
+def aggregate(records: Sequence[tuple[str, Mapping[str, float]]],
               noise: Mapping[str, float] | None = None) -> dict[str, float]:
     """One value per target (and per REPORTED statistic) from per-study measurements.
 
-    records: (pattern, measure_tissues | measure_lesions merged) per study. Lung density statistics
-    come from Negative studies (lesions would change them); tissue HU from all studies; pattern
-    statistics from studies of that pattern. noise: the noise/NPS values measured separately.
+    records: (pattern, measure_tissues | measure_lesions merged) per study; pattern CLINICAL marks
+    Negative studies on a clinical grid. Lung density statistics come from those (else from the
+    Negative studies: lesions would change them); tissue HU from all studies; pattern statistics
+    from studies of that pattern. noise: the noise/NPS values measured separately.
     """
     out: dict[str, float] = {}
 
@@ -387,9 +388,12 @@ def aggregate(records: list[tuple[str, Mapping[str, float]]],
              and np.isfinite(r[key])]
         return float(np.median(v)) if v else math.nan
 
+    # Lung density and vessel statistics are published for thin-slice clinical reconstructions:
+    # take them from the clinical-grid Negative studies when there are any.
+    lung_src = (CLINICAL,) if any(p == CLINICAL for p, _ in records) else ("negative",)
     for key in ("lung_parenchyma_median_hu", "lung_laa950_percent", "lung_normally_aerated_mass_fraction",
                 "lung_volume_ml", "whole_lung_median_hu", "lung_fraction_of_thorax", "vessel_volume_percent"):
-        out[key] = med(key, ("negative",))
+        out[key] = med(key, lung_src)
     for key in ("fat_median_hu", "muscle_median_hu", "blood_unenhanced_median_hu", "blood_contrast_median_hu",
                 "cortical_bone_median_hu", "trabecular_bone_median_hu", "ggo_median_hu",
                 "crazy_paving_median_hu", "consolidation_median_hu", "effusion_median_hu"):
@@ -433,7 +437,7 @@ def table_markdown(measured: Mapping[str, float], note: str = "") -> str:
         ok = t.contains(v)
         rows.append(f"| `{t.name}` | {t.range_text()} | {t.unit} | [{t.source_key}](#{t.source_key}) | "
                     f"{_fmt(v) if np.isfinite(v) else 'not measured'} | {'yes' if ok else '**no**'} |")
-    for name, (unit, desc) in REPORTED.items():
+    for name, (unit, _desc) in REPORTED.items():
         v = measured.get(name, math.nan)
         rows.append(f"| `{name}` | no verified published value | {unit} | - | "
                     f"{_fmt(v) if np.isfinite(v) else 'not measured'} | - |")
@@ -447,7 +451,9 @@ def table_markdown(measured: Mapping[str, float], note: str = "") -> str:
 # the standard set of studies (script and test)
 
 ATYPICAL_VARIANTS = ("lobar-consolidation", "septal-effusion", "tree-in-bud", "cavitation")
-CLINICAL_PIXEL_MM = 0.75  # in-plane pixel of the noise slabs: a 384 mm FOV on 512 x 512
+CLINICAL_PIXEL_MM = 0.75  # in-plane pixel of the clinical grid: a 384 mm FOV on 512 x 512
+CLINICAL_SLICE_MM = 1.25  # thin-slice reconstruction of the clinical-grid Negative studies
+CLINICAL = "negative-clinical"
 
 
 def study_acquisition(index: int, pattern: str):
@@ -474,6 +480,22 @@ def collect_studies(seeds: Iterable[int], shape_zyx=(100, 192, 192)) -> list[tup
     return records
 
 
+def collect_clinical(seeds: Iterable[int]) -> list[tuple[str, dict[str, float]]]:
+    """Negative studies on a clinical grid (1.25 mm slices, 0.75 mm pixels, 300 mm, smooth kernel,
+    dose 1.0), where the lung density and vessel statistics are published: on a coarse grid small
+    vessels blur into the parenchyma and shift its histogram."""
+    from .acquisition import Acquisition
+    from .volume import generate_volume
+    px, dz = CLINICAL_PIXEL_MM, CLINICAL_SLICE_MM
+    acq = Acquisition(kernel="smooth", dose=1.0, slice_thickness_mm=dz)
+    out = []
+    for seed in seeds:
+        vol = generate_volume("negative", seed, shape_zyx=(int(round(300 / dz)), 512, 512),
+                              spacing_zyx=(dz, px, px), acquisition=acq)
+        out.append((CLINICAL, measure_tissues(vol)))
+    return out
+
+
 def collect_noise(seed: int = 1) -> dict[str, float]:
     """Noise SD and NPS peak per kernel class on a few slices at a clinical grid (0.75 mm pixels),
     from the noisy study minus its noiseless twin (same seed and grid, noise=False)."""
@@ -484,9 +506,8 @@ def collect_noise(seed: int = 1) -> dict[str, float]:
     for kernel, thick, nz, key in (("smooth", 1.0, 4, "smooth"), ("sharp", 1.0, 4, "sharp"),
                                    ("smooth", 5.0, 2, "smooth_5mm")):
         acq = Acquisition(kernel=kernel, dose=1.0, slice_thickness_mm=thick)
-        kw = dict(shape_zyx=(nz, 512, 512), spacing_zyx=(thick, px, px), acquisition=acq)
-        noisy = generate_volume("negative", seed, **kw)
-        clean = generate_volume("negative", seed, noise=False, **kw)
+        noisy, clean = (generate_volume("negative", seed, shape_zyx=(nz, 512, 512), spacing_zyx=(thick, px, px),
+                                        acquisition=acq, noise=n) for n in (True, False))
         out[f"noise_sd_{key}_hu"] = noise_sd(noisy, clean)
         if thick == 1.0:
             out[f"nps_peak_{key}_per_mm"] = nps_peak(noisy, clean)
@@ -494,4 +515,7 @@ def collect_noise(seed: int = 1) -> dict[str, float]:
 
 
 def measure_all(seeds: Iterable[int] = (1, 2), shape_zyx=(100, 192, 192)) -> dict[str, float]:
-    return aggregate(collect_studies(seeds, shape_zyx), collect_noise(next(iter(seeds))))
+    """Every target and reported statistic: the pattern suite on a modest grid, Negative studies
+    on a clinical grid, and the noise slabs."""
+    seeds = list(seeds)
+    return aggregate(collect_studies(seeds, shape_zyx) + collect_clinical(seeds), collect_noise(seeds[0]))
