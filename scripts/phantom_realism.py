@@ -72,7 +72,7 @@ def montage(path: Path, size: int = 256) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(PATTERNS), 3, figsize=(10.5, 3.6 * len(PATTERNS)), dpi=110)
+    fig, axes = plt.subplots(len(PATTERNS), 3, figsize=(10.5, 3.6 * len(PATTERNS)), dpi=90)
     for row, pattern in enumerate(PATTERNS):
         seed = MONTAGE_SEEDS[pattern]
         thin = generate_volume(pattern, seed, shape_zyx=(240, size, size),
@@ -119,7 +119,7 @@ def main() -> int:
     label = a.generator or generator_rev()
     note = (f"Measured by `scripts/phantom_realism.py --seeds {' '.join(map(str, a.seeds))}` on the generator at "
             f"{label}: {len(a.seeds) * len(PATTERNS)} pattern studies on a {'x'.join(map(str, a.shape))} grid, "
-            f"{len(a.seeds)} Negative studies on the clinical grid (1.25 mm slices, 0.75 mm pixels) and noise "
+            f"{len(a.seeds)} Negative studies on the clinical grid (1.25 mm slices, 0.75 mm pixels, 340 mm) and noise "
             f"slabs at 0.75 mm pixels; {sum(ok.values())}/{len(ok)} targets in range "
             f"({took:.0f} s, {platform.machine()}, {os.cpu_count()} cores).")
     table = realism.table_markdown(measured, note)

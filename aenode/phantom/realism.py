@@ -453,6 +453,7 @@ def table_markdown(measured: Mapping[str, float], note: str = "") -> str:
 ATYPICAL_VARIANTS = ("lobar-consolidation", "septal-effusion", "tree-in-bud", "cavitation")
 CLINICAL_PIXEL_MM = 0.75  # in-plane pixel of the clinical grid: a 384 mm FOV on 512 x 512
 CLINICAL_SLICE_MM = 1.25  # thin-slice reconstruction of the clinical-grid Negative studies
+CLINICAL_COVERAGE_MM = 340.0  # z coverage: apex to costophrenic recesses with margin (300 mm clips some bases)
 CLINICAL = "negative-clinical"
 
 
@@ -481,16 +482,16 @@ def collect_studies(seeds: Iterable[int], shape_zyx=(100, 192, 192)) -> list[tup
 
 
 def collect_clinical(seeds: Iterable[int]) -> list[tuple[str, dict[str, float]]]:
-    """Negative studies on a clinical grid (1.25 mm slices, 0.75 mm pixels, 300 mm, smooth kernel,
-    dose 1.0), where the lung density and vessel statistics are published: on a coarse grid small
-    vessels blur into the parenchyma and shift its histogram."""
+    """Negative studies on a clinical grid (1.25 mm slices, 0.75 mm pixels, 340 mm, smooth kernel,
+    dose 1.0), where the lung density, volume and vessel statistics are published: on a coarse
+    grid small vessels blur into the parenchyma and shift its histogram."""
     from .acquisition import Acquisition
     from .volume import generate_volume
     px, dz = CLINICAL_PIXEL_MM, CLINICAL_SLICE_MM
     acq = Acquisition(kernel="smooth", dose=1.0, slice_thickness_mm=dz)
     out = []
     for seed in seeds:
-        vol = generate_volume("negative", seed, shape_zyx=(int(round(300 / dz)), 512, 512),
+        vol = generate_volume("negative", seed, shape_zyx=(int(round(CLINICAL_COVERAGE_MM / dz)), 512, 512),
                               spacing_zyx=(dz, px, px), acquisition=acq)
         out.append((CLINICAL, measure_tissues(vol)))
     return out
