@@ -410,11 +410,11 @@ def aggregate(records: Sequence[tuple[str, Mapping[str, float]]],
         out[f"{pat}_bilateral_study_fraction"] = _mean(r["bilateral"] for r in rs)
         out[f"{pat}_peripheral_fraction"] = _mean(r["peripheral_fraction"] for r in rs)
         out[f"{pat}_lower_lobe_fraction"] = _mean(r["lower_lobe_fraction"] for r in rs)
-        if pat == "typical":
-            out["typical_peripheral_study_fraction"] = _mean(r["peripheral_predominant"] for r in rs)
-            out["typical_lower_lobe_study_fraction"] = _mean(r["lower_lobe_involved"] for r in rs)
-            if len(rs) < sum(p == pat for p, _ in records):  # a Typical study without lesions
-                out["typical_bilateral_study_fraction"] = 0.0
+        if pat == "typical":  # shares of all Typical studies: one without lesions counts as a miss
+            every = [r for p, r in records if p == pat]
+            out["typical_bilateral_study_fraction"] = _mean(r.get("bilateral", 0.0) for r in every)
+            out["typical_peripheral_study_fraction"] = _mean(r.get("peripheral_predominant", 0.0) for r in every)
+            out["typical_lower_lobe_study_fraction"] = _mean(r.get("lower_lobe_involved", 0.0) for r in every)
     atyp = [r for p, r in records if p == "atypical" and r.get("pneumonia_lesion_fraction", 0) > 0]
     out["atypical_ggo_lesion_fraction"] = _mean(r["ggo_lesion_fraction"] for r in atyp)
     negs = [r["pneumonia_lesion_fraction"] for p, r in records if p == "negative" and "pneumonia_lesion_fraction" in r]

@@ -122,6 +122,9 @@ def test_measurements_on_a_known_volume():
     agg = realism.aggregate([("typical", {**t, **les})])
     assert agg["typical_bilateral_study_fraction"] == 1.0
     assert agg["ggo_median_hu"] == -600
+    # a Typical study without lesions counts against the Typical shares
+    agg = realism.aggregate([("typical", {**t, **les}), ("typical", {**t, "pneumonia_lesion_fraction": 0.0})])
+    assert agg["typical_bilateral_study_fraction"] == 0.5 and agg["typical_lower_lobe_study_fraction"] == 0.5
 
 
 def test_nps_peak_moves_up_with_a_sharper_noise_texture():
