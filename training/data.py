@@ -74,30 +74,33 @@ def _targets(pattern: str, seed: int, grid: ModelGrid, generate_volume) -> np.nd
 
 
 def make_sample(pattern: str, seed: int, shape_zyx=None) -> dict:
-    try:
-        from aenode.phantom import generate_volume
-    except ImportError:  # package __init__ not written yet
-        from aenode.phantom.volume import generate_volume
+    """One training sample: a phantom under a randomised acquisition (slice thickness
+    0.6-5 mm, kernel, dose, contrast, field of view: ``sample_acquisition``), through the
+    node's own preprocessing, with its segmentation targets."""
+    from aenode.phantom import generate_volume
+    from aenode.phantom.acquisition import sample_acquisition
+    from aenode.phantom.anatomy import fov_for, sample_patient
 
     rng = np.random.default_rng([seed, 7])
     shape = shape_zyx or GEN_SHAPES[int(rng.integers(len(GEN_SHAPES)))]
-    kernel = "sharp" if rng.random() < 0.7 else "smooth"
-    # z coverage varies like scanners' (seeds < 130 were cached with the phantom's 300 mm)
-    spacing = None
-    if seed >= 130:
-        from aenode.phantom.anatomy import fov_for, sample_patient
-
-        fov = fov_for(sample_patient(seed))
-        cover = float(rng.choice([300.0, 320.0, 340.0]))
-        spacing = (cover / shape[0], fov / shape[1], fov / shape[2])
-    pv = generate_volume(pattern, seed, shape_zyx=shape, spacing_zyx=spacing, kernel=kernel, threads=1)
+    acq = sample_acquisition(seed)
+    thick = float(acq.slice_thickness_mm or 1.25)
+    # z spacing: contiguous slices of the drawn thickness, but never finer than 1.25 mm here
+    # (the model sees 5 mm after antialiasing: thinner slices only cost generation time).
+    dz = max(thick, 1.25)
+    cover = float(rng.choice([300.0, 320.0, 340.0]))
+    nz = int(round(cover / dz))
+    fov = fov_for(sample_patient(seed)) * acq.fov_scale
+    spacing = (dz, fov / shape[1], fov / shape[2])
+    pv = generate_volume(pattern, seed, shape_zyx=(nz, shape[1], shape[2]), spacing_zyx=spacing,
+                         acquisition=acq, threads=1)
     prep, size = prep_and_shape()
     img = phantom_to_sitk(pv.hu, pv.spacing_zyx, pv.origin)
     del pv.hu
     x, grid = preprocess(img, prep, size)
     seg = _targets(pattern, seed, grid, generate_volume)
     return {"x": x[0, 0].astype(np.float16), "seg": seg, "label": PATTERNS.index(pattern),
-            "variant": pv.pattern_variant, "seed": seed}
+            "variant": pv.pattern_variant, "seed": seed, "thickness": thick}
 
 
 def _cache_one(args) -> str:
@@ -106,7 +109,8 @@ def _cache_one(args) -> str:
     if not path.exists():
         s = make_sample(pattern, seed)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, x=s["x"], seg=s["seg"], label=s["label"], variant=s["variant"], seed=s["seed"])
+        np.savez(tmp, x=s["x"], seg=s["seg"], label=s["label"], variant=s["variant"], seed=s["seed"],
+                 thickness=s["thickness"])
         os.replace(tmp, path)
     return str(path)
 

@@ -1,10 +1,14 @@
 """Evaluate the exported package on held-out phantom seeds (numbers for MODEL_CARD.md).
 
-    python training/evaluate.py --per-pattern 50      # 200 studies, seeds 100000+
+    python training/evaluate.py --per-pattern 100 --processes 16   # 400 studies, seeds 100000+
 
-Each held-out volume is generated at scanner resolution (512x512 in-plane) and goes through
-the node's own preprocessing and ONNX Runtime session (``aenode.infer.engine.Model``), so
-this measures the shipped file, not the PyTorch weights.  Writes training/eval_results.json
+Each held-out study gets its own randomised acquisition (``sample_acquisition``: slice
+thickness 0.6-5 mm, kernel, dose, contrast, field of view, vendor), is generated at
+scanner resolution (512 x 512 in-plane, contiguous slices of the drawn thickness over
+300 mm) and goes through the node's own preprocessing and ONNX Runtime session
+(``aenode.infer.engine.Model``) with the manifest's temperature and domain gate, so this
+measures the shipped package, not the PyTorch weights.  A study the gate refuses counts
+as wrong in the accuracy (and is reported separately).  Writes training/eval_results.json
 and prints the markdown tables that MODEL_CARD.md quotes.
 """
 
@@ -33,30 +37,43 @@ def _init() -> None:
 
 
 def _one(job: tuple[str, int]) -> dict:
-    from aenode.infer.preprocess import preprocess
     from aenode.phantom import generate_volume
+    from aenode.phantom.acquisition import sample_acquisition
+    from aenode.phantom.anatomy import fov_for, sample_patient
 
+    assert _model is not None
     pattern, seed = job
-    pv = generate_volume(pattern, seed, shape_zyx=(128, 512, 512), kernel="sharp", threads=1)
+    acq = sample_acquisition(seed)
+    thick = float(acq.slice_thickness_mm or 1.25)
+    fov = fov_for(sample_patient(seed)) * acq.fov_scale
+    n = int(round(300.0 / thick))
+    pv = generate_volume(pattern, seed, shape_zyx=(n, 512, 512), spacing_zyx=(thick, fov / 512, fov / 512),
+                         acquisition=acq, threads=1)
     lesion = np.isin(pv.lesion_mask, data.LESION_LABELS)
     lung = (pv.lung_mask > 0) | lesion
     true_inv = 100.0 * float(lesion.sum()) / max(1.0, float(lung.sum()))
     img = data.phantom_to_sitk(pv.hu, pv.spacing_zyx, pv.origin)
-    x, grid = preprocess(img, _model.manifest.preprocessing, _model.manifest.input.size_zyx)
-    pred = _model.interpret(_model.run(x), grid, timings={})
-    return {"pattern": pattern, "seed": seed, "variant": pv.pattern_variant,
+    del pv
+    x, grid = _model.prepare(img)
+    pred = _model.interpret(_model.run(x), grid, timings={}, x=x)
+    return {"pattern": pattern, "seed": seed, "thickness": thick, "kernel": acq.kernel, "dose": round(acq.dose, 3),
+            "contrast": acq.contrast, "manufacturer": acq.manufacturer,
             "probabilities": [pred.probabilities[p] for p in data.PATTERNS],
-            "predicted": pred.category, "true_involvement": true_inv, "involvement": pred.involvement_percent}
+            "predicted": pred.category, "out_of_domain": pred.out_of_domain,
+            "domain": pred.domain.as_dict() if pred.domain else None,
+            "true_involvement": true_inv, "involvement": pred.involvement_percent}
 
 
 def metrics(rows: list[dict]) -> dict:
     k = len(data.PATTERNS)
     y = np.array([data.PATTERNS.index(r["pattern"]) for r in rows])
     p = np.array([r["probabilities"] for r in rows])
-    yhat = p.argmax(1)
+    # a study the domain gate refused has no category: it counts as wrong
+    yhat = np.array([-1 if r.get("out_of_domain") else int(np.argmax(r["probabilities"])) for r in rows])
     cm = np.zeros((k, k), int)
     for a, b in zip(y, yhat):
-        cm[a, b] += 1
+        if b >= 0:
+            cm[a, b] += 1
     per_class = {}
     for i, name in enumerate(data.PATTERNS):
         tp = cm[i, i]
@@ -84,12 +101,29 @@ def metrics(rows: list[dict]) -> dict:
             "ece": float(ece), "brier": brier, "reliability": table,
             "per_variant_accuracy": {k2: [sum(v), len(v)] for k2, v in sorted(by_variant.items())},
             "involvement_mae_points": float(np.mean(inv_err)) if inv_err else None,
-            "involvement_true_mean": float(np.mean([r["true_involvement"] for r in rows]))}
+            "involvement_true_mean": float(np.mean([r["true_involvement"] for r in rows])),
+            "out_of_domain": int(sum(1 for r in rows if r.get("out_of_domain")))}
+
+
+def split_metrics(rows: list[dict]) -> dict:
+    """Accuracy and ECE by slice thickness (thin <= 3 mm, thick > 3 mm), kernel, contrast."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        t = r.get("thickness", 0.0)
+        groups.setdefault("thin (<= 3 mm)" if t <= 3.0 else "thick (5 mm)", []).append(r)
+        groups.setdefault(f"kernel {r.get('kernel')}", []).append(r)
+        groups.setdefault("contrast" if r.get("contrast") else "no contrast", []).append(r)
+    out = {}
+    for name, rs in sorted(groups.items()):
+        m = metrics(rs)
+        out[name] = {"n": m["n"], "accuracy": m["accuracy"], "ece": m["ece"], "out_of_domain": m["out_of_domain"]}
+    return out
 
 
 def markdown(m: dict) -> str:
     names = data.PATTERNS
     lines = [f"Held-out studies: {m['n']}; accuracy **{m['accuracy']:.3f}**; ECE {m['ece']:.3f} (10 bins); "
+             f"refused by the domain gate {m['out_of_domain']} (counted as wrong); "
              f"Brier {m['brier']:.3f}; lung-involvement MAE {m['involvement_mae_points']:.2f} percentage points "
              f"(mean true involvement {m['involvement_true_mean']:.2f} %).", "",
              "Confusion matrix (rows: truth, columns: prediction):", "",
@@ -104,6 +138,10 @@ def markdown(m: dict) -> str:
               "| confidence | n | mean confidence | accuracy |", "|---|---|---|---|"]
     for r in m["reliability"]:
         lines.append(f"| {r['bin']} | {r['n']} | {r['mean_confidence']:.3f} | {r['accuracy']:.3f} |")
+    if "splits" in m:
+        lines += ["", "| subset | n | accuracy | ECE | refused by the gate |", "|---|---|---|---|---|"]
+        for k, v in m["splits"].items():
+            lines.append(f"| {k} | {v['n']} | {v['accuracy']:.3f} | {v['ece']:.3f} | {v['out_of_domain']} |")
     lines += ["", "Accuracy by phantom variant: " + ", ".join(
         f"{k} {v[0]}/{v[1]}" for k, v in m["per_variant_accuracy"].items())]
     return "\n".join(lines)
@@ -111,7 +149,7 @@ def markdown(m: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--per-pattern", type=int, default=50)
+    ap.add_argument("--per-pattern", type=int, default=100)
     ap.add_argument("--processes", type=int, default=2)
     args = ap.parse_args()
     jobs = [(p, EVAL_SEED0 + i) for i in range(args.per_pattern) for p in data.PATTERNS]
@@ -119,6 +157,7 @@ def main() -> None:
     with Pool(args.processes, initializer=_init) as pool:
         rows = pool.map(_one, jobs, chunksize=2)
     m = metrics(rows)
+    m["splits"] = split_metrics(rows)
     m["seconds"] = time.time() - t
     m["seeds"] = [EVAL_SEED0, EVAL_SEED0 + args.per_pattern - 1]
     out = Path(__file__).resolve().parent / "eval_results.json"

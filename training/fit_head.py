@@ -20,7 +20,7 @@ import data
 import numpy as np
 import torch
 import torch.nn.functional as F
-from net import TypicalityNet
+from net import TypicalityNet, distances, domain_reference
 from train import RUNS, augment
 
 
@@ -106,11 +106,71 @@ def main() -> None:
         acc = float((net.cls(fva).argmax(1) == yva_t).float().mean())
         pred = net.cls(fva).argmax(1)
     torch.save(net.state_dict(), RUNS / "final.pt")
+    reference(ftr[:len(ytr)], fva, net.cls(fva).detach(), yva_t, image_stats(net.to(dev), xva))
     cm = np.zeros((4, 4), int)
     for a, b in zip(yva, pred.numpy()):
         cm[a, b] += 1
     print("val confusion (rows truth):", cm.tolist())
     print(f"final.pt written; val acc {acc:.3f}; {time.time() - t0:.0f} s", flush=True)
+
+
+def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """The one T minimising the held-out NLL of softmax(logits / T) (Guo et al. 2017)."""
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.exp())
+
+
+def image_stats(net: TypicalityNet, xs: np.ndarray, window=(-1000.0, 300.0), voxel_ml: float = 0.045) -> np.ndarray:
+    """(median lung HU, lung volume ml) per held-out sample, measured as the node's domain
+    gate measures them (aenode.infer.domain: model input and the model's own lung map)."""
+    dev = next(net.parameters()).device
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(xs), 8):
+            xb = torch.from_numpy(xs[i:i + 8].astype(np.float32))[:, None].to(dev)
+            _, _, lesion, lung = net(xb)
+            mask = (lung > 0.5) | (lesion > 0.5)
+            for j in range(len(xb)):
+                hu = xb[j][mask[j]] * (window[1] - window[0]) + window[0]
+                out.append((float(hu.median()) if hu.numel() else float("nan"), float(mask[j].sum()) * voxel_ml))
+    return np.array(out)
+
+
+def reference(ftr: torch.Tensor, fva: torch.Tensor, val_logits: torch.Tensor, yva: torch.Tensor,
+              stats: np.ndarray) -> None:
+    """Domain reference (training features' mean and whitening) and its threshold, and the
+    calibration temperature, both from the held-out validation seeds: runs/domain_ref.pt
+    and runs/calibration_fit.json, which export.py seals into the package."""
+    mean, whiten = domain_reference(ftr)
+    d_tr, d_va = distances(ftr, mean, whiten), distances(fva, mean, whiten)
+    # In-domain held-out studies should almost never be refused: 1.25 x the 99.5th
+    # percentile of the validation distances (the model card reports the rate measured on
+    # the separate evaluation set).
+    limit = 1.25 * float(torch.quantile(d_va, 0.995))
+    t = fit_temperature(val_logits.float(), yva)
+    # Image-level ranges: the held-out spread with a margin (40 HU; volume x0.8 / x1.25),
+    # widened to at least the previous package's ranges so that a shorter (150 mm) coverage
+    # the selection accepts is not refused for its volume alone.
+    hu_lo, hu_hi = np.nanpercentile(stats[:, 0], [0.5, 99.5])
+    vol_lo, vol_hi = np.nanpercentile(stats[:, 1], [0.5, 99.5])
+    ranges = {"lung_median_hu": [round(float(hu_lo) - 40.0), round(float(hu_hi) + 40.0)],
+              "lung_volume_ml": [min(500.0, round(float(vol_lo) * 0.8)), max(8000.0, round(float(vol_hi) * 1.25))]}
+    torch.save({"mean": mean, "whiten": whiten, "max": limit, "ranges": ranges}, RUNS / "domain_ref.pt")
+    info = {"temperature": round(t, 3), "domain_distance_max": round(limit, 2), "ranges": ranges,
+            "train_distance_p50_p99": [float(torch.quantile(d_tr, q)) for q in (0.5, 0.99)],
+            "val_distance_p50_p99_max": [float(torch.quantile(d_va, q)) for q in (0.5, 0.99)] + [float(d_va.max())],
+            "n_train": int(len(ftr)), "n_val": int(len(fva))}
+    (RUNS / "calibration_fit.json").write_text(json.dumps(info, indent=1))
+    print("domain/calibration:", json.dumps(info), flush=True)
 
 
 if __name__ == "__main__":

@@ -102,12 +102,48 @@ class TypicalityNet(nn.Module):
 
 
 class Exported(nn.Module):
-    """What goes into ONNX: probabilities, lesion map, lung map."""
+    """What goes into ONNX: probabilities, lesion map, lung map and, when the training set's
+    feature statistics are given, the domain distance (issue 12's domain gate).
 
-    def __init__(self, net: TypicalityNet):
+    The distance is the Mahalanobis distance of the pooled features the classifier reads
+    from their training mean, ``|| (f - mean) @ whiten ||`` with ``whiten`` the Cholesky
+    factor of the (shrunk) inverse covariance, so the node compares one number with the
+    manifest's ``[domain] feature_distance.max`` and the reference travels, sealed, with
+    the weights.
+    """
+
+    def __init__(self, net: TypicalityNet, mean: torch.Tensor | None = None, whiten: torch.Tensor | None = None):
         super().__init__()
         self.net = net
+        self.with_distance = mean is not None and whiten is not None
+        if self.with_distance:
+            self.register_buffer("mean", mean.float().view(1, -1))
+            self.register_buffer("whiten", whiten.float())
 
     def forward(self, ct: torch.Tensor):
-        logits, _seg, lesion, lung = self.net(ct)
-        return torch.softmax(logits, dim=1), lesion, lung
+        pooled, _seg, probs = self.net.features(ct)
+        logits = self.net.cls(pooled)
+        full = F.interpolate(probs[:, :2], scale_factor=2.0, mode="trilinear", align_corners=False)
+        out = (torch.softmax(logits, dim=1), full[:, 1:2], full[:, 0:1])
+        if self.with_distance:
+            z = (pooled - self.mean) @ self.whiten
+            out = out + (torch.sqrt((z * z).sum(dim=1, keepdim=True)),)
+        return out
+
+
+def domain_reference(train: torch.Tensor, shrink: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, whiten) of training features: covariance shrunk towards its diagonal so that
+    near-constant features do not make the distance explode; whiten = chol(inv(cov))."""
+    f = train.double()
+    mean = f.mean(0)
+    cov = torch.cov(f.T)
+    diag = torch.diag(torch.diag(cov).clamp(min=1e-6))
+    cov = (1.0 - shrink) * cov + shrink * diag
+    inv = torch.linalg.inv(cov)
+    inv = (inv + inv.T) / 2.0
+    return mean.float(), torch.linalg.cholesky(inv).float()
+
+
+def distances(feats: torch.Tensor, mean: torch.Tensor, whiten: torch.Tensor) -> torch.Tensor:
+    z = (feats.float() - mean.view(1, -1)) @ whiten
+    return torch.sqrt((z * z).sum(dim=1))

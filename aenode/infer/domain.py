@@ -11,10 +11,14 @@ already produces (its input tensor and its lung map; no second model, no extra p
   far above);
 * ``lung_volume_ml``: the volume of that mask (no lungs, half a chest, a non-chest scan).
 
-A feature-statistics distance would need an embedding output that the shipped ONNX
-graph does not have (it exports probabilities and the two maps only): that check waits
-for the next retraining.  A value outside its declared range puts the study outside the
-domain: it gets no category, and the reason names the measured value.
+* ``feature_distance``: how far the study's deep features (what the classifier reads) lie
+  from the training set's, as a Mahalanobis distance computed inside the ONNX graph from
+  reference statistics sealed with the weights (a normal-looking study whose texture the
+  model never saw can pass the two image checks and still be far in feature space).
+
+A value outside its declared range puts the study outside the domain: it gets no
+category, and the reason names the measured value.  A declared statistic that cannot be
+measured (no lung found, distance output missing) fails closed.
 """
 
 from __future__ import annotations
@@ -46,7 +50,10 @@ class DomainCheck:
     def describe(self) -> str:
         label = _LABELS.get(self.name, self.name)
         if self.value is None:
-            return f"{label} not measurable (no lung found)"
+            why = "no lung found" if self.name.startswith("lung_") else "not computed"
+            return f"{label} not measurable ({why})"
+        if self.name == "feature_distance":
+            return f"{label} {self.value:.1f} above the validated maximum {self.high:g}"
         return (f"{label} {self.value:.0f} {self.unit} outside the validated range "
                 f"{self.low:g} to {self.high:g} {self.unit}")
 
@@ -55,7 +62,8 @@ class DomainCheck:
                 "low": self.low, "high": self.high, "unit": self.unit, "inside": self.inside}
 
 
-_LABELS = {"lung_median_hu": "median lung attenuation", "lung_volume_ml": "lung volume"}
+_LABELS = {"lung_median_hu": "median lung attenuation", "lung_volume_ml": "lung volume",
+           "feature_distance": "distance of the image features from the training data"}
 
 
 @dataclass(frozen=True)
@@ -86,9 +94,9 @@ def lung_hu(x: np.ndarray, lung: np.ndarray, prep: Preprocessing) -> np.ndarray:
 
 
 def check_domain(spec: DomainSpec, x: np.ndarray, lung: np.ndarray | None, voxel_volume_ml: float,
-                 prep: Preprocessing) -> DomainResult:
+                 prep: Preprocessing, feature_distance: float | None = None) -> DomainResult:
     """Measure the declared statistics on one study (``x``: the model input, ``lung``: the
-    model's lung mask on the model grid)."""
+    model's lung mask on the model grid, ``feature_distance``: the graph's distance output)."""
     checks = []
     n = 0 if lung is None else int(lung.sum())
     if spec.lung_median_hu is not None:
@@ -99,4 +107,7 @@ def check_domain(spec: DomainSpec, x: np.ndarray, lung: np.ndarray | None, voxel
         low, high = spec.lung_volume_ml
         checks.append(DomainCheck("lung_volume_ml", n * voxel_volume_ml if lung is not None else None,
                                   low, high, "ml"))
+    if spec.feature_distance is not None:
+        value = feature_distance if feature_distance is not None and np.isfinite(feature_distance) else None
+        checks.append(DomainCheck("feature_distance", value, 0.0, spec.feature_distance.max, ""))
     return DomainResult(tuple(checks))

@@ -198,7 +198,8 @@ class Model:
                 raise ManifestError(where, [f"input.shape: axis {axis} is {want} in the manifest, {have} in the model"])
         for key, name in [("outputs.probabilities", m.outputs.probabilities),
                           ("outputs.lesion_map.name", m.outputs.lesion_map.name if m.outputs.lesion_map else None),
-                          ("outputs.lung_map.name", m.outputs.lung_map.name if m.outputs.lung_map else None)]:
+                          ("outputs.lung_map.name", m.outputs.lung_map.name if m.outputs.lung_map else None),
+                          ("domain.feature_distance.output", self._distance_output)]:
             if name is not None and name not in outputs:
                 raise ManifestError(where, [f"{key}: the ONNX model has no output {name!r} "
                                             f"(it has {', '.join(sorted(outputs))})"])
@@ -210,6 +211,11 @@ class Model:
             x = x.astype(np.float16)
         return x, grid
 
+    @property
+    def _distance_output(self) -> str | None:
+        d = self.manifest.domain
+        return d.feature_distance.output if d is not None and d.feature_distance is not None else None
+
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         m = self.manifest
         names = [m.outputs.probabilities]
@@ -217,6 +223,8 @@ class Model:
             names.append(m.outputs.lesion_map.name)
         if m.outputs.lung_map:
             names.append(m.outputs.lung_map.name)
+        if self._distance_output:
+            names.append(self._distance_output)
         values = self.session.run(names, {m.input.name: x})
         return dict(zip(names, values))
 
@@ -274,8 +282,11 @@ class Model:
         if m.domain is not None:
             if x is None:
                 lung = None  # fail closed: nothing to measure on
+            distance = None
+            if self._distance_output and self._distance_output in out:
+                distance = float(np.asarray(out[self._distance_output], dtype=np.float64).reshape(-1)[0])
             domain = check_domain(m.domain, x if x is not None else np.zeros(0), lung, grid.voxel_volume_ml,
-                                  m.preprocessing)
+                                  m.preprocessing, feature_distance=distance)
             if not domain.inside:
                 # No category, no alert class: the model's answer is not trusted here.
                 category, alerts = None, []

@@ -133,12 +133,21 @@ class Outputs(_Section):
         return v
 
 
+class FeatureDistance(_Section):
+    """A distance of the study's deep features from its training set's, computed inside the
+    ONNX graph (the reference statistics are sealed in the model file with the weights)."""
+
+    output: str = Field(min_length=1)  # ONNX output tensor name, shape [batch, 1]
+    max: float = Field(gt=0.0)         # the largest distance still inside the domain
+
+
 class DomainSpec(_Section):
-    """Image-level statistics of the training data (see :mod:`aenode.infer.domain`):
-    a study whose measured value falls outside a range gets no category."""
+    """Statistics of the training data (see :mod:`aenode.infer.domain`): a study whose
+    measured value falls outside a range gets no category."""
 
     lung_median_hu: list[float] | None = Field(None, min_length=2, max_length=2)
     lung_volume_ml: list[Annotated[float, Field(ge=0)]] | None = Field(None, min_length=2, max_length=2)
+    feature_distance: FeatureDistance | None = None
     # Alert ("AI could not assess; needs a radiologist's review") when the gate fires, on
     # the channels that take the model's alert classes (or list "out-of-domain").
     alert: bool = True

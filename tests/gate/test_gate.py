@@ -63,6 +63,8 @@ def test_shipped_manifest_declares_gate_seg_and_temperature():
     (lambda d: (d["outputs"].pop("lesion_map"), d.pop("domain")), "outputs.seg"),
     (lambda d: d["outputs"].update(temperature=0.0), "outputs.temperature"),
     (lambda d: d["outputs"].update(scores="odds"), "outputs.scores"),
+    (lambda d: d["domain"]["feature_distance"].update(max=0.0), "domain.feature_distance.max"),
+    (lambda d: d["domain"]["feature_distance"].pop("output"), "domain.feature_distance.output"),
 ])
 def test_manifest_rejects_bad_gate_and_outputs(change, problem):
     d = _manifest_dict()
@@ -178,6 +180,39 @@ def test_predict_shows_out_of_domain(soft_tissue_study, typical_study, capsys):
     main(["predict", str(typical_study), "--json", "--model", "covid-typicality"])
     covid = json.loads(capsys.readouterr().out)["models"][0]
     assert covid["state"] == "analysed" and covid["domain"]["inside"] is True
+
+
+def _package_with(tmp_path: Path, pattern: str, repl: str) -> Path:
+    import re
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(PACKAGE, pkg)
+    toml = (pkg / "model.toml").read_text()
+    (pkg / "model.toml").write_text(re.sub(pattern, repl, toml, count=1, flags=re.M))
+    return pkg
+
+
+def test_feature_distance_is_measured_and_gates(tmp_path, typical_study, covid_model):
+    """The graph's distance output is read on every study; a study farther from the
+    training features than the declared maximum gets no category, and the reason says so."""
+    _, o, _ = _analyse(covid_model, typical_study)
+    checks = {c.name: c for c in o.prediction.domain.checks}
+    fd = checks["feature_distance"]
+    assert fd.inside and fd.value is not None and 0.0 < fd.value <= fd.high
+    strict = Model(_package_with(tmp_path, r"^feature_distance = .*$",
+                                 'feature_distance = { output = "domain_distance", max = 0.01 }'))
+    _, o2, _ = _analyse(strict, typical_study)
+    assert o2.prediction.category is None and o2.prediction.out_of_domain
+    assert "distance of the image features from the training data" in o2.prediction.domain.reason
+    assert f"{fd.value:.1f}" in o2.prediction.domain.reason
+
+
+def test_feature_distance_output_must_exist(tmp_path):
+    pkg = _package_with(tmp_path, r"^feature_distance = .*$",
+                        'feature_distance = { output = "no_such_output", max = 20.0 }')
+    with pytest.raises(ManifestError) as exc:
+        Model(pkg)
+    assert "domain.feature_distance.output" in str(exc.value) and "no_such_output" in str(exc.value)
 
 
 def test_gate_fails_closed_without_the_input(covid_model, typical_study):
