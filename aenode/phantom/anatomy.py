@@ -377,8 +377,9 @@ class AnatomyMaps:
         self.abd = ab
         # Parenchymal attenuation with a mild dependent (gravity) gradient.
         grad = np.clip((Y - (p.ycc - p.cb)) / (2 * p.cb), 0, 1)
-        # Inflated parenchyma about -860 HU (-885 non-dependent .. -835 dependent); texture is added per slab.
-        self.paren = (HU["lung"] - 35.0 + 50.0 * grad).astype(np.float32)
+        # Inflated parenchyma about -865 HU (-900 non-dependent .. -850 dependent; the texture adds a
+        # little); texture is added per slab.
+        self.paren = (HU["lung"] - 50.0 + 50.0 * grad).astype(np.float32)
         self.dz = self.dy  # slice spacing, set by the caller: partial volume of the fissures
         # Window (bounding box) of the cavity, where z-dependent work happens.
         rows = np.flatnonzero(cavity.any(axis=1))
