@@ -59,7 +59,7 @@ class PatientParams:
     arms_down: bool = False
     fissure_dz: float = 0.0     # seed jitter of the oblique fissures (mm)
     hfissure_dz: float = 0.0    # and of the horizontal fissure
-    hu_fat: float = HU["fat"]   # per-patient tissue attenuation (fat -110..-80, muscle 40..60 HU)
+    hu_fat: float = HU["fat"]   # per-patient tissue attenuation (fat -110..-80, muscle 36..50 HU: docs/PHANTOM_REALISM.md)
     hu_muscle: float = HU["muscle"]
 
     @property
@@ -182,7 +182,7 @@ def sample_patient(seed: int) -> PatientParams:
         lung_h=lung_h, heart_scale=rng.uniform(0.9, 1.1), rib_pitch=rng.uniform(22.0, 27.0),
         rib_phase=rng.uniform(0.0, 1.0), arms_down=bool(rng.random() < 0.2),
         fissure_dz=rng.uniform(-12.0, 12.0), hfissure_dz=rng.uniform(-10.0, 10.0),
-        hu_fat=rng.uniform(-110.0, -80.0), hu_muscle=rng.uniform(40.0, 60.0),
+        hu_fat=rng.uniform(-110.0, -80.0), hu_muscle=rng.uniform(36.0, 50.0),
     )
 
 
