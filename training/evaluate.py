@@ -53,10 +53,11 @@ def _one(job: tuple[str, int]) -> dict:
     lung = (pv.lung_mask > 0) | lesion
     true_inv = 100.0 * float(lesion.sum()) / max(1.0, float(lung.sum()))
     img = data.phantom_to_sitk(pv.hu, pv.spacing_zyx, pv.origin)
+    variant = pv.pattern_variant
     del pv
     x, grid = _model.prepare(img)
     pred = _model.interpret(_model.run(x), grid, timings={}, x=x)
-    return {"pattern": pattern, "seed": seed, "thickness": thick, "kernel": acq.kernel, "dose": round(acq.dose, 3),
+    return {"pattern": pattern, "seed": seed, "variant": variant, "thickness": thick, "kernel": acq.kernel, "dose": round(acq.dose, 3),
             "contrast": acq.contrast, "manufacturer": acq.manufacturer,
             "probabilities": [pred.probabilities[p] for p in data.PATTERNS],
             "predicted": pred.category, "out_of_domain": pred.out_of_domain,
