@@ -191,6 +191,72 @@ def stage_times(data_dir: Path) -> dict[str, float]:
     return {k: round(statistics.median(v), 3) for k, v in sorted(stats.items()) if v}
 
 
+def _study_uid(study: Path) -> str:
+    import pydicom
+
+    first = next(p for d in _series_dirs(study) for p in sorted(Path(d).glob("*.dcm")))
+    return str(pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+
+
+def _ts(line: dict[str, object]) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(str(line["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
+# The latency path, in order: (label, log event, extra condition on the line).
+TIMELINE = (
+    ("association released", "association", None),
+    ("completion detected", "study_complete", None),
+    ("claimed", "study_claimed", None),
+    ("series loaded", "series_loaded", None),
+    ("input prepared", "input_prepared", None),
+    ("first model run", "model_run", None),
+    ("last model run", "model_run", "last"),
+    ("first SR queued", "result_queued", "sr"),
+    ("first SR sent (C-STORE answered)", "delivery_sent", "first"),
+)
+
+
+def timeline(data_dir: Path, log: Path, study: Path, pacs: Path, seen_at: float) -> dict[str, object]:
+    """Where the latency goes: each step of the one study's path, in seconds after its last
+    C-STORE was answered (the node's ``received_at``), from the node's log events."""
+    from aenode.store.index import Index
+
+    uid = _study_uid(study)
+    index = Index.for_data_dir(data_dir)
+    try:
+        t0 = max(i.received_at or 0.0 for i in index.instances(uid))
+    finally:
+        index.close()
+    lines = []
+    for raw in log.read_text(errors="replace").splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and "timestamp" in line and _ts(line) >= t0 - 1.0:
+            lines.append(line)
+    out: dict[str, object] = {}
+    for label, event, cond in TIMELINE:
+        hits = [ln for ln in lines if ln.get("event") == event
+                and (event == "association" and int(ln.get("instances") or 0) > 0 or ln.get("study_uid") == uid)]
+        if cond == "sr":
+            hits = [ln for ln in hits if ln.get("object") == "sr"]
+        if not hits:
+            continue
+        hit = hits[-1] if cond == "last" else hits[0]
+        out[label] = round(_ts(hit) - t0, 3)
+        for k in ("seconds", "inference_s", "interpret_s", "send_s", "method"):
+            if k in hit and label not in ("last model run",):
+                out[f"{label}: {k}"] = hit[k]
+    srs = [p for p in pacs.iterdir() if p.name.startswith("SR")]
+    if srs:
+        out["first SR file in the PACS (mtime)"] = round(min(p.stat().st_mtime for p in srs) - t0, 3)
+    out["SR seen by the benchmark"] = round(seen_at - t0, 3)
+    return out
+
+
 def one_config(args: argparse.Namespace, tools: dict[str, Path], studies: list[Path], provider: str,
                workers: int, base: Path) -> dict[str, object]:
     studies_root = args.cache
@@ -234,11 +300,20 @@ def one_config(args: argparse.Namespace, tools: dict[str, Path], studies: list[P
             time.sleep(0.05)
         time.sleep(1.0)
         before = pacs.count("SR")
+        srs_before = {p.name for p in (work / "pacs").iterdir()}
         send_all(tools["storescu"], port, "AENODE", [studies_root / "latency"], 1)
         t_sent = time.perf_counter()
         while pacs.count("SR") < before + 1 and time.perf_counter() - t_sent < 120:
             time.sleep(0.01)
         latency = time.perf_counter() - t_sent
+        seen_at = time.time()
+        newpacs = work / "pacs-latency"
+        newpacs.mkdir()
+        for f in (work / "pacs").iterdir():
+            if f.name not in srs_before:
+                os.link(f, newpacs / f.name)
+        time.sleep(0.5)  # the node's log lines of the study are flushed
+        steps = timeline(work / "data", log, studies_root / "latency", newpacs, seen_at)
     finally:
         os.killpg(node.pid, signal.SIGTERM)
         node.wait(60)
@@ -253,6 +328,7 @@ def one_config(args: argparse.Namespace, tools: dict[str, Path], studies: list[P
         "gpu_util_max": max(gpu.samples) if gpu.samples else None,
         "latency_s": round(latency, 2), "latency_minus_release_wait_s": round(latency - args.after_release, 2),
         "stage_median_s": stage_times(work / "data"),
+        "latency_timeline_s": steps,
     }
 
 

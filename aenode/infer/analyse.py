@@ -125,6 +125,9 @@ def analyse_instances(
                 volumes[key] = exc
         t_load = time.perf_counter() - t0
         vol = volumes[key]
+        if t_load > 0:  # timeline of the latency path (no patient data: sizes and seconds)
+            log.info("series_loaded", study_uid=study_uid, seconds=round(t_load, 4),
+                     slices=None if isinstance(vol, LoadError) else vol.shape[0])
         if isinstance(vol, LoadError):
             outcomes.append(ModelOutcome(m.name, m.version, "error",
                                          f"series {sel.selected.description or sel.selected.series_uid}: {vol.reason}",
@@ -136,8 +139,13 @@ def analyse_instances(
             if input_key not in prepared:
                 prepared[input_key] = model.prepare(vol)
             t_prep = time.perf_counter() - t_prep
+            if t_prep > 1e-4:
+                log.info("input_prepared", study_uid=study_uid, model=m.name, seconds=round(t_prep, 4),
+                         method=model.last_prepare_method)
             pred = model.predict(vol, prepared[input_key])
             pred.timings["preprocess"] = t_prep  # zero for a model that shared another's input
+            log.info("model_run", study_uid=study_uid, model=m.name,
+                     **{f"{k}_s": round(v, 4) for k, v in pred.timings.items() if k != "preprocess"})
         except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the others
             if is_transient(exc):
                 raise  # out of memory or disk: the whole study is retried later

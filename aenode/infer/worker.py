@@ -76,7 +76,20 @@ class AnalysisWorker:
         log.info("analysis_worker_ready", models=[m.name for m in self.registry],
                  refused=sorted(self.registry.failed))
 
+    def warm_up(self) -> None:
+        """Pay the results' first-use costs before the first study does (the publisher may
+        offer ``warm_up(model)``: it is optional in :class:`ResultPublisher`)."""
+        warm = getattr(self.publisher, "warm_up", None)
+        models = list(self.registry)
+        if not callable(warm) or not models:
+            return
+        try:
+            log.info("results_warmed_up", seconds=round(float(warm(models[0])), 3))
+        except Exception:  # noqa: BLE001 - only a speed-up: the first study pays it instead
+            log.exception("results_warm_up_failed")
+
     def run(self, stop_event: threading.Event) -> None:
+        self.warm_up()
         while not stop_event.is_set():
             due = self.next_due()
             if due is not None:
@@ -93,6 +106,7 @@ class AnalysisWorker:
                 # Woken as soon as the stabiliser completes a study; the poll is the fallback.
                 wait_for_completed(min(self.poll_seconds, self._until_next_due()))
                 continue
+            log.info("study_claimed", study_uid=claim.study_uid, revision=claim.revision)
             self.process(claim.study_uid, claim.revision)
 
     def process(self, study_uid: str, revision: int) -> str:
@@ -224,7 +238,7 @@ class AnalysisWorker:
             "version": o.version, "alerts": p.alerts, "timings_s": {k: round(v, 3) for k, v in o.timings.items()},
             "volume_warnings": o.volume_warnings, "lesion_volume_ml": p.lesion_volume_ml,
             "lung_volume_ml": p.lung_volume_ml, "result_uids": result_uids,
-            "findings": p.detail.get("findings"),  # laterality, distribution (aenode.infer.findings)
+            "findings": p.findings(),  # laterality, distribution (aenode.infer.findings)
             "skipped_series": [{"series_uid": uid, "reason": why} for uid, why in o.selection.skipped.items()],
             "mode": mode,   # "shadow": the alert worker and PACS ignore it; admins compare it
             "state": o.state,   # "analysed" or "out-of-domain" (category None, domain says why)
