@@ -22,7 +22,6 @@ from aenode.infer.analyse import ModelOutcome
 from aenode.infer.engine import Model
 from aenode.load.volume import Volume
 from aenode.logs import get_logger
-from aenode.report.adapters import report_input_from_outcome
 from aenode.report import (
     ClassConcept,
     CodingScheme,
@@ -33,6 +32,7 @@ from aenode.report import (
     header_from_dataset,
     result_uids,
 )
+from aenode.report.adapters import report_input_from_outcome
 from aenode.report.publish import write_results
 
 log = get_logger("aenode.deliver")

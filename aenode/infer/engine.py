@@ -14,7 +14,7 @@ import numpy as np
 from aenode.infer.domain import DomainResult, check_domain
 from aenode.infer.findings import describe_maps
 from aenode.infer.manifest import Manifest, ManifestError, load_manifest, verify_onnx
-from aenode.infer.prepgraph import GraphPreprocessor
+from aenode.infer.prepgraph import GraphPreprocessor, shared_preprocessor
 from aenode.infer.preprocess import (
     ModelGrid,
     lesion_scores_on_series,
@@ -147,7 +147,7 @@ class Model:
         self.graph: GraphPreprocessor | None = None
         if preprocess != "sitk":
             on_gpu = "CUDAExecutionProvider" in self.providers
-            self.graph = GraphPreprocessor(self.manifest.preprocessing, self.manifest.input.size_zyx,
+            self.graph = shared_preprocessor(self.manifest.preprocessing, self.manifest.input.size_zyx,
                                            resolve_providers(["cuda", "cpu"] if on_gpu else ["cpu"], device_id),
                                            self.manifest.name)
         log.info("model_loaded", model=self.manifest.name, version=self.manifest.version,
