@@ -267,7 +267,15 @@ class GraphPreprocessor:
                 return self._sessions[key]
             graph = build_graph(self.prep, factors, perm)
             try:
-                session = self._new_session(graph, self.providers)
+                try:
+                    session = self._new_session(graph, self.providers)
+                except Exception:  # noqa: BLE001 - an ONNX Runtime without the TF32 switch?
+                    if not self.on_gpu:
+                        raise
+                    self.providers = [(p[0], {k: v for k, v in p[1].items() if k != "use_tf32"})
+                                      if isinstance(p, tuple) else p for p in self.providers]
+                    session = self._new_session(graph, self.providers)
+                    log.warning("preprocess_tf32_switch_unsupported", model=self.model)
             except Exception as exc:  # noqa: BLE001 - the GPU refusing: say so, use the CPU
                 if not self.on_gpu:
                     raise
