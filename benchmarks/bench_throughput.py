@@ -12,8 +12,10 @@ Anchors measured in the same run:
 - CPU vs CUDA execution provider with the same number of analysis processes.
 
 Also: GPU utilisation (``nvidia-smi``, when present), the node's CPU use, where the time
-goes per stage (from the results' timings), and the latency of one study alone: last
-C-STORE answered -> SR in the PACS, minus the configured wait after release.
+goes per stage (from the results' timings), error events in the node's log, and the latency
+of single studies sent one at a time to the idle node (``--latency-runs``, median): last
+C-STORE answered -> first SR in the PACS, minus the configured wait after release, with the
+timeline of each step from the node's log events (:func:`timeline`).
 
     python benchmarks/bench_throughput.py --studies 12 --workers 1,2 --providers cpu
     python benchmarks/bench_throughput.py --studies 48 --workers 4,8,12 --providers cuda,cpu --json out.json
