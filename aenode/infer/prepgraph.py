@@ -253,6 +253,9 @@ class GraphPreprocessor:
         # The model's session runs right after this one: idle threads spinning here would take
         # its cores (on 2 cores the model ran 3x slower).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # This process's share of the cores (``aenode serve`` sets it per analysis process
+        # for SimpleITK, [workers] threads_per_analysis), not every core of the machine.
+        opts.intra_op_num_threads = max(1, sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
         # ONNX Runtime's memory arena keeps the float copy of a series (~0.3 GB for 300 x
         # 512 x 512) allocated between studies: without it, every study pays the page faults
         # again (0.41 s instead of 0.22 s on the 2-core VM).  The price is that much resident
