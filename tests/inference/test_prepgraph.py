@@ -135,7 +135,8 @@ def test_a_failing_graph_falls_back_to_simpleitk_loudly(heldout_studies, models,
     assert model.last_prepare_method == "sitk"
     m = model.manifest
     assert np.array_equal(x, preprocess(volume, m.preprocessing, m.input.size_zyx)[0])
-    assert "preprocess_graph_failed" in capfd.readouterr().err
+    out = capfd.readouterr()
+    assert "preprocess_graph_failed" in out.out + out.err
 
 
 @pytest.mark.parametrize("n", [4, 37])
@@ -181,3 +182,23 @@ def test_graph_matches_simpleitk_for_other_manifest_settings(extra):
     # No block averaging at these spacings (nothing rounded to int16 by the reference):
     # float rounding only (measured 5e-7).
     assert float(np.abs(x - ref_x).max()) < 1e-4
+
+
+def test_cuda_that_cannot_start_falls_back_to_the_cpu_loudly(capfd):
+    """Asked for CUDA where it cannot start (this machine has no GPU), the graph runs on
+    the CPU, says so at error level, and gives the same input."""
+    from aenode.infer.manifest import Preprocessing
+
+    prep = Preprocessing.model_validate({"hu_window": [-1000.0, 300.0], "spacing_mm": [5.0, 3.0, 3.0]})
+    hu = np.random.default_rng(3).integers(-1000, 300, size=(60, 64, 64), dtype=np.int16)
+    volume = Volume(hu=hu, spacing_zyx=(1.0, 0.7, 0.7), origin=(0.0, 0.0, 0.0), direction=np.eye(3),
+                    sop_instance_uids=[None] * 60, paths=[""] * 60)
+    graph = GraphPreprocessor(prep, (16, 32, 32), [("CUDAExecutionProvider", {"device_id": 0}),
+                                                   "CPUExecutionProvider"], "test")
+    assert graph.on_gpu
+    got = graph.prepare(volume)
+    assert got is not None and not graph.on_gpu
+    out = capfd.readouterr()
+    assert "preprocess_cuda_failed" in out.out + out.err
+    ref_x, _ = preprocess(volume, prep, (16, 32, 32))
+    assert float(np.abs(got[0] - ref_x).max()) < MAX_INPUT_DIFF
