@@ -214,7 +214,6 @@ TIMELINE = (
     ("series loaded", "series_loaded", None),
     ("input prepared", "input_prepared", None),
     ("first model run", "model_run", None),
-    ("last model run", "model_run", "last"),
     ("first SR queued", "result_queued", "sr"),
     ("first SR sent (C-STORE answered)", "delivery_sent", "first"),
 )
@@ -247,10 +246,10 @@ def timeline(data_dir: Path, log: Path, study: Path, pacs: Path, seen_at: float)
             hits = [ln for ln in hits if ln.get("object") == "sr"]
         if not hits:
             continue
-        hit = hits[-1] if cond == "last" else hits[0]
+        hit = hits[0]
         out[label] = round(_ts(hit) - t0, 3)
         for k in ("seconds", "inference_s", "interpret_s", "send_s", "method"):
-            if k in hit and label not in ("last model run",):
+            if k in hit:
                 out[f"{label}: {k}"] = hit[k]
     srs = [p for p in pacs.iterdir() if p.name.startswith("SR")]
     if srs:
