@@ -41,6 +41,9 @@ from aenode.logs import get_logger
 log = get_logger("aenode.infer")
 
 OPSET = 17
+# On the CPU the graph holds a float32 copy of the series (4 bytes a voxel, kept by ONNX
+# Runtime's arena): beyond 640 slices of 512 x 512 (0.7 GB) SimpleITK does it instead.
+MAX_CPU_VOXELS = 640 * 512 * 512
 # A direction cosine this close to +-1 counts as along a patient axis (0.01 mm over 250 mm).
 _ALIGNED = 1e-6
 
@@ -295,7 +298,11 @@ class GraphPreprocessor:
             return session
 
     def prepare(self, volume: Volume) -> tuple[np.ndarray, ModelGrid] | None:
-        """The model input [1, 1, z, y, x] float32 and its grid; None for an oblique series."""
+        """The model input [1, 1, z, y, x] float32 and its grid; None for an oblique series
+        (and, on the CPU, for a series so large that its float copy would not be worth the
+        memory: SimpleITK averages the blocks in int16 first)."""
+        if not self.on_gpu and int(np.prod(volume.shape)) > MAX_CPU_VOXELS:
+            return None
         planned = plan(volume, self.prep, self.size_zyx)
         if planned is None:
             return None
