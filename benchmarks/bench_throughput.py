@@ -12,8 +12,10 @@ Anchors measured in the same run:
 - CPU vs CUDA execution provider with the same number of analysis processes.
 
 Also: GPU utilisation (``nvidia-smi``, when present), the node's CPU use, where the time
-goes per stage (from the results' timings), and the latency of one study alone: last
-C-STORE answered -> SR in the PACS, minus the configured wait after release.
+goes per stage (from the results' timings), error events in the node's log, and the latency
+of single studies sent one at a time to the idle node (``--latency-runs``, median): last
+C-STORE answered -> first SR in the PACS, minus the configured wait after release, with the
+timeline of each step from the node's log events (:func:`timeline`).
 
     python benchmarks/bench_throughput.py --studies 12 --workers 1,2 --providers cpu
     python benchmarks/bench_throughput.py --studies 48 --workers 4,8,12 --providers cuda,cpu --json out.json
@@ -191,9 +193,97 @@ def stage_times(data_dir: Path) -> dict[str, float]:
     return {k: round(statistics.median(v), 3) for k, v in sorted(stats.items()) if v}
 
 
-def one_config(args: argparse.Namespace, tools: dict[str, Path], studies: list[Path], provider: str,
-               workers: int, base: Path) -> dict[str, object]:
-    studies_root = args.cache
+def _study_uid(study: Path) -> str:
+    import pydicom
+
+    first = next(p for d in _series_dirs(study) for p in sorted(Path(d).glob("*.dcm")))
+    return str(pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+
+
+def _ts(line: dict[str, object]) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(str(line["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
+# The latency path, in order: (label, log event, extra condition on the line).
+TIMELINE = (
+    ("association released", "association", None),
+    ("completion detected", "study_complete", None),
+    ("claimed", "study_claimed", None),
+    ("series loaded", "series_loaded", None),
+    ("input prepared", "input_prepared", None),
+    ("first model run", "model_run", None),
+    ("first SR queued", "result_queued", "sr"),
+    ("first SR sent (C-STORE answered)", "delivery_sent", "first"),
+)
+
+
+def timeline(data_dir: Path, log: Path, study: Path, pacs: Path, seen_at: float) -> dict[str, object]:
+    """Where the latency goes: each step of the one study's path, in seconds after its last
+    C-STORE was answered (the node's ``received_at``), from the node's log events."""
+    from aenode.store.index import Index
+
+    uid = _study_uid(study)
+    index = Index.for_data_dir(data_dir)
+    try:
+        t0 = max(i.received_at or 0.0 for i in index.instances(uid))
+    finally:
+        index.close()
+    lines = []
+    for raw in log.read_text(errors="replace").splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and "timestamp" in line and _ts(line) >= t0 - 1.0:
+            lines.append(line)
+    out: dict[str, object] = {}
+    for label, event, cond in TIMELINE:
+        hits = [ln for ln in lines if ln.get("event") == event
+                and (event == "association" and int(ln.get("instances") or 0) > 0 or ln.get("study_uid") == uid)]
+        if cond == "sr":
+            hits = [ln for ln in hits if ln.get("object") == "sr"]
+        if not hits:
+            continue
+        hit = hits[0]
+        out[label] = round(_ts(hit) - t0, 3)
+        for k in ("seconds", "inference_s", "interpret_s", "send_s", "method"):
+            if k in hit:
+                out[f"{label}: {k}"] = hit[k]
+    srs = [p for p in pacs.iterdir() if p.name.startswith("SR")]
+    if srs:
+        out["first SR file in the PACS (mtime)"] = round(min(p.stat().st_mtime for p in srs) - t0, 3)
+    out["SR seen by the benchmark"] = round(seen_at - t0, 3)
+    return out
+
+
+def median_timeline(timelines: list[dict[str, object]]) -> dict[str, object]:
+    """Each step's median over the latency runs (text fields: the first run's)."""
+    out: dict[str, object] = {}
+    for key in (timelines[0] if timelines else {}):
+        values = [t[key] for t in timelines if key in t]
+        nums = [float(v) for v in values if isinstance(v, (int, float))]  # type: ignore[arg-type]
+        out[key] = round(statistics.median(nums), 3) if len(nums) == len(values) else values[0]
+    return out
+
+
+def log_errors(log: Path) -> dict[str, int]:
+    """Error-level events in the node's log, by name (a CUDA failure shows up here)."""
+    counts: dict[str, int] = {}
+    for raw in log.read_text(errors="replace").splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and line.get("level") in ("error", "critical"):
+            name = str(line.get("event"))
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def one_config(args: argparse.Namespace, tools: dict[str, Path], studies: list[Path], latency_studies: list[Path],
+               provider: str, workers: int, base: Path) -> dict[str, object]:
     work = base / f"{provider}-{workers}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -227,18 +317,33 @@ def one_config(args: argparse.Namespace, tools: dict[str, Path], studies: list[P
         cpu = _cpu_seconds(node.pid) - cpu0
         gpu.stop_event.set()
         got = pacs.count("SR")
-        # Latency: one more study alone, to an idle node (the batch's SCs delivered first),
-        # last C-STORE answered -> its first SR in the PACS.
-        settle = time.monotonic() + 60
-        while pacs.count("SC") < want and time.monotonic() < settle:
-            time.sleep(0.05)
-        time.sleep(1.0)
-        before = pacs.count("SR")
-        send_all(tools["storescu"], port, "AENODE", [studies_root / "latency"], 1)
-        t_sent = time.perf_counter()
-        while pacs.count("SR") < before + 1 and time.perf_counter() - t_sent < 120:
-            time.sleep(0.01)
-        latency = time.perf_counter() - t_sent
+        # Latency: more studies, each alone, to an idle node (the batch's SCs delivered
+        # first): last C-STORE answered -> its first SR in the PACS.
+        latencies: list[float] = []
+        timelines: list[dict[str, object]] = []
+        for k, study in enumerate(latency_studies):
+            # Everything sent before (both models' SR and SC) is in the PACS: the node is idle,
+            # and the next SR to arrive is this study's.
+            settle = time.monotonic() + 60
+            while (pacs.count("SC") < want + 2 * k or pacs.count("SR") < want + 2 * k) \
+                    and time.monotonic() < settle:
+                time.sleep(0.05)
+            time.sleep(1.0)
+            before = pacs.count("SR")
+            seen = {p.name for p in (work / "pacs").iterdir()}
+            send_all(tools["storescu"], port, "AENODE", [study], 1)
+            t_sent = time.perf_counter()
+            while pacs.count("SR") < before + 1 and time.perf_counter() - t_sent < 120:
+                time.sleep(0.01)
+            latencies.append(time.perf_counter() - t_sent)
+            seen_at = time.time()
+            fresh = work / f"pacs-latency{k}"
+            fresh.mkdir()
+            for f in (work / "pacs").iterdir():
+                if f.name not in seen:
+                    os.link(f, fresh / f.name)
+            time.sleep(0.5)  # the node's log lines of the study are flushed
+            timelines.append(timeline(work / "data", log, study, fresh, seen_at))
     finally:
         os.killpg(node.pid, signal.SIGTERM)
         node.wait(60)
@@ -251,8 +356,13 @@ def one_config(args: argparse.Namespace, tools: dict[str, Path], studies: list[P
         "sending_seconds": round(sending, 2), "node_cpu_cores_busy": round(cpu / elapsed, 2),
         "gpu_util_mean": round(statistics.mean(gpu.samples), 1) if gpu.samples else None,
         "gpu_util_max": max(gpu.samples) if gpu.samples else None,
-        "latency_s": round(latency, 2), "latency_minus_release_wait_s": round(latency - args.after_release, 2),
+        "latency_s": round(statistics.median(latencies), 2) if latencies else None,
+        "latency_minus_release_wait_s": round(statistics.median(latencies) - args.after_release, 2)
+        if latencies else None,
+        "latency_runs_s": [round(x, 3) for x in latencies],
         "stage_median_s": stage_times(work / "data"),
+        "latency_timeline_median_s": median_timeline(timelines),
+        "log_errors": log_errors(log),
     }
 
 
@@ -280,6 +390,7 @@ def main() -> int:
     p.add_argument("--quiet", type=float, default=5.0)
     p.add_argument("--after-release", type=float, default=0.2)
     p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--latency-runs", type=int, default=3, help="studies sent alone after the batch (median)")
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "aenode-bench-studies")
     p.add_argument("--dcmtk", type=Path, default=Path("/usr/bin"), help="folder with storescu, storescp, echoscu")
     p.add_argument("--json", type=Path)
@@ -287,11 +398,11 @@ def main() -> int:
     tools = {t: args.dcmtk / t for t in ("storescu", "storescp", "echoscu")}
     print(f"# machine: {describe()}", flush=True)
     t0 = time.perf_counter()
-    studies = generate(args.cache, args.studies + 1, args.slices)
-    latency_study = studies.pop()  # a study of its own for the latency run (new UIDs)
-    target = latency_study.with_name("latency")
-    if not target.exists():
-        latency_study.rename(target)
+    studies = generate(args.cache, args.studies + args.latency_runs, args.slices)
+    # Studies of their own for the latency runs (new UIDs for each configuration's node too:
+    # every node starts with an empty data_dir).
+    latency_studies = studies[len(studies) - args.latency_runs:]
+    studies = studies[:len(studies) - args.latency_runs]
     print(f"# {len(studies)} studies of {args.slices} slices generated in {time.perf_counter() - t0:.1f} s",
           flush=True)
     base = Path(tempfile.mkdtemp(prefix="aenode-bench-"))
@@ -302,12 +413,20 @@ def main() -> int:
     runs = []
     for provider in args.providers.split(","):
         for w in (int(x) for x in args.workers.split(",")):
-            r = one_config(args, tools, studies, provider, w, base)
+            r = one_config(args, tools, studies, latency_studies, provider, w, base)
             runs.append(r)
             print(json.dumps(r), flush=True)
             if args.json:  # after every configuration, so a cut-off run keeps what it measured
                 args.json.write_text(json.dumps({**out, "runs": runs}, indent=2))
     out["runs"] = runs
+    print("\n# latency: last C-STORE answered -> first SR in the PACS (s, median of the runs), per step")
+    for r in runs:
+        print(f"## {r['provider']}, {r['analysis_processes']} analysis: {r['latency_minus_release_wait_s']} s after "
+              f"the {args.after_release} s release wait (runs {r['latency_runs_s']}); errors in the log: "
+              f"{r['log_errors'] or 'none'}")
+        for k, v in dict(r["latency_timeline_median_s"]).items():  # type: ignore[call-overload]
+            print(f"   {k}: {v}")
+        print(f"   per study (median of the batch's results): {r['stage_median_s']}")
     cpu_best = max((r["studies_per_min"] for r in runs if r["provider"] == "cpu"), default=None)
     cuda_best = max((r["studies_per_min"] for r in runs if r["provider"] == "cuda"), default=None)
     if cpu_best and cuda_best:

@@ -11,6 +11,7 @@ in :mod:`aenode.alert.senders`, which the alert stage imports.
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from typing import Protocol
 
@@ -79,13 +80,15 @@ class DeliveryWorker:
         for r in rows:
             groups[(r.kind, r.destination)].append(r)
         for (kind, destination), group in groups.items():
+            t0 = time.perf_counter()
             results = self._attempt(kind, destination, group)
+            send_s = round(time.perf_counter() - t0, 4)
             for r in group:
                 err = results.get(r.id, DeliveryError("sender returned no result"))
                 if err is None:
                     self.outbox.mark_sent(r.id)
                     log.info("delivery_sent", row=r.id, kind=kind, destination=destination,
-                             attempt=r.attempts + 1, study_uid=r.study_uid)
+                             attempt=r.attempts + 1, study_uid=r.study_uid, send_s=send_s, batch=len(group))
                 else:
                     state = self.outbox.mark_failed_attempt(r.id, str(err), permanent=err.permanent)
                     (log.error if state == "failed" else log.warning)(

@@ -7,7 +7,7 @@ selects its own series; a series is loaded once even when several models choose 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,9 +100,14 @@ def analyse_instances(
     keep_volumes: bool = False,
     max_voxels: int = DEFAULT_MAX_VOXELS,
     study_uid: str | None = None,
+    on_result: Callable[[ModelOutcome, Volume], bool] | None = None,
 ) -> StudyAnalysis:
     """Select, load and run every model on one study's instances (``study_uid`` names the
-    study in log lines)."""
+    study in log lines).
+
+    ``on_result(outcome, volume)`` is called as soon as a model has a result (before the
+    next model runs, so the first SR can leave while the others are computed); returning
+    False stops the analysis there."""
     own_ae = tuple(own_ae_titles)
     own_series = tuple(own_series_uids)
     volumes: dict[tuple[str, str, float], Volume | LoadError] = {}
@@ -117,7 +122,8 @@ def analyse_instances(
             continue
         key = (sel.selected.series_uid, rules.tilt, rules.max_tilt_deg)
         t0 = time.perf_counter()
-        if key not in volumes:
+        loaded_now = key not in volumes
+        if loaded_now:
             try:
                 volumes[key] = load_series(list(sel.selected.instances), tilt=rules.tilt,
                                            max_tilt_deg=rules.max_tilt_deg, max_voxels=max_voxels)
@@ -125,6 +131,9 @@ def analyse_instances(
                 volumes[key] = exc
         t_load = time.perf_counter() - t0
         vol = volumes[key]
+        if loaded_now:  # timeline of the latency path (no patient data: sizes and seconds)
+            log.info("series_loaded", study_uid=study_uid, seconds=round(t_load, 4),
+                     slices=None if isinstance(vol, LoadError) else vol.shape[0])
         if isinstance(vol, LoadError):
             outcomes.append(ModelOutcome(m.name, m.version, "error",
                                          f"series {sel.selected.description or sel.selected.series_uid}: {vol.reason}",
@@ -136,8 +145,13 @@ def analyse_instances(
             if input_key not in prepared:
                 prepared[input_key] = model.prepare(vol)
             t_prep = time.perf_counter() - t_prep
+            if t_prep > 1e-4:
+                log.info("input_prepared", study_uid=study_uid, model=m.name, seconds=round(t_prep, 4),
+                         method=model.last_prepare_method)
             pred = model.predict(vol, prepared[input_key])
             pred.timings["preprocess"] = t_prep  # zero for a model that shared another's input
+            log.info("model_run", study_uid=study_uid, model=m.name,
+                     **{f"{k}_s": round(v, 4) for k, v in pred.timings.items() if k != "preprocess"})
         except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the others
             if is_transient(exc):
                 raise  # out of memory or disk: the whole study is retried later
@@ -149,9 +163,11 @@ def analyse_instances(
         if pred.out_of_domain:
             reason = pred.domain.reason if pred.domain is not None else None
             log.warning("domain_gate_fired", study_uid=study_uid, model=m.name, reason=reason)
-            outcomes.append(ModelOutcome(m.name, m.version, OUT_OF_DOMAIN, reason, sel, pred,
-                                         list(vol.warnings), timings))
-            continue
-        outcomes.append(ModelOutcome(m.name, m.version, "analysed", None, sel, pred, list(vol.warnings), timings))
+            outcome = ModelOutcome(m.name, m.version, OUT_OF_DOMAIN, reason, sel, pred, list(vol.warnings), timings)
+        else:
+            outcome = ModelOutcome(m.name, m.version, "analysed", None, sel, pred, list(vol.warnings), timings)
+        outcomes.append(outcome)
+        if on_result is not None and not on_result(outcome, vol):
+            break
     kept = {k[0]: v for k, v in volumes.items() if isinstance(v, Volume)} if keep_volumes else {}
     return StudyAnalysis(outcomes, kept)

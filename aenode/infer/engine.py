@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-import threading
+import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +14,7 @@ import numpy as np
 from aenode.infer.domain import DomainResult, check_domain
 from aenode.infer.findings import describe_maps
 from aenode.infer.manifest import Manifest, ManifestError, load_manifest, verify_onnx
+from aenode.infer.prepgraph import GraphPreprocessor, shared_preprocessor
 from aenode.infer.preprocess import (
     ModelGrid,
     lesion_scores_on_series,
@@ -24,55 +22,22 @@ from aenode.infer.preprocess import (
     mask_slices_on_series,
     preprocess,
 )
+from aenode.infer.runtime import onnxruntime_messages, resolve_providers
 from aenode.load.volume import Volume
 from aenode.logs import get_logger
+from aenode.store.db import is_transient
 
 log = get_logger("aenode.infer")
 
-_PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
-_stderr_lock = threading.Lock()
+__all__ = ["Model", "Prediction", "calibrated", "onnxruntime_messages", "resolve_providers"]
 
-
-@contextlib.contextmanager
-def onnxruntime_messages(model: str) -> Iterator[None]:
-    """Route what ONNX Runtime's C++ core prints on stderr into the node's JSON log.
-
-    ONNX Runtime's Python API offers no logging callback, and its warnings (provider
-    fall-backs, CUDA start-up) go straight to file descriptor 2, where they would break
-    the JSON-lines log.  So while a session is created or first run, fd 2 points at a
-    temporary file whose lines are then logged as ``onnxruntime_message`` events.
-    """
-    with _stderr_lock, tempfile.TemporaryFile() as capture:
-        saved = os.dup(2)
-        try:
-            os.dup2(capture.fileno(), 2)
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            for line in capture.read().decode("utf-8", "replace").splitlines():
-                if line.strip():
-                    log.warning("onnxruntime_message", model=model, message=line.strip()[:2000])
-
-
-def resolve_providers(wanted: list[str], device_id: int = 0) -> list[Any]:
-    """ONNX Runtime provider list for configured names, dropping (with a warning) those
-    this installation lacks; CPU is always the last resort."""
-    import onnxruntime as ort
-
-    available = set(ort.get_available_providers())
-    out: list[Any] = []
-    for name in wanted:
-        ort_name = _PROVIDER_NAMES[name]
-        if ort_name not in available:
-            log.warning("execution_provider_unavailable", provider=name,
-                        fallback="cpu", available=sorted(available))
-            continue
-        out.append((ort_name, {"device_id": device_id}) if name == "cuda" else ort_name)
-    if "CPUExecutionProvider" not in out:
-        out.append("CPUExecutionProvider")
-    return out
+# How a model's input is prepared from the loaded volume:
+#   "auto":  the ONNX preprocessing graph (aenode.infer.prepgraph) on the model's execution
+#            provider (the GPU when there is one; on the CPU it is faster than SimpleITK
+#            too), SimpleITK for what the graph cannot express (oblique series);
+#   "graph": the same (kept as a name for tests and benchmarks);
+#   "sitk":  always SimpleITK on the CPU (the reference implementation).
+PREPROCESS_METHODS = ("auto", "graph", "sitk")
 
 
 @dataclass
@@ -91,6 +56,16 @@ class Prediction:
     detail: dict[str, Any] = field(default_factory=dict)
     lung_prob: np.ndarray | None = field(default=None, repr=False)  # model grid, z y x (for the SEG)
     domain: DomainResult | None = None
+    # Descriptive findings (surveillance records) are computed on demand: a distance
+    # transform of the lung map (~0.1 s) that the SR must not wait for.
+    findings_source: Callable[[], dict[str, object]] | None = field(default=None, repr=False)
+
+    def findings(self) -> dict[str, object] | None:
+        """Laterality and distribution (:mod:`aenode.infer.findings`), computed once."""
+        if "findings" not in self.detail and self.findings_source is not None:
+            self.detail["findings"] = self.findings_source()
+        found = self.detail.get("findings")
+        return found if isinstance(found, dict) else None
 
     @property
     def out_of_domain(self) -> bool:
@@ -143,8 +118,12 @@ class Prediction:
 class Model:
     """A model package with its ONNX Runtime session, created once and kept warm."""
 
-    def __init__(self, package_dir: str | Path, providers: list[str] | None = None, device_id: int = 0):
+    def __init__(self, package_dir: str | Path, providers: list[str] | None = None, device_id: int = 0,
+                 preprocess: str = "auto"):
         import onnxruntime as ort
+
+        if preprocess not in PREPROCESS_METHODS:
+            raise ValueError(f"preprocess: one of {', '.join(PREPROCESS_METHODS)}, not {preprocess!r}")
 
         self.package_dir = Path(package_dir)
         self.manifest: Manifest = load_manifest(self.package_dir)
@@ -164,6 +143,13 @@ class Model:
             log.warning("model_cuda_unavailable", model=self.manifest.name,
                         hint="the CUDA provider could not start; running on the CPU")
         self._check_io()
+        self.last_prepare_method = ""  # how the last input was prepared (for the timeline log)
+        self.graph: GraphPreprocessor | None = None
+        if preprocess != "sitk":
+            on_gpu = "CUDAExecutionProvider" in self.providers
+            self.graph = shared_preprocessor(self.manifest.preprocessing, self.manifest.input.size_zyx,
+                                           resolve_providers(["cuda", "cpu"] if on_gpu else ["cpu"], device_id),
+                                           self.manifest.name)
         log.info("model_loaded", model=self.manifest.name, version=self.manifest.version,
                  providers=self.providers)
 
@@ -177,7 +163,9 @@ class Model:
         with onnxruntime_messages(m.name):
             self.run(x)
         seconds = time.perf_counter() - t0
-        log.info("model_warmed_up", model=m.name, seconds=round(seconds, 3), providers=self.providers)
+        graph_s = self.graph.warm_up() if self.graph is not None else None
+        log.info("model_warmed_up", model=m.name, seconds=round(seconds, 3), providers=self.providers,
+                 preprocess_graph_s=None if graph_s is None else round(graph_s, 3))
         return seconds
 
     @property
@@ -206,7 +194,22 @@ class Model:
 
     def prepare(self, volume: Volume) -> tuple[np.ndarray, ModelGrid]:
         m = self.manifest
-        x, grid = preprocess(volume, m.preprocessing, m.input.size_zyx)
+        prepared = None
+        if self.graph is not None:
+            try:
+                prepared = self.graph.prepare(volume)
+            except Exception as exc:  # noqa: BLE001 - e.g. the GPU failing: loudly, then the CPU
+                if is_transient(exc) and not self.graph.on_gpu:
+                    raise  # out of host memory: the study is retried later
+                log.error("preprocess_graph_failed", model=m.name, error=f"{type(exc).__name__}: {exc}"[:500],
+                          fallback="sitk", on_gpu=self.graph.on_gpu)
+        if prepared is not None:
+            assert self.graph is not None
+            self.last_prepare_method = "graph-" + ("cuda" if self.graph.on_gpu else "cpu")
+            x, grid = prepared
+        else:
+            self.last_prepare_method = "sitk"
+            x, grid = preprocess(volume, m.preprocessing, m.input.size_zyx)
         if m.input.dtype == "float16":
             x = x.astype(np.float16)
         return x, grid
@@ -242,7 +245,10 @@ class Model:
         t1 = time.perf_counter()
         out = self.run(x)
         t2 = time.perf_counter()
-        return self.interpret(out, grid, timings={"preprocess": t1 - t0, "inference": t2 - t1}, x=x)
+        timings = {"preprocess": t1 - t0, "inference": t2 - t1}
+        pred = self.interpret(out, grid, timings=timings, x=x)
+        timings["interpret"] = time.perf_counter() - t2  # domain gate, volumes, findings
+        return pred
 
     def interpret(self, out: dict[str, np.ndarray], grid: ModelGrid, timings: dict[str, float],
                   x: np.ndarray | None = None) -> Prediction:
@@ -260,6 +266,7 @@ class Model:
         alerts = [c.name for c in m.outputs.classes if c.alert and probabilities[c.name] >= c.alert_threshold]
         lesion_prob = lung_prob = involvement = lesion_ml = lung_ml = None
         lung = None
+        findings_source = None
         detail: dict[str, Any] = {"raw_scores": {c.name: float(v) for c, v in zip(m.outputs.classes, raw)}}
         if m.outputs.lung_map:
             lung_prob = np.asarray(out[m.outputs.lung_map.name], dtype=np.float32)[0, 0]
@@ -275,7 +282,7 @@ class Model:
             else:
                 lung = None
                 lesion_ml = float(lesion.sum()) * grid.voxel_volume_ml
-            detail["findings"] = describe_maps(lesion, lung, grid.spacing_zyx)  # surveillance records
+            findings_source = functools.partial(describe_maps, lesion, lung, grid.spacing_zyx)
         elif lung_prob is not None and m.outputs.lung_map:
             lung = lung_prob >= m.outputs.lung_map.threshold
         domain = None
@@ -294,7 +301,7 @@ class Model:
             model=m.name, version=m.version, category=category, probabilities=probabilities, alerts=alerts,
             involvement_percent=involvement, lesion_volume_ml=lesion_ml, lung_volume_ml=lung_ml,
             lesion_prob=lesion_prob, grid=grid, timings=timings, detail=detail, lung_prob=lung_prob,
-            domain=domain,
+            domain=domain, findings_source=findings_source,
         )
 
 

@@ -43,23 +43,32 @@ def _axis_map(direction: np.ndarray) -> list[int]:
 
 
 def model_grid(image: sitk.Image, prep: Preprocessing, size_zyx: tuple[int, int, int]) -> ModelGrid:
-    size = np.array(image.GetSize(), dtype=np.float64)  # x, y, z index order
-    centre = np.array(image.TransformContinuousIndexToPhysicalPoint(tuple((size - 1) / 2.0)))
+    return grid_for(image.GetSize(), image.GetSpacing(), image.GetOrigin(),
+                    np.array(image.GetDirection()).reshape(3, 3), prep, size_zyx)
+
+
+def grid_for(size_xyz: tuple[int, ...], spacing_xyz: tuple[float, ...], origin: tuple[float, ...],
+             direction: np.ndarray, prep: Preprocessing, size_zyx: tuple[int, int, int]) -> ModelGrid:
+    """The model grid of a series given by its geometry (sizes and spacings in x, y, z index
+    order, SimpleITK's), centred on the series."""
+    size = np.array(size_xyz, dtype=np.float64)
+    direction = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    sp = np.array(spacing_xyz, dtype=np.float64)
+    centre = np.asarray(origin, dtype=np.float64) + direction @ (sp * (size - 1) / 2.0)
     if prep.mode == "spacing":
         assert prep.spacing_mm is not None
         spacing_zyx = tuple(float(v) for v in prep.spacing_mm)
     else:
         # "fit": the series' physical extent along each patient axis onto the input size
-        direction = np.array(image.GetDirection()).reshape(3, 3)
         amap = _axis_map(direction)
         extent_xyz = [0.0, 0.0, 0.0]
         for i in range(3):
-            extent_xyz[amap[i]] = size[i] * image.GetSpacing()[i]
+            extent_xyz[amap[i]] = size[i] * sp[i]
         spacing_zyx = (extent_xyz[2] / size_zyx[0], extent_xyz[1] / size_zyx[1], extent_xyz[0] / size_zyx[2])
     sp_xyz = np.array([spacing_zyx[2], spacing_zyx[1], spacing_zyx[0]])
     n_xyz = np.array([size_zyx[2], size_zyx[1], size_zyx[0]], dtype=np.float64)
-    origin = centre - sp_xyz * (n_xyz - 1) / 2.0
-    return ModelGrid(tuple(int(v) for v in size_zyx), spacing_zyx, tuple(float(v) for v in origin))  # type: ignore[arg-type]
+    origin_out = centre - sp_xyz * (n_xyz - 1) / 2.0
+    return ModelGrid(tuple(int(v) for v in size_zyx), spacing_zyx, tuple(float(v) for v in origin_out))  # type: ignore[arg-type]
 
 
 def _antialias(image: sitk.Image, grid: ModelGrid) -> sitk.Image:

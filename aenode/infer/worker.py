@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from aenode.config import Config
-from aenode.infer.analyse import ModelOutcome, StudyAnalysis, analyse_instances
+from aenode.infer.analyse import ModelOutcome, analyse_instances
 from aenode.infer.engine import Model
 from aenode.infer.registry import ModelRegistry
 from aenode.load.volume import Volume
@@ -76,7 +76,20 @@ class AnalysisWorker:
         log.info("analysis_worker_ready", models=[m.name for m in self.registry],
                  refused=sorted(self.registry.failed))
 
+    def warm_up(self) -> None:
+        """Pay the results' first-use costs before the first study does (the publisher may
+        offer ``warm_up(model)``: it is optional in :class:`ResultPublisher`)."""
+        warm = getattr(self.publisher, "warm_up", None)
+        models = list(self.registry)
+        if not callable(warm) or not models:
+            return
+        try:
+            log.info("results_warmed_up", seconds=round(float(warm(models[0])), 3))
+        except Exception:  # noqa: BLE001 - only a speed-up: the first study pays it instead
+            log.exception("results_warm_up_failed")
+
     def run(self, stop_event: threading.Event) -> None:
+        self.warm_up()
         while not stop_event.is_set():
             due = self.next_due()
             if due is not None:
@@ -93,6 +106,7 @@ class AnalysisWorker:
                 # Woken as soon as the stabiliser completes a study; the poll is the fallback.
                 wait_for_completed(min(self.poll_seconds, self._until_next_due()))
                 continue
+            log.info("study_claimed", study_uid=claim.study_uid, revision=claim.revision)
             self.process(claim.study_uid, claim.revision)
 
     def process(self, study_uid: str, revision: int) -> str:
@@ -184,28 +198,34 @@ class AnalysisWorker:
         if not len(self.registry):
             refused = "; ".join(f"{k}: {v}" for k, v in self.registry.failed.items())
             return ERROR, "no model loaded" + (f" ({refused})" if refused else f" from {self.config.model.path}")
-        analysis = analyse_instances(self.index.instances(study_uid), list(self.registry),
-                                     own_ae_titles=[self.config.node.ae_title],
-                                     keep_volumes=self.publisher is not None, study_uid=study_uid,
-                                     max_voxels=self.config.limits.max_volume_voxels)
-        for outcome in analysis.outcomes:
+        problems: list[str] = []
+
+        def publish_and_record(outcome: ModelOutcome, volume: Volume) -> bool:
+            """Each model's result leaves as soon as it exists (the SR before the next model
+            runs); a result that cannot be published ends the study in ``error``."""
             if not outcome.has_result:  # analysed, or out-of-domain (a result without a category)
-                continue
+                return True
             result_uids: list[str] = []
             shadow = self.config.model_mode(outcome.model) == "shadow"
             if self.publisher is not None and not shadow:  # shadow: recorded, never sent to PACS
-                problem = self._publish(study_uid, revision, analysis, outcome, result_uids)
+                problem = self._publish(study_uid, revision, outcome, volume, result_uids)
                 if problem:
-                    return ERROR, problem
+                    problems.append(problem)
+                    return False
             self._record(study_uid, revision, outcome, result_uids, mode="shadow" if shadow else "active")
+            return True
+
+        analysis = analyse_instances(self.index.instances(study_uid), list(self.registry),
+                                     own_ae_titles=[self.config.node.ae_title], study_uid=study_uid,
+                                     max_voxels=self.config.limits.max_volume_voxels,
+                                     on_result=publish_and_record)
+        if problems:
+            return ERROR, problems[0]
         return analysis.state, analysis.reason
 
-    def _publish(self, study_uid: str, revision: int, analysis: StudyAnalysis, outcome: ModelOutcome,
+    def _publish(self, study_uid: str, revision: int, outcome: ModelOutcome, volume: Volume,
                  result_uids: list[str]) -> str | None:
         assert self.publisher is not None
-        volume = analysis.volumes.get(outcome.selected_series or "")
-        if volume is None:
-            return None
         try:
             result_uids += self.publisher.publish(study_uid, revision, self.registry.get(outcome.model),
                                                   outcome, volume)
@@ -224,7 +244,7 @@ class AnalysisWorker:
             "version": o.version, "alerts": p.alerts, "timings_s": {k: round(v, 3) for k, v in o.timings.items()},
             "volume_warnings": o.volume_warnings, "lesion_volume_ml": p.lesion_volume_ml,
             "lung_volume_ml": p.lung_volume_ml, "result_uids": result_uids,
-            "findings": p.detail.get("findings"),  # laterality, distribution (aenode.infer.findings)
+            "findings": p.findings(),  # laterality, distribution (aenode.infer.findings)
             "skipped_series": [{"series_uid": uid, "reason": why} for uid, why in o.selection.skipped.items()],
             "mode": mode,   # "shadow": the alert worker and PACS ignore it; admins compare it
             "state": o.state,   # "analysed" or "out-of-domain" (category None, domain says why)

@@ -23,6 +23,11 @@ from aenode.store.db import is_transient
 from aenode.store.meta import BadInstance, InstanceHeader, read_meta
 
 _NATIVE_LE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
+# What a slice's pixels need (the Image Pixel module and the rescale): the rest of the
+# header is in the index already, so it is not parsed again for every slice.
+_PIXEL_TAGS = ["PixelSpacing", "Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated",
+               "BitsStored", "HighBit", "PixelRepresentation", "PhotometricInterpretation",
+               "PlanarConfiguration", "RescaleSlope", "RescaleIntercept", "PixelData"]
 # 1,000 slices of 768 x 768: far beyond a chest CT, small enough (1.2 GB int16) to refuse
 # a header-declared pixel bomb before allocating it.
 DEFAULT_MAX_VOXELS = 1000 * 768 * 768
@@ -223,7 +228,7 @@ def load_series(
     for k, info in enumerate(infos):
         name = Path(_path(info)).name
         try:
-            ds = pydicom.dcmread(_path(info))
+            ds = pydicom.dcmread(_path(info), specific_tags=_PIXEL_TAGS)
         except Exception as exc:  # noqa: BLE001
             if is_transient(exc):
                 raise  # out of memory or an I/O fault: the study is retried, not refused
