@@ -30,6 +30,7 @@ from pathlib import Path
 from aenode.store.uids import is_valid_uid
 
 TMP_NAME = ".tmp"
+JOURNAL_NAME = "journal"    # <data_dir>/journal: receive journal segments (aenode/store/journal.py)
 
 # Test hook: called with the path about to be committed; may raise OSError (e.g. ENOSPC).
 write_hook = None
@@ -97,6 +98,9 @@ class Spool:
         self.data_dir = Path(data_dir).resolve()
         self.root = self.data_dir / "spool"
         self.tmp_dir = self.root / TMP_NAME
+        # Outside the spool, so that the spool holds instance files only; shared by the
+        # nodes of a shared data_dir (segment names are unique per host and process).
+        self.journal_dir = self.data_dir / JOURNAL_NAME
         if node:
             self.tmp_dir = self.tmp_dir / re.sub(r"[^A-Za-z0-9._-]", "_", node)
         if slot:
@@ -134,6 +138,23 @@ class Spool:
         """Folders under ``directory`` may be gone (retention removed them)."""
         with self._lock:
             self._known_dirs = {d for d in self._known_dirs if not d.is_relative_to(directory)}
+
+    def place(self, tmp_path: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """Rename ``tmp_path`` (in :attr:`tmp_dir`) into place as the instance's spool file,
+        without any sync: for a file whose durability the receive journal guarantees until
+        one sync of the file system (``aenode/store/journal.py``).  Atomic replace, so a
+        reader sees the old copy or the new one, never a mix."""
+        final = self.path_for(study_uid, series_uid, sop_uid)
+        if write_hook is not None:
+            write_hook(final)
+        self._ensure_dir(final.parent)
+        try:
+            os.replace(tmp_path, final)
+        except FileNotFoundError:
+            self.forget_dir(final.parent)  # retention removed the folder since it was made
+            self._ensure_dir(final.parent)
+            os.replace(tmp_path, final)
+        return final
 
     def _ensure_dir(self, directory: Path) -> None:
         if directory in self._known_dirs:
