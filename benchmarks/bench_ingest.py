@@ -183,14 +183,12 @@ class Aenode(Receiver):
     aet = "AENODE"
     receive_workers = 1  # [workers] receive (--receive-workers)
 
-    settle = 2.0  # seconds after start-up: spare journal segments are written in the background
-
     def start(self) -> None:
         self.data = self.work / "aenode-data"
+        shutil.rmtree(self.data, ignore_errors=True)
         self._launch()
 
     def _launch(self) -> None:
-        shutil.rmtree(self.data, ignore_errors=True)
         cfg = self.work / "aenode.toml"
         cfg.write_text(f'[node]\nae_title = "{self.aet}"\nhost = "127.0.0.1"\nport = {self.port}\n'
                        f'data_dir = "{self.data}"\nmax_associations = 16\n'
@@ -200,14 +198,21 @@ class Aenode(Receiver):
         self.proc = subprocess.Popen([sys.executable, "-m", "aenode", "serve", "--config", str(cfg)],
                                      stdout=self.log, stderr=self.log)
         wait_echo(self.port, self.aet)
-        # A node that has been running reuses written journal segments; a new data directory
-        # gets its first one at start-up and the spares right after (aenode/store/journal.py).
-        time.sleep(self.settle)
 
     def reset(self) -> None:
+        """A fresh data directory, except the receive journal: a node that has been running
+        reuses its journal segments (written, so its syncs convert no extents), see
+        aenode/store/journal.py; the warm-up send made them."""
         self.stop()
+        journal, kept = self.data / "journal", self.work / "aenode-journal"
+        shutil.rmtree(kept, ignore_errors=True)
+        if journal.exists():
+            journal.rename(kept)
+        shutil.rmtree(self.data, ignore_errors=True)
+        if kept.exists():
+            self.data.mkdir(parents=True)
+            kept.rename(journal)
         self._launch()
-
 
 def send(port: int, aet: str, folder: Path) -> float:
     t0 = time.perf_counter()
@@ -292,6 +297,7 @@ def mode_speed(work: Path, repeat: int, slices: int) -> dict:
             continue
         rx.start()
         try:
+            send(rx.port, rx.aet, study)  # warm-up, not timed (page cache, journal segments)
             times = []
             for _ in range(repeat):
                 rx.reset()

@@ -10,9 +10,9 @@ the instances were answered:
 2. builds the instance's header record (``meta_from_dataset``, the costliest part of the
    header work, taken off the critical path) and queues its index row to the
    ``IndexWriter`` (group commit);
-3. once every record of a segment is materialised and the segment is full, or idle for
-   :data:`IDLE_RETIRE_SECONDS`, makes the spool durable with one ``syncfs`` and resets
-   the segment for reuse.
+3. once every record of a segment is materialised and nothing was sealed for
+   :data:`IDLE_RETIRE_SECONDS` (or, during a long burst, when too many segments wait),
+   makes the spool durable with one ``syncfs`` and resets the segments for reuse.
 
 A released association waits for steps 1 and 2 of everything answered before (:meth:`flush`),
 so a sender that released finds its instances indexed, and the stabiliser never completes
@@ -90,10 +90,7 @@ class Materialiser:
     def start(self, index: Index) -> None:
         """Replay what a crash left, prepare spare segments, start the thread."""
         self.replay(self.journal.open(), index)
-        try:
-            self.journal.fill(at_least=1)  # the rest while idle, in the background
-        except OSError as exc:  # e.g. a full disk: connections fall back to temporary files
-            log.warning("journal_segment_unavailable", error=type(exc).__name__)
+        self.spool.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._next_scan = time.monotonic() + ORPHAN_SCAN_SECONDS
         with self._cond:
             self._stopping = False
@@ -174,7 +171,6 @@ class Materialiser:
                     continue
             try:
                 self._retire(IDLE_RETIRE_SECONDS)
-                self.journal.fill(only_if_idle=True)
                 if time.monotonic() >= self._next_scan:
                     self._next_scan = time.monotonic() + ORPHAN_SCAN_SECONDS
                     orphans = self.journal.orphans()
@@ -204,7 +200,6 @@ class Materialiser:
 
     def _write(self, seg: Segment, offset: int, info: RecordInfo) -> Path:
         """The record's payload as the instance's spool file (not synced)."""
-        self.spool.tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.spool.tmp_dir / f"{info.sop_instance_uid}.{_unique()}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:

@@ -47,6 +47,7 @@ import os
 import socket
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -61,13 +62,13 @@ SEGMENT_BYTES = 16 << 20          # a segment's preallocated size (a larger reco
 SEGMENT_HEADER = 4096
 RECORD_HEADER = 512
 ALIGN = 4096
-FREE_KEEP = 4                     # free segments kept per process for reuse; more are removed
+FREE_KEEP = 16                    # free segments kept per process for reuse (256 MiB); more are removed
+RETIRE_BACKLOG = 16               # while receiving, segments left un-retired before one is retired
 ORPHAN_SCAN_SECONDS = 30.0
 _SEG_MAGIC = b"AEJSEG01"
 _REC_MAGIC = b"AEJREC01"
 _SEG_FMT = struct.Struct("<8sQ")         # magic, generation (then CRC32 of these)
 _REC_FMT = struct.Struct("<8sQQQI")      # magic, generation, payload length, arrival ns, payload CRC32
-_ZEROS = bytes(1 << 20)
 
 
 def _align(n: int) -> int:
@@ -175,9 +176,9 @@ class Segment:
         return self.cursor >= SEGMENT_BYTES
 
     @classmethod
-    def create(cls, directory: Path, *, written: bool) -> Segment:
-        """A new segment; ``written``: fill it with zeros first, so that later syncs of it
-        never convert unwritten extents (done ahead of need, off the critical path)."""
+    def create(cls, directory: Path) -> Segment:
+        """A new segment, preallocated (``posix_fallocate``: no size change on sync).  Its
+        first use still converts unwritten extents at each sync; reused, it no longer does."""
         for _attempt in range(100):
             path = directory / f"{_unique()}.{os.urandom(4).hex()}{SUFFIX}"
             try:
@@ -191,11 +192,7 @@ class Segment:
         else:
             raise OSError(errno.EEXIST, "no free journal segment name")
         try:
-            if written:
-                for off in range(0, SEGMENT_BYTES, len(_ZEROS)):
-                    os.pwrite(fd, _ZEROS, off)
-            else:
-                os.posix_fallocate(fd, 0, SEGMENT_BYTES)
+            os.posix_fallocate(fd, 0, SEGMENT_BYTES)
             seg = cls(path, fd, 0)
             seg._new_generation(sync=False)
             os.fsync(fd)
@@ -306,11 +303,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Journal:
-    """This process's journal segments: a pool handed to connections, refilled ahead of need."""
+    """This process's journal segments: a pool handed to connections and reused."""
 
-    def __init__(self, directory: Path, *, spares: int = FREE_KEEP):
+    def __init__(self, directory: Path):
         self.dir = Path(directory)
-        self.spares = spares
+        self.last_seal = 0.0              # monotonic time of the last record sealed
         self._lock = threading.Lock()
         self._mine: dict[Path, Segment] = {}
         self._free: list[Segment] = []
@@ -355,23 +352,9 @@ class Journal:
             seg.busy = False
             self._free.append(seg)
 
-    def fill(self, *, only_if_idle: bool = False, at_least: int | None = None) -> None:
-        """Keep :attr:`spares` written free segments ready: at start-up, and later only while
-        no connection holds a segment (zero-filling a segment competes with a burst for the disk)."""
-        while True:
-            with self._lock:
-                if only_if_idle and any(s.busy for s in self._mine.values()):
-                    return
-                if len(self._free) >= (self.spares if at_least is None else at_least):
-                    return
-            seg = Segment.create(self.dir, written=True)
-            with self._lock:
-                self._mine[seg.path] = seg
-                self._free.append(seg)
-
     def take(self) -> Segment:
         """A segment for one connection: a partly used one first (fewer segments to
-        retire), else an empty one, else a new one (preallocated, not written)."""
+        retire), else an empty one, else a new one."""
         with self._lock:
             candidates = [s for s in self._free if not s.full]
             if candidates:
@@ -379,7 +362,7 @@ class Journal:
                 self._free.remove(seg)
                 seg.busy = True
                 return seg
-        seg = Segment.create(self.dir, written=False)
+        seg = Segment.create(self.dir)
         with self._lock:
             self._mine[seg.path] = seg
             seg.busy = True
@@ -390,6 +373,7 @@ class Journal:
         seg.append(offset, info)
         with self._lock:
             seg.pending += 1
+            self.last_seal = time.monotonic()
 
     def materialised(self, seg: Segment) -> None:
         with self._lock:
@@ -403,11 +387,17 @@ class Journal:
                 self._free.append(seg)
 
     def retirable(self, now: float, idle_seconds: float) -> list[Segment]:
-        """Segments whose every record is materialised and that are full, or idle for
-        ``idle_seconds``: after one sync of the spool they can be reset."""
+        """Segments to retire now (after one sync of the spool they can be reset): those
+        whose every record is materialised, once nothing was sealed for ``idle_seconds``,
+        or, while receiving, the full ones when more than :data:`RETIRE_BACKLOG` segments
+        hold records.  Why wait: the sync writes back every spool file materialised since
+        the last one, and on the same disk that delays the journal's fdatasyncs (each a
+        sender waiting for its response); idle, it delays nobody."""
         with self._lock:
+            idle = now - self.last_seal >= idle_seconds
+            backlog = sum(1 for s in self._mine.values() if s.records) > RETIRE_BACKLOG
             out = [s for s in self._mine.values() if not s.busy and s.records and not s.pending
-                   and (s.full or now - s.last_used >= idle_seconds)]
+                   and (idle or (backlog and s.full))]
             for s in out:
                 s.busy = True
                 if s in self._free:

@@ -63,16 +63,16 @@ def test_a_locked_segment_is_not_adopted_and_a_dead_ones_is(tmp_path):
 
 def test_recycling_invalidates_old_records_and_keeps_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(jm, "FREE_KEEP", 1)
-    journal = Journal(tmp_path / "j", spares=1)
+    journal = Journal(tmp_path / "j")
     journal.open()
-    journal.fill()
-    assert len(list((tmp_path / "j").iterdir())) == 1
     seg = journal.take()
+    assert len(list((tmp_path / "j").iterdir())) == 1
     first_generation = seg.generation
     _append(journal, seg, b"a" * 10_000, 0)
     journal.give_back(seg, time.monotonic())
-    assert journal.retirable(time.monotonic(), 60.0) == []  # pending: not materialised yet
+    assert journal.retirable(time.monotonic(), 0.0) == []  # pending: not materialised yet
     journal.materialised(seg)
+    assert journal.retirable(time.monotonic(), 60.0) == []  # not idle yet
     [ready] = journal.retirable(time.monotonic(), 0.0)
     journal.recycle(ready)
     assert seg.generation != first_generation and seg.cursor == jm.SEGMENT_HEADER and seg.records == 0
@@ -86,12 +86,12 @@ def test_recycling_invalidates_old_records_and_keeps_the_file(tmp_path, monkeypa
     assert [i.sop_instance_uid for _, i in good] == ["1.2.5.1"] and bad == []  # the old generation is gone
     reopened.close()
     # A second segment beyond FREE_KEEP is removed when recycled.
-    j2 = Journal(tmp_path / "j", spares=1)
+    j2 = Journal(tmp_path / "j")
     [s1] = j2.open()
     j2.recycle(s1)
     s2 = j2.take()
     assert s2 is s1
-    s3 = Segment.create(tmp_path / "j", written=False)
+    s3 = Segment.create(tmp_path / "j")
     s3.busy = True
     j2._mine[s3.path] = s3
     j2.give_back(s2, time.monotonic())
@@ -102,7 +102,7 @@ def test_recycling_invalidates_old_records_and_keeps_the_file(tmp_path, monkeypa
 
 def test_a_record_larger_than_a_segment_grows_it_and_reset_shrinks_it(tmp_path, monkeypatch):
     monkeypatch.setattr(jm, "SEGMENT_BYTES", 64 * 1024)
-    journal = Journal(tmp_path / "j", spares=1)
+    journal = Journal(tmp_path / "j")
     journal.open()
     seg = journal.take()
     big = os.urandom(200 * 1024)
@@ -111,7 +111,9 @@ def test_a_record_larger_than_a_segment_grows_it_and_reset_shrinks_it(tmp_path, 
     assert seg.scan()[0][0][1].length == len(big)
     journal.give_back(seg, time.monotonic())
     journal.materialised(seg)
-    [ready] = journal.retirable(time.monotonic(), 60.0)  # full: retired at once
+    assert journal.retirable(time.monotonic(), 60.0) == []  # one full segment: no backlog
+    monkeypatch.setattr(jm, "RETIRE_BACKLOG", 0)
+    [ready] = journal.retirable(time.monotonic(), 60.0)  # a backlog: the full one goes at once
     journal.recycle(ready)
     assert os.fstat(seg.fd).st_size == 64 * 1024
     journal.close()
