@@ -160,6 +160,10 @@ class Materialiser:
                         else:
                             return  # the journal keeps it for the next start
                     continue
+                except Exception:  # noqa: BLE001 - never lose the thread; the record stays in the journal
+                    # Its segment keeps a pending record, so it is not reused: the next
+                    # start-up replays it.
+                    log.exception("materialise_error", sop_instance_uid=item.info.sop_instance_uid)
                 with self._cond:
                     self._queue.popleft()
                     self._done += 1
@@ -240,7 +244,7 @@ class Materialiser:
             self.journal.materialised(item.segment)
             return
         meta = _header(item.header, info) if item.header is not None else _header_of_file(final, info)
-        self.writer.submit(InstanceRecord(meta, final, info.length, info.calling_ae or None,
+        self.writer.submit(InstanceRecord(meta, final, info.length, info.calling_ae,
                                           info.received_ns / 1e9, item.own))
         self.journal.materialised(item.segment)
 
@@ -273,7 +277,7 @@ class Materialiser:
                 continue
             meta = _header_of_file(final, info)
             own = info.calling_ae == self.own_ae or meta.own_output
-            self.writer.submit(InstanceRecord(meta, final, info.length, info.calling_ae or None,
+            self.writer.submit(InstanceRecord(meta, final, info.length, info.calling_ae,
                                               info.received_ns / 1e9, own))
             done += 1
         self.writer.flush(60)
