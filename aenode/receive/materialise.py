@@ -259,8 +259,8 @@ class Materialiser:
         for seg in segments:
             good, bad = seg.scan()
             for offset, reason in bad:
-                event = "journal_record_corrupt" if reason == "crc_mismatch" else "journal_torn_tail_dropped"
-                log.warning(event, segment=seg.path.name, offset=offset)
+                event = "journal_torn_tail_dropped" if reason == "torn_tail" else "journal_record_corrupt"
+                log.warning(event, segment=seg.path.name, offset=offset, reason=reason)
             found += [(seg, offset, info) for offset, info in good]
         found.sort(key=lambda r: r[2].received_ns)
         indexed = index.received_times([info.sop_instance_uid for _, _, info in found])

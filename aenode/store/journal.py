@@ -18,16 +18,17 @@ Segment file (``<data_dir>/journal/<host>.<pid>.<thread>.<random>.jnl``)::
 A record header holds the magic, the segment's generation, the payload's length and
 CRC32, the arrival time and the study/series/SOP instance/SOP class UIDs, the transfer
 syntax and the calling AE title, and its own CRC32.  A record is valid when both CRCs
-match and its generation is the segment's current one; scanning stops at the first
-record header that is not valid (the tail).  Reusing a segment writes a new random
-generation into its header (after the ``syncfs``), which invalidates every older record
-at once without rewriting it.
+match and its generation is the segment's current one.  Records start at 4 KiB
+boundaries; scanning stops at the first record header that is not valid and has no valid
+one after it (the tail).  Reusing a segment writes a new random generation into its header
+(after the ``syncfs``), which invalidates every older record at once without rewriting it.
 
 Crash safety: the payload and its header are written, then ``fdatasync``, then the
 response.  A crash before the sync leaves a torn tail record (bad CRC or no header),
 never acknowledged, dropped on replay; a record with a valid header and a payload that
 fails its CRC in the middle of a segment (bit rot) is not materialised and is logged
-(``journal_record_corrupt``).  A segment whose own header is not valid was being (re)set
+(``journal_record_corrupt``); a damaged record header in the middle is logged the same way
+and the records after it are still found.  A segment whose own header is not valid was being (re)set
 when the crash came, after its records were already durable in the spool: it is empty.
 
 Ownership and sharing: a segment is locked (``flock``, exclusive) by the process that
@@ -258,7 +259,15 @@ class Segment:
         while offset + RECORD_HEADER <= size:
             info = unpack_record(os.pread(self.fd, RECORD_HEADER, offset), self.generation)
             if info is None:
-                break
+                # The tail, or a record header damaged in the middle: every valid header of
+                # this generation is a sealed record (a sender cannot forge one without the
+                # random generation), so look for one further on, at record alignment.
+                following = self._next_header(offset + ALIGN, size)
+                if following is None:
+                    break
+                bad.append((offset, "header_corrupt"))
+                offset = following
+                continue
             end = offset + RECORD_HEADER + info.length
             if end > size or self.payload_crc(offset, info.length) != info.crc:
                 bad.append((offset, "crc_mismatch"))
@@ -270,6 +279,13 @@ class Segment:
             bad[-1] = (bad[-1][0], "torn_tail")
         self.cursor, self.records = offset, len(good) + len(bad)
         return good, bad
+
+    def _next_header(self, start: int, size: int) -> int | None:
+        for offset in range(start, size - RECORD_HEADER + 1, ALIGN):
+            head = os.pread(self.fd, RECORD_HEADER, offset)
+            if head[:8] == _REC_MAGIC and unpack_record(head, self.generation) is not None:
+                return offset
+        return None
 
     def payload_crc(self, offset: int, length: int) -> int:
         crc, pos, end = 0, offset + RECORD_HEADER, offset + RECORD_HEADER + length

@@ -48,6 +48,22 @@ def test_records_torn_tail_and_corrupt_record_on_scan(tmp_path):
     again.close()
 
 
+def test_a_damaged_record_header_does_not_hide_the_records_after_it(tmp_path):
+    journal = Journal(tmp_path / "j")
+    journal.open()
+    seg = journal.take()
+    written = [_append(journal, seg, os.urandom(9000), k) for k in range(3)]
+    os.pwrite(seg.fd, b"\x00" * 16, written[1][0] + 40)  # bit rot in record 1's header
+    journal.close()
+    again = Journal(tmp_path / "j")
+    [found] = again.open()
+    good, bad = found.scan()
+    assert [info.sop_instance_uid for _, info in good] == ["1.2.5.0", "1.2.5.2"]
+    assert bad == [(written[1][0], "header_corrupt")]
+    assert found.cursor > written[2][0]  # appending resumes after the last record
+    again.close()
+
+
 def test_a_locked_segment_is_not_adopted_and_a_dead_ones_is(tmp_path):
     owner = Journal(tmp_path / "j")
     owner.open()
