@@ -421,10 +421,14 @@ class Journal:
             return out
 
     def close(self) -> None:
+        """Let the segments go (their locks with them).  One still held by a connection
+        that did not end stays open: its threads may still write to the descriptor, which
+        must not become another file's meanwhile; the process's exit closes it."""
         with self._lock:
             segs, self._mine, self._free = list(self._mine.values()), {}, []
         for s in segs:
-            s.close()
+            if not s.busy:
+                s.close()
 
     def __iter__(self) -> Iterator[Segment]:
         return iter(self.segments())

@@ -10,6 +10,12 @@ from aenode.store import journal as jm
 from aenode.store.journal import RECORD_HEADER, Journal, RecordInfo, Segment
 
 
+def _die(journal: Journal) -> None:
+    """What the kernel does when the owner dies: every descriptor closed, every lock gone."""
+    for seg in journal.segments():
+        seg.close()
+
+
 def _append(journal: Journal, seg: Segment, payload: bytes, k: int) -> tuple[int, RecordInfo]:
     """What the receive path does: payload after the header slot, then seal."""
     import zlib
@@ -35,7 +41,7 @@ def test_records_torn_tail_and_corrupt_record_on_scan(tmp_path):
     # What the next record would have been: payload written, header never (crash before sealing).
     os.pwrite(seg.fd, os.urandom(4000), seg.cursor + RECORD_HEADER)
     path = seg.path
-    journal.close()  # the process dies: its locks go
+    _die(journal)  # the process dies: its locks go
 
     again = Journal(tmp_path / "j")
     [found] = again.open()
@@ -54,7 +60,7 @@ def test_a_damaged_record_header_does_not_hide_the_records_after_it(tmp_path):
     seg = journal.take()
     written = [_append(journal, seg, os.urandom(9000), k) for k in range(3)]
     os.pwrite(seg.fd, b"\x00" * 16, written[1][0] + 40)  # bit rot in record 1's header
-    journal.close()
+    _die(journal)
     again = Journal(tmp_path / "j")
     [found] = again.open()
     good, bad = found.scan()
@@ -72,6 +78,8 @@ def test_a_locked_segment_is_not_adopted_and_a_dead_ones_is(tmp_path):
     other = Journal(tmp_path / "j")
     assert other.open() == []  # the owner is alive: its flock stands
     owner.close()
+    assert other.orphans() == []  # a clean close keeps a segment a connection still holds
+    seg.close()  # the owner process exits
     [adopted] = other.orphans()
     assert adopted.path == seg.path and len(adopted.scan()[0]) == 1
     other.close()
@@ -96,7 +104,7 @@ def test_recycling_invalidates_old_records_and_keeps_the_file(tmp_path, monkeypa
     assert again is seg  # reused, not a new file
     offset, _ = _append(journal, again, b"b" * 500, 1)
     assert offset == jm.SEGMENT_HEADER
-    journal.close()
+    _die(journal)
     [reopened] = Journal(tmp_path / "j").open()
     good, bad = reopened.scan()
     assert [i.sop_instance_uid for _, i in good] == ["1.2.5.1"] and bad == []  # the old generation is gone
