@@ -100,6 +100,7 @@ class StorageSCP:
         self.own_ae = config.node.ae_title
         self.journal = Journal(spool.journal_dir)
         self.materialiser = Materialiser(self.journal, spool, self.writer, self.own_ae)
+        self._recovered = False
         tls = config.node.tls
         self.handshake_timeout = tls.handshake_timeout_seconds if tls else 10.0
         self.ssl_context = self._make_ssl_context(tls) if tls else None
@@ -165,8 +166,7 @@ class StorageSCP:
             (evt.EVT_RELEASED, self._on_outcome, ["released"]),
             (evt.EVT_ABORTED, self._on_outcome, ["aborted"]),
         ]
-        self.writer.start()
-        self.materialiser.start(self.index)  # replays what a crash left in the journal
+        self.recover()
         address = (self.config.node.host, self.config.node.port)
         server = _pynetdicom.quiet_server(lambda: ae.make_server(
             address, ae_title=self.own_ae, evt_handlers=handlers, server_class=AssociationServer,
@@ -180,6 +180,17 @@ class StorageSCP:
                  tls=self.ssl_context is not None, transfer_syntaxes=len(syntaxes),
                  max_associations=self.config.node.max_associations, max_pdu_bytes=limits.max_pdu_bytes,
                  pynetdicom=_pynetdicom.installed_version())
+
+    def recover(self) -> None:
+        """Start the index writer and the materialiser, replaying what a crash left in the
+        journal (idempotent; ``start()`` calls it).  The node calls it before start-up
+        reconciliation: a spool file materialised but not yet synced when the power went
+        must be rewritten from its journal record before reconciliation indexes it."""
+        if self._recovered:
+            return
+        self.writer.start()
+        self.materialiser.start(self.index)
+        self._recovered = True
 
     def stop(self) -> None:
         server = self.server
@@ -201,6 +212,7 @@ class StorageSCP:
             self._thread = None
         self.materialiser.stop()
         self.writer.stop()
+        self._recovered = False
         self.ae = None
 
     def flush_index(self, timeout: float | None = None) -> bool:

@@ -1,8 +1,8 @@
 """The receive journal end to end (aenode/store/journal.py, aenode/receive/materialise.py):
 
-* kill -9 after acknowledgements whose journal records were never materialised: the
-  restart materialises every one, byte-identical to what a node that did not crash
-  writes, and indexes it;
+* kill -9 after acknowledgements whose journal records were never materialised (and one
+  spool file torn as a power cut would leave it): the restart materialises every one,
+  byte-identical to what a node that did not crash writes, and indexes it;
 * replay drops a torn tail, reports and skips a record whose payload fails its CRC,
   and is idempotent (replaying the same records again changes nothing);
 * one fdatasync per instance and no fsync on the receive path.
@@ -96,6 +96,12 @@ def test_kill9_with_unmaterialised_records_is_replayed_byte_identical(tmp_path):
     expected = _spool_bytes(reference.node.data_dir, study_uid)
     assert len(expected) == len(slices)
 
+    # A power cut can also leave a spool file materialised but not yet synced, torn: its
+    # header readable (so reconciliation alone would index it), its pixels cut short.
+    torn_sop = slices[3].SOPInstanceUID
+    torn = data / "spool" / study_uid / series_uid / f"{torn_sop}.dcm"
+    torn.parent.mkdir(parents=True)
+    torn.write_bytes(expected[torn_sop][:3000])
     config = parse_config({"node": {"ae_title": "AENODE", "host": "127.0.0.1", "port": free_port(),
                                     "data_dir": str(data)},
                            "stability": {"quiet_seconds": 60.0, "after_release_seconds": 60.0}})
