@@ -204,26 +204,23 @@ class Materialiser:
     # ---- one record --------------------------------------------------------------------
 
     def _write(self, seg: Segment, offset: int, info: RecordInfo) -> Path:
-        """The record's payload as the instance's spool file (not synced)."""
+        """The record's payload as the instance's spool file (not synced): written in place
+        when the instance is new, else through a temporary file renamed over the old copy."""
+        created = self.spool.create_new(info.study_uid, info.series_uid, info.sop_instance_uid)
+        if created is not None:
+            fd, final = created
+            try:
+                _copy(seg.fd, offset + RECORD_HEADER, info.length, fd)
+            except BaseException:
+                os.close(fd)
+                os.unlink(final)
+                raise
+            os.close(fd)
+            return final
         tmp = self.spool.tmp_dir / f"{info.sop_instance_uid}.{_unique()}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            src, left = offset + RECORD_HEADER, info.length
-            try:
-                while left:
-                    n = os.copy_file_range(seg.fd, fd, left, src)
-                    if n <= 0:
-                        raise OSError(errno.EIO, "journal record shorter than its header")
-                    src, left = src + n, left - n
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                while left:  # file systems without copy_file_range
-                    chunk = os.pread(seg.fd, min(left, 1 << 20), src)
-                    if not chunk:
-                        raise OSError(errno.EIO, "journal record shorter than its header") from None
-                    os.write(fd, chunk)
-                    src, left = src + len(chunk), left - len(chunk)
+            _copy(seg.fd, offset + RECORD_HEADER, info.length, fd)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
@@ -289,6 +286,28 @@ class Materialiser:
         if found or done:
             log.info("journal_replayed", segments=len(segments), records=done, skipped_older=skipped)
         return done
+
+
+def _copy(src_fd: int, src: int, length: int, dst_fd: int) -> None:
+    """``length`` bytes from ``src`` in the journal to the start of ``dst_fd``: in the
+    kernel (``copy_file_range``, page cache to page cache), or by reading and writing
+    where the file system does not offer it."""
+    left = length
+    try:
+        while left:
+            n = os.copy_file_range(src_fd, dst_fd, left, src)
+            if n <= 0:
+                raise OSError(errno.EIO, "journal record shorter than its header")
+            src, left = src + n, left - n
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        while left:
+            chunk = os.pread(src_fd, min(left, 1 << 20), src)
+            if not chunk:
+                raise OSError(errno.EIO, "journal record shorter than its header") from None
+            os.write(dst_fd, chunk)
+            src, left = src + len(chunk), left - len(chunk)
 
 
 def _minimal(info: RecordInfo) -> InstanceHeader:

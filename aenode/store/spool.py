@@ -156,6 +156,26 @@ class Spool:
             os.replace(tmp_path, final)
         return final
 
+    def create_new(self, study_uid: str, series_uid: str, sop_uid: str) -> tuple[int, Path] | None:
+        """Open the instance's spool file for writing if it does not exist yet (None: it
+        does; write a temporary file and :meth:`place` it, an atomic replace).  For the
+        receive journal's materialiser: the first copy of an instance is written in place,
+        one rename fewer; nothing reads it before its index row exists, and a crash in the
+        middle is repaired by the journal's replay (``aenode/store/journal.py``)."""
+        final = self.path_for(study_uid, series_uid, sop_uid)
+        if write_hook is not None:
+            write_hook(final)
+        self._ensure_dir(final.parent)
+        for _attempt in range(2):
+            try:
+                return os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), final
+            except FileExistsError:
+                return None
+            except FileNotFoundError:
+                self.forget_dir(final.parent)  # retention removed the folder since it was made
+                self._ensure_dir(final.parent)
+        return None
+
     def _ensure_dir(self, directory: Path) -> None:
         if directory in self._known_dirs:
             return
