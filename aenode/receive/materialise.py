@@ -4,9 +4,9 @@ The C-STORE handler answers once an instance is sealed in the connection's journ
 segment (one ``fdatasync``, ``aenode/store/journal.py``).  This thread then, in the order
 the instances were answered:
 
-1. copies the record's payload into ``spool/.tmp`` (``copy_file_range``: the kernel copies
-   page cache to page cache) and renames it to ``spool/<study>/<series>/<sop>.dcm`` with
-   no sync;
+1. copies the record's payload (``copy_file_range``: the kernel copies page cache to page
+   cache) to ``spool/<study>/<series>/<sop>.dcm``, in place when the instance is new, else
+   through ``spool/.tmp`` and an atomic rename over the old copy; no sync;
 2. builds the instance's header record (``meta_from_dataset``, the costliest part of the
    header work, taken off the critical path) and queues its index row to the
    ``IndexWriter`` (group commit);

@@ -1,9 +1,13 @@
 """The durable spool: one DICOM file per SOP instance under the data directory.
 
 Layout: ``<data_dir>/spool/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``, built only
-from validated UIDs.  Incoming data is written to ``<data_dir>/spool/.tmp`` first and
-made durable with fsync(file), rename (atomic replace of an earlier copy of the same
-instance) and fsync(directory) before the sender hears "success".  Directory syncs are
+from validated UIDs.  Received instances are made durable in the receive journal first
+(``aenode/store/journal.py``) and written here after the response without a sync
+(:meth:`Spool.create_new`, :meth:`Spool.place`); the journal keeps them until one sync of
+the file system made the files durable.  The fallback path, and :meth:`Spool.write_bytes`,
+write to ``<data_dir>/spool/.tmp`` and make the file durable with fsync(file), rename
+(atomic replace of an earlier copy of the same instance) and fsync(directory) before the
+sender hears "success".  Directory syncs are
 coalesced (group commit): a thread that renamed into a folder waits for one fsync of that
 folder that *started after* its rename; concurrent associations writing the same series
 share one directory sync instead of queueing one each.
