@@ -144,6 +144,7 @@ class Node:
             if requeued:
                 log.info("analyses_requeued", studies=requeued)
         if self.receive:
+            self.scp.recover()  # journal replay first: it rewrites files reconciliation would index
             if self.receive_slot == 0:  # once per node, not per extra listener
                 orphans = remove_purged_orphans(self.index, self.spool)
                 if orphans:

@@ -94,7 +94,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
 
 from aenode.receive.pdu import PDUReader, PDURefused, PeerClosed, abort_pdu
-from aenode.receive.spoolfile import SpoolTempFile
+from aenode.receive.spoolfile import JournalEntry, SpoolTempFile
 
 TESTED_RANGE = "pynetdicom>=3.0.0,<3.1"
 ASSUMPTIONS = ("reactor_sleeps", "dul_subclass", "dul_read_hook", "associate_injection", "create_association",
@@ -127,7 +127,7 @@ class DulLink(Protocol):
 
     def failed(self, exc: BaseException) -> None: ...
 
-    def new_temp_file(self) -> SpoolTempFile: ...
+    def new_temp_file(self) -> JournalEntry | SpoolTempFile: ...
 
 
 # ---- reactor_sleeps --------------------------------------------------------------------
@@ -320,7 +320,7 @@ def raw_socket(assoc: Association) -> socket.socket | None:
 # ---- chunked_store ---------------------------------------------------------------------
 
 
-def _named_temporary_file(*args: Any, **kwargs: Any) -> IO[bytes] | SpoolTempFile:
+def _named_temporary_file(*args: Any, **kwargs: Any) -> IO[bytes] | JournalEntry | SpoolTempFile:
     current = threading.current_thread()
     if isinstance(current, FastDUL):
         counters["spool_temp_files"] += 1
@@ -329,10 +329,10 @@ def _named_temporary_file(*args: Any, **kwargs: Any) -> IO[bytes] | SpoolTempFil
     return tempfile.NamedTemporaryFile(*args, **kwargs)
 
 
-def stored_file(request: C_STORE) -> SpoolTempFile | None:
-    """The spool file a C-STORE request's data set was streamed into, if it is one of ours."""
+def stored_file(request: C_STORE) -> JournalEntry | SpoolTempFile | None:
+    """Where a C-STORE request's data set was streamed, if it is one of ours."""
     f = getattr(request, "_dataset_file", None)
-    return f if isinstance(f, SpoolTempFile) else None
+    return f if isinstance(f, (JournalEntry, SpoolTempFile)) else None
 
 
 # ---- release_hook ----------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """What the C-STORE handler checks in a received instance's header before keeping it.
 
-The header is read once (pixel data is never read or decoded here).  Besides the UIDs
-(``aenode.store.meta``), the image geometry it declares is bounded by ``[limits]``, so
+The header is read once (pixel data is never read or decoded here).  Only what decides the
+response is checked before it: the identifying UIDs (:func:`header_uids`), the SOP class
+and the image geometry; the full header record (``aenode.store.meta``) is built after the
+response (``materialise.py``).  The image geometry it declares is bounded by ``[limits]``, so
 that no instance whose pixels would decode to more than ``max_decoded_instance_bytes``
 (or with more than ``max_rows`` / ``max_columns`` / ``max_frames``) reaches the analysis
 stages, however small it is on the wire.
@@ -11,12 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
 
 from aenode.config import LimitsConfig
 from aenode.store.meta import BadInstance, InstanceHeader, meta_from_dataset
+from aenode.store.uids import clean_uid
 
 # Never negotiated: inflating a data set has no bound known in advance (a 1 MB stream can
 # expand to gigabytes on the receiving thread).
@@ -50,13 +54,42 @@ class PixelGeometry:
         return (bits + 7) // 8
 
 
-def read_header(path: str | Path) -> tuple[InstanceHeader, Dataset]:
-    """The instance's header record and the header itself (stops before the pixel data)."""
+def read_dataset(source: str | Path | BinaryIO) -> Dataset:
+    """The header of a received instance (stops before the pixel data)."""
     try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+        return pydicom.dcmread(source if not isinstance(source, Path) else str(source),
+                               stop_before_pixels=True, force=True)
     except Exception as exc:  # noqa: BLE001 - any parse failure means a bad instance
         raise BadInstance(f"unreadable header ({type(exc).__name__})") from None
+
+
+def read_header(path: str | Path) -> tuple[InstanceHeader, Dataset]:
+    """The instance's header record and the header itself (stops before the pixel data)."""
+    ds = read_dataset(path)
     return meta_from_dataset(ds), ds
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderUIDs:
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+
+
+def header_uids(ds: Dataset) -> HeaderUIDs:
+    """The identifying UIDs, validated as :func:`aenode.store.meta.meta_from_dataset` does
+    (they become the spool path); BadInstance when one is missing or malformed."""
+    try:
+        study = clean_uid(ds.get("StudyInstanceUID"))
+        series = clean_uid(ds.get("SeriesInstanceUID"))
+        sop = clean_uid(ds.get("SOPInstanceUID"))
+        sop_class = clean_uid(ds.get("SOPClassUID"))
+    except Exception as exc:  # noqa: BLE001 - malformed element values
+        raise BadInstance(f"malformed header ({type(exc).__name__})") from None
+    if not (study and series and sop and sop_class):
+        raise BadInstance("missing or malformed Study/Series/SOP Instance or SOP Class UID")
+    return HeaderUIDs(study, series, sop, sop_class)
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:

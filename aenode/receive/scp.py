@@ -1,14 +1,17 @@
 """The Storage SCP: access control, TLS and durable C-STORE.
 
-Data path: each C-STORE data set is streamed, P-DATA fragment by fragment, into a
-temporary file in the spool's ``.tmp`` folder (``spoolfile.py``; nothing is decoded or
-held in memory).  The C-STORE handler then reads the header once (stopping before the
-pixel data), checks it against the presentation context, the command and ``[limits]``,
-fsyncs, renames into place, fsyncs the directory (coalesced across concurrent
-associations) and only then answers success: the spool file is the durable record.  Its
-index row is queued to ``indexer.IndexWriter``, which group-commits rows after the
-response; the association's release is answered once its rows are committed, and
-start-up reconciliation re-indexes spool files whose row a crash lost.  Connections, associations and PDUs are bounded in ``server.py`` and
+Data path: each C-STORE data set is streamed, P-DATA fragment by fragment, into the
+connection's receive journal segment (``spoolfile.JournalEntry``, ``aenode/store/journal.py``;
+nothing is decoded or held in memory).  The C-STORE handler then reads the header once
+(stopping before the pixel data), checks what decides the response (identifying UIDs, the
+presentation context, the command, ``[limits]``), seals the record with one
+``fdatasync`` and only then answers success: the journal record is the durable record.
+After the response ``materialise.Materialiser`` writes it out as the spool file, builds
+its header record and queues its index row to ``indexer.IndexWriter`` (group commit); the
+association's release is answered once its instances are materialised and indexed, and
+start-up replays any journal record a crash left.  (A peer that starts a second data set
+before the first was answered gets the older path for it: temporary file, fsync, rename,
+folder sync.)  Connections, associations and PDUs are bounded in ``server.py`` and
 ``pdu.py``; pynetdicom's internals are touched only in ``_pynetdicom.py``.
 
 C-STORE statuses: 0x0000 stored; 0xA700 out of resources (disk full, I/O error, index
@@ -25,6 +28,7 @@ import ssl
 import threading
 import time
 
+from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
@@ -32,14 +36,23 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from aenode.config import Config, TLSConfig
-from aenode.logs import get_logger, phi_values
+from aenode.logs import get_logger, identifiers_of, phi_values
 from aenode.receive import _pynetdicom
-from aenode.receive.checks import DEFLATED_TRANSFER_SYNTAXES, LimitExceeded, check_geometry, read_header
+from aenode.receive.checks import (
+    DEFLATED_TRANSFER_SYNTAXES,
+    LimitExceeded,
+    check_geometry,
+    header_uids,
+    read_dataset,
+)
 from aenode.receive.indexer import IndexWriter
+from aenode.receive.materialise import Materialiser, Sealed
 from aenode.receive.server import AssociationServer, Connection, ConnectionHandler
-from aenode.receive.spoolfile import InstanceTooLarge, SpoolTempFile
+from aenode.receive.spoolfile import InstanceTooLarge, JournalEntry, SpoolTempFile
 from aenode.store.index import Index, InstanceRecord
-from aenode.store.meta import BadInstance
+from aenode.store.journal import Journal, RecordInfo
+from aenode.store.marks import is_node_output
+from aenode.store.meta import BadInstance, meta_from_dataset
 from aenode.store.spool import Spool, UnsafePath
 from aenode.store.stabilise import ActivityTracker
 from aenode.store.uids import clean_uid
@@ -85,6 +98,9 @@ class StorageSCP:
         self.tracker = tracker
         self.writer = IndexWriter(index)
         self.own_ae = config.node.ae_title
+        self.journal = Journal(spool.journal_dir)
+        self.materialiser = Materialiser(self.journal, spool, self.writer, self.own_ae)
+        self._recovered = False
         tls = config.node.tls
         self.handshake_timeout = tls.handshake_timeout_seconds if tls else 10.0
         self.ssl_context = self._make_ssl_context(tls) if tls else None
@@ -150,7 +166,7 @@ class StorageSCP:
             (evt.EVT_RELEASED, self._on_outcome, ["released"]),
             (evt.EVT_ABORTED, self._on_outcome, ["aborted"]),
         ]
-        self.writer.start()
+        self.recover()
         address = (self.config.node.host, self.config.node.port)
         server = _pynetdicom.quiet_server(lambda: ae.make_server(
             address, ae_title=self.own_ae, evt_handlers=handlers, server_class=AssociationServer,
@@ -164,6 +180,17 @@ class StorageSCP:
                  tls=self.ssl_context is not None, transfer_syntaxes=len(syntaxes),
                  max_associations=self.config.node.max_associations, max_pdu_bytes=limits.max_pdu_bytes,
                  pynetdicom=_pynetdicom.installed_version())
+
+    def recover(self) -> None:
+        """Start the index writer and the materialiser, replaying what a crash left in the
+        journal (idempotent; ``start()`` calls it).  The node calls it before start-up
+        reconciliation: a spool file materialised but not yet synced when the power went
+        must be rewritten from its journal record before reconciliation indexes it."""
+        if self._recovered:
+            return
+        self.writer.start()
+        self.materialiser.start(self.index)
+        self._recovered = True
 
     def stop(self) -> None:
         server = self.server
@@ -183,17 +210,19 @@ class StorageSCP:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        self.materialiser.stop()
         self.writer.stop()
+        self._recovered = False
         self.ae = None
 
     def flush_index(self, timeout: float | None = None) -> bool:
-        """Wait until the index rows of every instance answered so far are committed."""
-        return self.writer.flush(timeout)
+        """Wait until every instance answered so far is materialised and indexed."""
+        return self.materialiser.flush(timeout)
 
     def association_ended(self, assoc: object) -> None:
-        """Tell the stabiliser, once the association's index rows are committed (so that a
-        study is never completed while its last rows are still queued)."""
-        self.writer.flush(RELEASE_FLUSH_SECONDS)
+        """Tell the stabiliser, once the association's instances are materialised and
+        indexed (so that a study is never completed while its last rows are still queued)."""
+        self.materialiser.flush(RELEASE_FLUSH_SECONDS)
         self.tracker.ended(assoc)
 
     # ---- event handlers --------------------------------------------------------------
@@ -213,7 +242,7 @@ class StorageSCP:
         # is answered (see _pynetdicom "release_hook"): a sender that has released finds
         # every instance it sent in the index.
         if _pynetdicom.is_release_request(getattr(event, "primitive", None)):
-            self.writer.flush(RELEASE_FLUSH_SECONDS)
+            self.materialiser.flush(RELEASE_FLUSH_SECONDS)
 
     def _on_echo(self, event: evt.Event) -> int:
         return STATUS_SUCCESS
@@ -240,9 +269,10 @@ class StorageSCP:
 
     # ---- the C-STORE data path -------------------------------------------------------
 
-    def store(self, tmp: SpoolTempFile | None, *, command_sop_uid: object, command_sop_class: object,
-              abstract_syntax: object, transfer_syntax: object, calling_ae: str, sender: object) -> int:
-        """Check, commit and index one received data set; the C-STORE status to answer.
+    def store(self, tmp: JournalEntry | SpoolTempFile | None, *, command_sop_uid: object,
+              command_sop_class: object, abstract_syntax: object, transfer_syntax: object, calling_ae: str,
+              sender: object) -> int:
+        """Check, seal and queue one received data set; the C-STORE status to answer.
 
         ``sender`` identifies the association for the stabiliser (``ActivityTracker``).
         """
@@ -264,49 +294,89 @@ class StorageSCP:
                         calling_ae=calling_ae)
             return STATUS_CANNOT_UNDERSTAND
         try:
-            meta, ds = read_header(tmp.path)
-        except BadInstance as exc:
-            log.warning("store_refused", reason="bad_header", detail=str(exc), sop_instance_uid=sop_uid_cmd,
-                        calling_ae=calling_ae)
+            with tmp.reader() as fh:
+                ds = read_dataset(fh)
+        except (BadInstance, OSError) as exc:
+            log.warning("store_refused", reason="bad_header", detail=str(exc) if isinstance(exc, BadInstance)
+                        else type(exc).__name__, sop_instance_uid=sop_uid_cmd, calling_ae=calling_ae)
             return STATUS_CANNOT_UNDERSTAND
-        with phi_values(meta.phi):
-            try:
-                check_geometry(ds, self.limits)
-            except LimitExceeded as exc:
+        try:
+            uids = header_uids(ds)
+            check_geometry(ds, self.limits)
+        except LimitExceeded as exc:
+            with phi_values(identifiers_of(ds)):
                 log.warning("store_refused", reason="limit_exceeded", limit=exc.limit, value=exc.value,
                             allowed=exc.allowed, sop_instance_uid=sop_uid_cmd, calling_ae=calling_ae)
-                return STATUS_CANNOT_UNDERSTAND
-            except BadInstance as exc:
+            return STATUS_CANNOT_UNDERSTAND
+        except BadInstance as exc:
+            with phi_values(identifiers_of(ds)):
                 log.warning("store_refused", reason="bad_header", detail=str(exc), sop_instance_uid=sop_uid_cmd,
                             calling_ae=calling_ae)
-                return STATUS_CANNOT_UNDERSTAND
-            if meta.sop_class_uid != str(abstract_syntax) or meta.sop_class_uid != clean_uid(command_sop_class):
-                log.warning("store_refused", reason="sop_class_mismatch", sop_class_uid=meta.sop_class_uid,
-                            abstract_syntax=str(abstract_syntax), sop_instance_uid=sop_uid_cmd,
-                            calling_ae=calling_ae)
-                return STATUS_SOP_CLASS_MISMATCH
-            if meta.sop_instance_uid != sop_uid_cmd:
-                log.warning("store_refused", reason="sop_instance_uid_mismatch",
-                            sop_instance_uid=sop_uid_cmd, calling_ae=calling_ae)
-                return STATUS_CANNOT_UNDERSTAND
-            try:
-                final = self.spool.commit(tmp.path, meta.study_uid, meta.series_uid,
-                                          meta.sop_instance_uid, fd=tmp.fileno())
-            except UnsafePath:
-                return STATUS_CANNOT_UNDERSTAND
-            except OSError as exc:
-                return self._resource_failure(exc, "commit")
-            own = calling_ae == self.own_ae or meta.own_output
-            failing = self.writer.failing
-            # The file is durable: its row is queued (and retried) whatever happens next.
-            self.writer.submit(InstanceRecord(meta, final, tmp.size, calling_ae, time.time(), own))
-            if failing:
-                # The index cannot be written now (e.g. the disk filled up under SQLite): tell
-                # the sender to retry so that it does not take the study as tracked.
-                return self._resource_failure(OSError("index writer failing"), "index")
-            if not own:
-                self.tracker.instance(sender, meta.study_uid)
-            return STATUS_SUCCESS
+            return STATUS_CANNOT_UNDERSTAND
+        if uids.sop_class_uid != str(abstract_syntax) or uids.sop_class_uid != clean_uid(command_sop_class):
+            log.warning("store_refused", reason="sop_class_mismatch", sop_class_uid=uids.sop_class_uid,
+                        abstract_syntax=str(abstract_syntax), sop_instance_uid=sop_uid_cmd, calling_ae=calling_ae)
+            return STATUS_SOP_CLASS_MISMATCH
+        if uids.sop_instance_uid != sop_uid_cmd:
+            log.warning("store_refused", reason="sop_instance_uid_mismatch", sop_instance_uid=sop_uid_cmd,
+                        calling_ae=calling_ae)
+            return STATUS_CANNOT_UNDERSTAND
+        own = calling_ae == self.own_ae or is_node_output(ds)
+        # Patient identifiers are looked up (to mask them in log lines) only where a line
+        # may quote the header: the refusals above; the rest logs UIDs, codes and numbers.
+        if isinstance(tmp, JournalEntry):
+            status = self._seal(tmp, ds, uids.study_uid, uids.series_uid, uids.sop_instance_uid,
+                                uids.sop_class_uid, str(transfer_syntax), calling_ae, own)
+        else:
+            status = self._commit(tmp, ds, calling_ae, own)
+        if status != STATUS_SUCCESS:
+            return status
+        if not own:
+            self.tracker.instance(sender, uids.study_uid)
+        return STATUS_SUCCESS
+
+    def _seal(self, entry: JournalEntry, ds: Dataset, study: str, series: str, sop: str, sop_class: str,
+              transfer_syntax: str, calling_ae: str, own: bool) -> int:
+        """The journal path: one fdatasync, the rest after the response (materialise.py)."""
+        info = RecordInfo(study, series, sop, sop_class, transfer_syntax, calling_ae, time.time_ns(),
+                          entry.size, entry.crc)
+        try:
+            self.spool.path_for(study, series, sop)  # validated again: they become a path
+            self.journal.seal(entry.segment, entry.offset, info)
+        except UnsafePath:
+            return STATUS_CANNOT_UNDERSTAND
+        except OSError as exc:
+            return self._resource_failure(exc, "commit")
+        finally:
+            entry.close()
+        failing = self.materialiser.failing or self.writer.failing
+        # The record is durable: it is materialised and indexed (and retried) whatever happens next.
+        self.materialiser.submit(Sealed(entry.segment, entry.offset, info, ds, own))
+        if failing:
+            # The spool or the index cannot be written now (e.g. the disk filled up): tell the
+            # sender to retry so that it does not take the study as tracked.
+            return self._resource_failure(OSError("spool or index writer failing"), "index")
+        return STATUS_SUCCESS
+
+    def _commit(self, tmp: SpoolTempFile, ds: Dataset, calling_ae: str, own: bool) -> int:
+        """The file path (fallback): fsync, rename, folder sync, then the index row."""
+        try:
+            meta = meta_from_dataset(ds)
+        except BadInstance as exc:
+            log.warning("store_refused", reason="bad_header", detail=str(exc), calling_ae=calling_ae)
+            return STATUS_CANNOT_UNDERSTAND
+        try:
+            final = self.spool.commit(tmp.path, meta.study_uid, meta.series_uid, meta.sop_instance_uid,
+                                      fd=tmp.fileno())
+        except UnsafePath:
+            return STATUS_CANNOT_UNDERSTAND
+        except OSError as exc:
+            return self._resource_failure(exc, "commit")
+        failing = self.writer.failing
+        self.writer.submit(InstanceRecord(meta, final, tmp.size, calling_ae, time.time(), own))
+        if failing:
+            return self._resource_failure(OSError("index writer failing"), "index")
+        return STATUS_SUCCESS
 
     def _resource_failure(self, exc: BaseException, stage: str) -> int:
         code = errno.errorcode.get(getattr(exc, "errno", None) or 0, None)

@@ -14,7 +14,7 @@ bounded by ``[limits]`` (see docs/SECURITY.md):
 * once admitted: pynetdicom runs the association with the bounded reader of
   ``_pynetdicom.FastDUL`` (PDU size, PDU and message deadlines, idle timeout);
 * at the end, whatever happened: the socket is closed, every temporary spool file still
-  open is closed and removed, the slot is given back, and one ``association`` log line says
+  open is closed and removed, the journal segment goes back to the pool, the slot is given back, and one ``association`` log line says
   how it ended.
 """
 
@@ -50,7 +50,8 @@ from aenode.receive.pdu import (
     parse_associate_header,
     reject_pdu,
 )
-from aenode.receive.spoolfile import SpoolTempFile
+from aenode.receive.spoolfile import JournalEntry, SpoolTempFile
+from aenode.store.journal import Journal, Segment
 
 if TYPE_CHECKING:
     from aenode.receive.scp import StorageSCP
@@ -98,6 +99,7 @@ class Connection:
     peer_port: int | None
     limits: LimitsConfig
     tmp_dir: Path
+    journal: Journal | None = None
     accepted_at: float = field(default_factory=time.monotonic)
     reader: PDUReader = field(init=False)
     admitted: bool = False
@@ -111,7 +113,8 @@ class Connection:
     instances: int = 0
     bytes: int = 0
     failures: int = 0
-    temp_files: list[SpoolTempFile] = field(default_factory=list)
+    temp_files: list[JournalEntry | SpoolTempFile] = field(default_factory=list)
+    segment: Segment | None = None   # this connection's journal segment, taken at its first data set
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -124,9 +127,25 @@ class Connection:
     def failed(self, exc: BaseException) -> None:
         self.outcome, self.reason = "failed", type(exc).__name__
 
-    def new_temp_file(self) -> SpoolTempFile:
-        f = SpoolTempFile(self.tmp_dir, self.limits.max_instance_bytes)
+    def new_temp_file(self) -> JournalEntry | SpoolTempFile:
+        """Where the next data set goes: this connection's journal segment, or a temporary
+        file when the previous data set is still being handled (a pipelining peer) or no
+        segment can be had (the file path then reports the error)."""
+        f: JournalEntry | SpoolTempFile | None = None
         with self._lock:
+            seg = self.segment
+            if self.journal is not None and (seg is None or seg.entry is None):
+                try:
+                    if seg is not None and seg.full:
+                        self.journal.give_back(seg, time.monotonic())
+                        seg = self.segment = None
+                    if seg is None:
+                        seg = self.segment = self.journal.take()
+                    f = seg.entry = JournalEntry(seg, self.limits.max_instance_bytes)
+                except OSError:
+                    f = None
+            if f is None:
+                f = SpoolTempFile(self.tmp_dir, self.limits.max_instance_bytes)
             self.temp_files = [t for t in self.temp_files if not t.closed]
             self.temp_files.append(f)
         return f
@@ -142,8 +161,12 @@ class Connection:
     def release_files(self) -> None:
         with self._lock:
             files, self.temp_files = self.temp_files, []
+            seg, self.segment = self.segment, None
         for f in files:
             f.discard()
+        if seg is not None and self.journal is not None:
+            seg.entry = None
+            self.journal.give_back(seg, time.monotonic())
 
 
 class AssociationServer(ThreadedAssociationServer):
@@ -223,7 +246,7 @@ class AssociationServer(ThreadedAssociationServer):
                     evict, _ = self._pending.popitem(last=False)
                     evict.evicted = True
                     self.counters["evicted_pending"] += 1
-                conn = Connection(request, peer, port, self.limits, self.tmp_dir)
+                conn = Connection(request, peer, port, self.limits, self.tmp_dir, self.scp.journal)
                 self._per_peer[peer] += 1
                 self._pending[conn] = None
                 self._by_socket[request] = conn

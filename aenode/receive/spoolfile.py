@@ -1,4 +1,11 @@
-"""The temporary file one received C-STORE data set is streamed into.
+"""Where one received C-STORE data set is streamed: a journal record, or a temporary file.
+
+:class:`JournalEntry` (the normal case) appends the data set to the connection's journal
+segment (``aenode/store/journal.py``) and computes its CRC32 on the way; the C-STORE
+handler seals it with one ``fdatasync``.  :class:`SpoolTempFile` is the fallback for a
+peer that starts a second data set before the first was answered (no asynchronous
+operations are negotiated, but a peer may misbehave): it goes the older way, fsync,
+rename and folder sync.
 
 pynetdicom writes the P-DATA fragments of a C-STORE data set to a "named temporary file"
 (see ``_pynetdicom.py``); the node gives it a :class:`SpoolTempFile` in the spool's
@@ -13,9 +20,14 @@ when the connection ends (a peer that drops in the middle of a C-STORE leaks not
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
+import zlib
 from pathlib import Path
+from typing import BinaryIO
+
+from aenode.store.journal import RECORD_HEADER, Segment
 
 
 class InstanceTooLarge(Exception):
@@ -64,6 +76,10 @@ class SpoolTempFile:
     def fileno(self) -> int:
         return self._fd
 
+    def reader(self) -> BinaryIO:
+        """The data set as received, to read its header."""
+        return open(self.name, "rb")  # noqa: SIM115 - the caller closes it
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
@@ -78,3 +94,94 @@ class SpoolTempFile:
             os.unlink(self.name)
         except OSError:
             pass
+
+
+class _Window(io.RawIOBase):
+    """Bytes ``[start, start + length)`` of a file descriptor, read with ``pread`` (the
+    header reader wraps it in a BufferedReader: few system calls, nothing else held)."""
+
+    name = "<journal record>"  # pydicom reads ``.name`` of a file object
+
+    def __init__(self, fd: int, start: int, length: int):
+        self._fd, self._start, self._length, self._pos = fd, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._length}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = min(len(buffer), self._length - self._pos)
+        if n <= 0:
+            return 0
+        got = os.preadv(self._fd, [memoryview(buffer)[:n]], self._start + self._pos)
+        self._pos += got
+        return got
+
+
+class JournalEntry:
+    """One data set streamed into a journal segment, quacking like ``SpoolTempFile``.
+
+    The payload goes to ``offset + RECORD_HEADER``; the header is written when the handler
+    seals the record (:meth:`aenode.store.journal.Segment.append`).  Until then the bytes
+    are not a record: an entry that is refused or dropped leaves nothing to replay."""
+
+    def __init__(self, segment: Segment, max_bytes: int):
+        self.segment = segment
+        self.offset = segment.cursor
+        self._pos = self.offset + RECORD_HEADER
+        self.max_bytes = max_bytes
+        self.error: OSError | InstanceTooLarge | None = None
+        self.size = 0
+        self.crc = 0
+        self.file = self
+        self.closed = False
+        # pynetdicom unlinks ``name`` after the handler: a path that never exists.
+        self.name = f"{segment.path}.{self.offset}.entry"
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        n = len(data)
+        self.size += n
+        if self.error is None:
+            if self.size > self.max_bytes:
+                self.error = InstanceTooLarge()
+            else:
+                try:
+                    with memoryview(data) as view:
+                        self.crc = zlib.crc32(view, self.crc)
+                        while view:
+                            written = os.pwrite(self.segment.fd, view, self._pos)
+                            self._pos += written
+                            view = view[written:]
+                except OSError as exc:
+                    self.error = exc
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def tell(self) -> int:
+        return self.size
+
+    def reader(self) -> BinaryIO:
+        return io.BufferedReader(_Window(self.segment.fd, self.offset + RECORD_HEADER, self.size),
+                                 buffer_size=64 * 1024)
+
+    def close(self) -> None:
+        """Sealed or refused: the connection may start the next entry."""
+        if not self.closed:
+            self.closed = True
+            if self.segment.entry is self:
+                self.segment.entry = None
+
+    def discard(self) -> None:
+        self.close()

@@ -307,6 +307,18 @@ class Index:
             values)
         return new
 
+    def received_times(self, sop_uids: Sequence[str]) -> dict[str, float]:
+        """Arrival time of each indexed instance among ``sop_uids`` (journal replay keeps a
+        record only if it is not older than what the index already holds)."""
+        out: dict[str, float] = {}
+        uids = list(sop_uids)
+        for k in range(0, len(uids), 500):
+            part = uids[k:k + 500]
+            out.update((r[0], float(r[1])) for r in self._db.query(
+                f"SELECT sop_instance_uid, received_at FROM instances WHERE sop_instance_uid IN"
+                f" ({','.join('?' * len(part))})", tuple(part)))
+        return out
+
     def known_instances(self) -> set[str]:
         return {r[0] for r in self._db.query("SELECT sop_instance_uid FROM instances")}
 

@@ -1,9 +1,13 @@
 """The durable spool: one DICOM file per SOP instance under the data directory.
 
 Layout: ``<data_dir>/spool/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``, built only
-from validated UIDs.  Incoming data is written to ``<data_dir>/spool/.tmp`` first and
-made durable with fsync(file), rename (atomic replace of an earlier copy of the same
-instance) and fsync(directory) before the sender hears "success".  Directory syncs are
+from validated UIDs.  Received instances are made durable in the receive journal first
+(``aenode/store/journal.py``) and written here after the response without a sync
+(:meth:`Spool.create_new`, :meth:`Spool.place`); the journal keeps them until one sync of
+the file system made the files durable.  The fallback path, and :meth:`Spool.write_bytes`,
+write to ``<data_dir>/spool/.tmp`` and make the file durable with fsync(file), rename
+(atomic replace of an earlier copy of the same instance) and fsync(directory) before the
+sender hears "success".  Directory syncs are
 coalesced (group commit): a thread that renamed into a folder waits for one fsync of that
 folder that *started after* its rename; concurrent associations writing the same series
 share one directory sync instead of queueing one each.
@@ -30,6 +34,7 @@ from pathlib import Path
 from aenode.store.uids import is_valid_uid
 
 TMP_NAME = ".tmp"
+JOURNAL_NAME = "journal"    # <data_dir>/journal: receive journal segments (aenode/store/journal.py)
 
 # Test hook: called with the path about to be committed; may raise OSError (e.g. ENOSPC).
 write_hook = None
@@ -97,6 +102,9 @@ class Spool:
         self.data_dir = Path(data_dir).resolve()
         self.root = self.data_dir / "spool"
         self.tmp_dir = self.root / TMP_NAME
+        # Outside the spool, so that the spool holds instance files only; shared by the
+        # nodes of a shared data_dir (segment names are unique per host and process).
+        self.journal_dir = self.data_dir / JOURNAL_NAME
         if node:
             self.tmp_dir = self.tmp_dir / re.sub(r"[^A-Za-z0-9._-]", "_", node)
         if slot:
@@ -134,6 +142,43 @@ class Spool:
         """Folders under ``directory`` may be gone (retention removed them)."""
         with self._lock:
             self._known_dirs = {d for d in self._known_dirs if not d.is_relative_to(directory)}
+
+    def place(self, tmp_path: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """Rename ``tmp_path`` (in :attr:`tmp_dir`) into place as the instance's spool file,
+        without any sync: for a file whose durability the receive journal guarantees until
+        one sync of the file system (``aenode/store/journal.py``).  Atomic replace, so a
+        reader sees the old copy or the new one, never a mix."""
+        final = self.path_for(study_uid, series_uid, sop_uid)
+        if write_hook is not None:
+            write_hook(final)
+        self._ensure_dir(final.parent)
+        try:
+            os.replace(tmp_path, final)
+        except FileNotFoundError:
+            self.forget_dir(final.parent)  # retention removed the folder since it was made
+            self._ensure_dir(final.parent)
+            os.replace(tmp_path, final)
+        return final
+
+    def create_new(self, study_uid: str, series_uid: str, sop_uid: str) -> tuple[int, Path] | None:
+        """Open the instance's spool file for writing if it does not exist yet (None: it
+        does; write a temporary file and :meth:`place` it, an atomic replace).  For the
+        receive journal's materialiser: the first copy of an instance is written in place,
+        one rename fewer; nothing reads it before its index row exists, and a crash in the
+        middle is repaired by the journal's replay (``aenode/store/journal.py``)."""
+        final = self.path_for(study_uid, series_uid, sop_uid)
+        if write_hook is not None:
+            write_hook(final)
+        self._ensure_dir(final.parent)
+        for _attempt in range(2):
+            try:
+                return os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), final
+            except FileExistsError:
+                return None
+            except FileNotFoundError:
+                self.forget_dir(final.parent)  # retention removed the folder since it was made
+                self._ensure_dir(final.parent)
+        return None
 
     def _ensure_dir(self, directory: Path) -> None:
         if directory in self._known_dirs:

@@ -184,22 +184,34 @@ def test_own_output_is_stored_never_analysed(node, tmp_path):
 
 
 def test_disk_full_via_hook_answers_a700_and_recovers(node, tmp_path, log_buffer):
-    study_uid = generate_uid()
-    path = save(ct_slice(study_uid, generate_uid(), 0), tmp_path / "full.dcm")
+    """The spool cannot be written (ENOSPC when a spool file is placed): an instance already
+    sealed in the journal is durable and answered 0x0000, later ones 0xA700 while the spool
+    stays full, and once it takes files again every sealed instance is materialised and indexed."""
+    from pynetdicom import AE
+
+    study_uid, series_uid = generate_uid(), generate_uid()
+    slices = [ct_slice(study_uid, series_uid, i) for i in range(2)]
 
     def full(_final):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(slices[0].SOPClassUID, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="AENODE")
+    assert assoc.is_established
     spool_mod.write_hook = full
     try:
-        r = storescu(node.port, path)
-        assert "outofresources" in (r.stdout + r.stderr).lower()  # 0xA700
+        assert assoc.send_c_store(slices[0]).Status == 0x0000  # sealed in the journal
+        wait_for(lambda: node.scp.materialiser.failing, timeout=10)
+        assert assoc.send_c_store(slices[1]).Status == 0xA700  # the sender is told to retry
         assert node.index.instances(study_uid) == []
     finally:
         spool_mod.write_hook = None
     assert '"store_out_of_resources"' in log_buffer.getvalue()
-    assert storescu(node.port, path).returncode == 0
-    assert len(node.index.instances(study_uid)) == 1
+    assert '"materialise_failed"' in log_buffer.getvalue()
+    wait_for(lambda: not node.scp.materialiser.failing, timeout=10)
+    assoc.release()
+    assert {r.sop_instance_uid for r in node.index.instances(study_uid)} == {ds.SOPInstanceUID for ds in slices}
 
 
 def test_disk_full_on_a_small_filesystem(tmp_path):
