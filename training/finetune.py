@@ -12,7 +12,8 @@ Steps: train (classification loss; with ``--init`` the shipped architecture's we
 the start and by default only the classification head moves, which is what a few hundred
 local studies can support), fit calibration (one temperature on the training logits,
 folded into the exported softmax), record the domain (range of the inputs' lung density
-and intensity statistics, ``training.json``; the node does not apply a domain gate yet),
+and intensity statistics, ``training.json``; the package keeps the reference's image-level
+domain checks and drops its feature-distance check, see ``export_package``),
 evaluate on the training studies, export ONNX, check it against torch, seal the sha256
 into ``model.toml`` and write a model card stub with the dataset's counts.
 
@@ -144,6 +145,11 @@ def export_package(model: nn.Module, out: Path, name: str, version: str, input_s
     text = re.sub(r'(?m)^sha256 = "[0-9a-f]*"', f'sha256 = "{digest}"', text, count=1)
     # This graph carries its own fitted temperature: the reference's must not apply on top.
     text = re.sub(r'(?m)^temperature = [0-9.]+', "temperature = 1.0", text, count=1)
+    # The reference's feature-distance check measures distance from the *phantom* training
+    # features and needs the reference graph's distance output, which this graph does not
+    # have: drop it (the image-level checks stay).  A fine-tuned model's own feature
+    # reference would need more studies than a fine-tuning set usually has (98 features).
+    text = re.sub(r'(?m)^feature_distance = .*\n', "", text, count=1)
     (out / "model.toml").write_text(text)
     return digest
 

@@ -1,9 +1,12 @@
-"""Reliability diagram of the calibration (MODEL_CARD.md "Calibration"), from the rows of
-training/calibrate_run.py and the temperature in training/calibration.json.
+"""Reliability diagram of the shipped model (MODEL_CARD.md "Calibration"), from the rows of
+training/evaluate.py (training/eval_results.json, probabilities as the node reports them,
+i.e. with the manifest's temperature) and that temperature (training/calibration_fit.json).
 
-    python training/reliability_figure.py training/calibration_rows_thin.json
+    python training/reliability_figure.py
 
-Kept apart from training/calibrate.py so that the fitting itself needs numpy/scipy only.
+The raw curve (T = 1) is recovered from the calibrated probabilities: softmax(log p / T) = q
+means p is proportional to q ** T.  Studies the domain gate refused are left out (they get
+no probabilities in service).
 """
 
 from __future__ import annotations
@@ -17,27 +20,27 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from calibrate import load, reliability, softmax_t  # noqa: E402
+from calibrate import PATTERNS, reliability  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("rows", nargs="+")
-    ap.add_argument("--calibration", default=str(HERE / "calibration.json"))
+    ap.add_argument("--rows", default=str(HERE / "eval_results.json"))
+    ap.add_argument("--calibration", default=str(HERE / "calibration_fit.json"))
     ap.add_argument("--out", default=str(HERE.parent / "models" / "covid-typicality" / "reliability.png"))
     args = ap.parse_args()
-    cal = json.loads(Path(args.calibration).read_text())
-    t = float(cal["temperature"])
-    lo, hi = cal["fit_seeds"]
-    raw, y, seeds, _ = load(args.rows)
-    test = (seeds < lo) | (seeds > hi)
-    raw, y = raw[test], y[test]
+    t = float(json.loads(Path(args.calibration).read_text())["temperature"])
+    rows = [r for r in json.loads(Path(args.rows).read_text())["rows"] if not r.get("out_of_domain")]
+    q = np.array([r["probabilities"] for r in rows], dtype=np.float64)
+    y = np.array([PATTERNS.index(r["pattern"]) for r in rows])
+    raw = np.clip(q, 1e-12, 1.0) ** t
+    raw /= raw.sum(axis=1, keepdims=True)
     fig, ax = plt.subplots(figsize=(5.2, 5.2), dpi=100)
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
-    for temp, colour, name in ((1.0, "tab:red", "raw (T = 1)"), (t, "tab:blue", f"calibrated (T = {t:.2f})")):
-        ece, table = reliability(softmax_t(raw, temp), y)
+    for p, colour, name in ((raw, "tab:red", "raw (T = 1)"), (q, "tab:blue", f"shipped (T = {t:.3f})")):
+        ece, table = reliability(p, y)
         conf = np.array([r["mean_confidence"] for r in table])
         acc = np.array([r["accuracy"] for r in table])
         n = np.array([r["n"] for r in table])
@@ -48,7 +51,7 @@ def main() -> None:
     ax.set_ylim(0.3, 1.02)
     ax.set_xlabel("confidence (top-class probability), bin mean")
     ax.set_ylabel("accuracy in bin")
-    ax.set_title(f"covid-typicality: held-out phantoms, n = {len(y)}\n(10 bins; labels: studies per bin)",
+    ax.set_title(f"covid-typicality 2.0.0: held-out phantoms, n = {len(y)}\n(10 bins; labels: studies per bin)",
                  fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
