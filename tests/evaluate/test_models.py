@@ -23,10 +23,10 @@ from tests.export.conftest import MODELS_DIR, NodeData, ingest, node_data  # noq
 def _two_versions(root: Path) -> Path:
     models = root / "models"
     shutil.copytree(MODELS_DIR / "covid-typicality", models / "covid-typicality")
-    newer = models / "covid-typicality-1.1.0"
+    newer = models / "covid-typicality-2.1.0"
     shutil.copytree(MODELS_DIR / "covid-typicality", newer)
     toml = newer / "model.toml"
-    toml.write_text(re.sub(r'(?m)^version = "1.0.0"', 'version = "1.1.0"', toml.read_text()))
+    toml.write_text(re.sub(r'(?m)^version = "2.0.0"', 'version = "2.1.0"', toml.read_text()))
     return models
 
 
@@ -41,28 +41,28 @@ def test_list_and_promote_with_rollback(tmp_path, capsys):
         return {f"{m['name']}@{m['version']}": m for m in doc["models"]}
 
     got = listed()
-    assert set(got) == {"covid-typicality@1.0.0", "covid-typicality@1.1.0"}
-    assert got["covid-typicality@1.1.0"]["active"] and not got["covid-typicality@1.0.0"]["active"]  # highest
-    assert got["covid-typicality@1.1.0"]["mode"] == "active"
+    assert set(got) == {"covid-typicality@2.0.0", "covid-typicality@2.1.0"}
+    assert got["covid-typicality@2.1.0"]["active"] and not got["covid-typicality@2.0.0"]["active"]  # highest
+    assert got["covid-typicality@2.1.0"]["mode"] == "active"
 
-    assert main(["models", "promote", "covid-typicality@1.0.0", "--config", str(cfg)]) == 0
+    assert main(["models", "promote", "covid-typicality@2.0.0", "--config", str(cfg)]) == 0
     assert "was" not in capsys.readouterr().out.split(";")[0]
-    assert listed()["covid-typicality@1.0.0"]["active"]
+    assert listed()["covid-typicality@2.0.0"]["active"]
     config = parse_config({"node": {"data_dir": str(tmp_path / "data")}, "model": {"path": str(models)}})
     registry = ModelRegistry.from_config(config)
-    assert [m.manifest.version for m in registry] == ["1.0.0"] and not registry.failed
+    assert [m.manifest.version for m in registry] == ["2.0.0"] and not registry.failed
 
-    assert main(["models", "promote", "covid-typicality@1.1.0", "--config", str(cfg)]) == 0   # and back
-    assert "(was 1.0.0)" in capsys.readouterr().out
+    assert main(["models", "promote", "covid-typicality@2.1.0", "--config", str(cfg)]) == 0   # and back
+    assert "(was 2.0.0)" in capsys.readouterr().out
     log = Promotions.for_data_dir(tmp_path / "data").log("covid-typicality")
-    assert [(p.version, p.previous) for p in log] == [("1.0.0", None), ("1.1.0", "1.0.0")]
+    assert [(p.version, p.previous) for p in log] == [("2.0.0", None), ("2.1.0", "2.0.0")]
     assert all(p.user for p in log)
 
     assert main(["models", "promote", "covid-typicality@9.9.9", "--config", str(cfg)]) == 2
     assert "not installed" in capsys.readouterr().err
     assert main(["models", "promote", "covid-typicality", "--config", str(cfg)]) == 2
     (models / "covid-typicality" / "model.onnx").write_bytes(b"broken")
-    assert main(["models", "promote", "covid-typicality@1.0.0", "--config", str(cfg)]) == 2
+    assert main(["models", "promote", "covid-typicality@2.0.0", "--config", str(cfg)]) == 2
     assert "sha256" in capsys.readouterr().err
 
 
@@ -107,16 +107,16 @@ def test_shadow_results_recorded_but_not_sent_or_alerted(node_data: NodeData, tm
 
 
 def test_candidate_version_in_shadow_beside_the_active_one(node_data: NodeData, tmp_path, capsys):  # noqa: F811
-    models = _two_versions(tmp_path)        # 1.1.0 active (highest), 1.0.0 the candidate here
+    models = _two_versions(tmp_path)        # 2.1.0 active (highest), 2.0.0 the candidate here
     data_dir = tmp_path / "data"
     raw = {"node": {"data_dir": str(data_dir)}, "model": {"path": str(models)},
-           "models": {"covid-typicality@1.0.0": {"mode": "shadow"}},
+           "models": {"covid-typicality@2.0.0": {"mode": "shadow"}},
            "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 11112}],
            "alerts": {"webhook": {"url": "http://127.0.0.1:9/hook", "insecure": True}}}
     config = parse_config(raw)
     registry = ModelRegistry.from_config(config)
     assert sorted((m.name, m.manifest.version) for m in registry) == [
-        ("covid-typicality", "1.1.0"), ("covid-typicality@1.0.0", "1.0.0")]
+        ("covid-typicality", "2.1.0"), ("covid-typicality@2.0.0", "2.0.0")]
     typical = next(p for p in (node_data.data_dir / "spool").iterdir() if p.name == "typical")
     index = Index.for_data_dir(data_dir)
     study_uid = ingest(index, typical, data_dir / "spool")
@@ -126,9 +126,9 @@ def test_candidate_version_in_shadow_beside_the_active_one(node_data: NodeData, 
     assert worker.process(claim.study_uid, claim.revision) == "analysed"
     results = {r.model: r for r in index.results(study_uid)}
     assert results["covid-typicality"].detail["mode"] == "active"
-    assert results["covid-typicality@1.0.0"].detail["mode"] == "shadow"
-    assert results["covid-typicality@1.0.0"].detail["result_uids"] == []
-    assert results["covid-typicality@1.0.0"].category == results["covid-typicality"].category == "typical"
+    assert results["covid-typicality@2.0.0"].detail["mode"] == "shadow"
+    assert results["covid-typicality@2.0.0"].detail["result_uids"] == []
+    assert results["covid-typicality@2.0.0"].category == results["covid-typicality"].category == "typical"
     assert {r.object_id for r in outbox.rows(study_uid=study_uid)} == set(results["covid-typicality"].detail["result_uids"])
     alerts = AlertWorker(config, index, outbox=outbox)
     assert alerts.decide_new() == 1          # the active version alerts on the webhook, the candidate does not
@@ -139,7 +139,7 @@ def test_candidate_version_in_shadow_beside_the_active_one(node_data: NodeData, 
 
     cfg = tmp_path / "aenode.toml"
     cfg.write_text(f'[node]\ndata_dir = "{data_dir}"\n[model]\npath = "{models}"\n'
-                   '[models."covid-typicality@1.0.0"]\nmode = "shadow"\n')
+                   '[models."covid-typicality@2.0.0"]\nmode = "shadow"\n')
     assert main(["models", "list", "--json", "--config", str(cfg)]) == 0
     listed = {f"{m['name']}@{m['version']}": m["mode"] for m in json.loads(capsys.readouterr().out)["models"]}
-    assert listed == {"covid-typicality@1.0.0": "shadow", "covid-typicality@1.1.0": "active"}
+    assert listed == {"covid-typicality@2.0.0": "shadow", "covid-typicality@2.1.0": "active"}
