@@ -6,9 +6,9 @@ So each package declares, in ``[domain]`` of its ``model.toml``, image-level sta
 its training data, and the engine measures them on every study from what the model
 already produces (its input tensor and its lung map; no second model, no extra pass):
 
-* ``lung_median_hu``: the median HU of the voxels inside the model's lung mask (phantom
-  lungs sit near -970 HU; real inflated lung near -850; soft tissue or a non-chest volume
-  far above);
+* ``lung_median_hu``: the median HU of the voxels inside the model's lung mask (inflated
+  lung, real or phantom, near -850 HU on the model grid; emphysema below; soft tissue or a
+  non-chest volume far above);
 * ``lung_volume_ml``: the volume of that mask (no lungs, half a chest, a non-chest scan).
 
 * ``feature_distance``: how far the study's deep features (what the classifier reads) lie
