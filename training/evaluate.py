@@ -83,14 +83,16 @@ def metrics(rows: list[dict]) -> dict:
         tn = cm.sum() - tp - fn - fp
         per_class[name] = {"sensitivity": tp / max(1, tp + fn), "specificity": tn / max(1, tn + fp),
                            "n": int(cm[i].sum())}
-    conf = p.max(1)
     correct = (yhat == y).astype(float)
+    # Calibration is measured on the studies that got probabilities (the gate withholds them)
+    kept = yhat >= 0
+    conf, hit = p[kept].max(1), correct[kept]
     bins = np.linspace(0, 1, 11)
     table, ece = [], 0.0
     for lo, hi in zip(bins[:-1], bins[1:]):
         sel = (conf > lo) & (conf <= hi)
         if sel.any():
-            acc, mc = float(correct[sel].mean()), float(conf[sel].mean())
+            acc, mc = float(hit[sel].mean()), float(conf[sel].mean())
             ece += sel.mean() * abs(acc - mc)
             table.append({"bin": f"{lo:.1f}-{hi:.1f}", "n": int(sel.sum()), "mean_confidence": mc, "accuracy": acc})
     brier = float(np.mean(np.sum((p - np.eye(k)[y]) ** 2, axis=1)))
