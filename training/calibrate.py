@@ -61,8 +61,11 @@ def fit_temperature(raw: np.ndarray, y: np.ndarray) -> float:
 
 
 def raw_rows(path: Path, t0: float) -> tuple[np.ndarray, np.ndarray]:
-    """(model output, labels) of the rows the gate let through, the temperature T0 undone."""
-    rows = [r for r in json.loads(path.read_text())["rows"] if not r.get("out_of_domain")]
+    """(model output, labels) of the rows the gate let through, their temperature undone
+    (the one recorded in the file, else ``t0``)."""
+    doc = json.loads(path.read_text())
+    t0 = float(doc.get("temperature", t0))
+    rows = [r for r in doc["rows"] if not r.get("out_of_domain")]
     q = np.clip(np.array([r["probabilities"] for r in rows], dtype=np.float64), 1e-12, 1.0) ** t0
     return q / q.sum(axis=1, keepdims=True), np.array([PATTERNS.index(r["pattern"]) for r in rows])
 
@@ -81,7 +84,9 @@ def main() -> None:
     raw_c, y_c = raw_rows(args.calibration_rows, t0)
     raw_e, y_e = raw_rows(args.evaluation_rows, t0)
     t = fit_temperature(raw_c, y_c)
-    doc = {"temperature": round(t, 3), "rows_temperature": t0, "calibration_studies": int(len(y_c)),
+    doc = {"temperature": round(t, 3), "rows_temperature": float(json.loads(args.calibration_rows.read_text())
+                                                                  .get("temperature", t0)),
+           "calibration_studies": int(len(y_c)),
            "evaluation_studies": int(len(y_e))}
     for name, raw, y in (("calibration", raw_c, y_c), ("evaluation", raw_e, y_e)):
         for label, temp in (("raw", 1.0), ("fitted", t)):

@@ -39,6 +39,12 @@ def _init() -> None:
     _model = Model(data.PACKAGE, providers=["cpu"], preprocess="sitk")
 
 
+def _manifest_temperature() -> float:
+    from aenode.infer.manifest import load_manifest
+
+    return float(load_manifest(data.PACKAGE).outputs.temperature)
+
+
 def _one(job: tuple[str, int]) -> dict:
     from aenode.phantom import generate_volume
     from aenode.phantom.acquisition import sample_acquisition
@@ -170,7 +176,9 @@ def main() -> None:
     m["seconds"] = time.time() - t
     m["seeds"] = [args.seed0, args.seed0 + args.per_pattern - 1]
     out = args.out
-    out.write_text(json.dumps({"metrics": m, "rows": rows}, indent=1))
+    # the temperature the rows' probabilities carry (training/calibrate.py undoes it)
+    temperature = _manifest_temperature()
+    out.write_text(json.dumps({"metrics": m, "rows": rows, "temperature": temperature}, indent=1))
     print(markdown(m))
     print(f"\n({len(rows)} studies in {m['seconds']:.0f} s; written to {out})")
 

@@ -62,7 +62,7 @@ def storescu(aet: str, port: int, folder: Path) -> float:
 
 def test_backfill_twenty_studies_from_orthanc(tmp_path):
     phantom = tmp_path / "phantom"
-    generate_study(phantom, "typical", seed=11, slices=64, slice_thickness=2.5, extra_series=False)
+    generate_study(phantom, "typical", seed=11, slices=64, slice_thickness=5.0, extra_series=False)
     first = dt.date(2024, 1, 3)
     dates = [first + dt.timedelta(days=9 * i) for i in range(N)]
     uids = copies(phantom, tmp_path / "pacs_in", dates)
@@ -141,7 +141,7 @@ def test_backfill_twenty_studies_from_orthanc(tmp_path):
         per_hour = N / done_s * 3600
         BENCH.parent.mkdir(exist_ok=True)
         note = (f"\n## Backfill (issue 14; measured by tests/backfill/test_backfill.py)\n"
-                f"{N} studies x 64 slices (512x512, 2.5 mm) from Orthanc, C-MOVE to the node, "
+                f"{N} studies x 64 slices (512x512, 5 mm) from Orthanc, C-MOVE to the node, "
                 f"--max-per-hour {RATE}: C-MOVEs done in {moved_s:.1f} s, all analysed after {done_s:.1f} s "
                 f"= {per_hour:.0f} studies/hour end to end. Anchor, same run: DCMTK storescu pushing the same "
                 f"{N} studies into Orthanc took {upload_s:.1f} s. Machine: {os.cpu_count()} cores, shared.\n")

@@ -57,7 +57,7 @@ def node_data(tmp_path_factory) -> NodeData:
     for i, pattern in enumerate(PATTERNS):
         pid = f"CNRYPID{i:03d}"
         gen = root / "gen" / pattern
-        generate_study(gen, pattern, seed=930_000 + i, slices=64, slice_thickness=2.5,
+        generate_study(gen, pattern, seed=930_000 + i, slices=128, slice_thickness=2.5,
                        extra_series=(i == 0), patient_name=CANARY_NAME, patient_id=pid)
         uid = ingest(index, gen, data_dir / "spool")
         studies[uid] = pattern

@@ -71,14 +71,14 @@ def test_export_layout_labels_and_no_identifiers(node_data, tmp_path, capsys):
         assert set(json.loads(r["ai_probabilities"])) == {"typical", "indeterminate", "atypical", "negative"}
         assert r["model"] == "covid-typicality" and r["model_version"] and r["mode"] == "active"
         assert r["age_band"] and r["sex"] in {"M", "F"} and r["slice_thickness_mm"] == "2.5"
-        assert r["scanner_model"] and int(r["instances"]) == 66   # 64 slices + the SR + the SEG
+        assert r["scanner_model"] and int(r["instances"]) == 130   # 128 slices + the SR + the SEG
         assert r["study_instance_uid"].startswith("2.25.") and r["study_instance_uid"] not in node_data.studies
     doc = json.loads((out / "dataset.json").read_text())
     assert doc["counts"]["studies"] == 4 and doc["counts"]["confirmed"] == 3
     assert [c["code"] for c in doc["profile"]["method_codes"]] == ["113100", "113107", "113108", "113105"]
 
     files = sorted(out.rglob("*.dcm"))
-    assert len(files) == 4 * 66
+    assert len(files) == 4 * 130
     forbidden = [b"CNRY", *(uid.encode() for uid in node_data.studies), b"CNRYPID"]
     classes = set()
     for f in files:
@@ -239,14 +239,14 @@ def test_send_to_research_archive(node_data, tmp_path, capsys):
         extra = (f'[[destinations]]\nname = "research"\nae_title = "RESEARCH"\nhost = "127.0.0.1"\n'
                  f"port = {archive.dicom_port}\n")
         got = _export(node_data, tmp_path, tmp_path / "sent", "--send", "research", capsys=capsys, extra=extra)
-        assert got["sent"] == {"sent": 4 * 66}
-        assert len(archive.instances()) == 4 * 66
+        assert got["sent"] == {"sent": 4 * 130}
+        assert len(archive.instances()) == 4 * 130
         for tags in archive.all_tags()[:20]:
             assert "CNRY" not in json.dumps(tags)
             assert tags["PatientIdentityRemoved"] == "YES"
         # A second send enqueues nothing new (the outbox keys on the exported SOP UID).
         again = _export(node_data, tmp_path, tmp_path / "sent", "--send", "research", capsys=capsys, extra=extra)
-        assert again["sent"] == {"sent": 4 * 66} and len(archive.instances()) == 4 * 66
+        assert again["sent"] == {"sent": 4 * 130} and len(archive.instances()) == 4 * 130
     finally:
         archive.stop()
 
@@ -258,8 +258,8 @@ def test_send_over_dicomweb(node_data, tmp_path, capsys):
                  f'url = "{archive.dicomweb_url}"\ninsecure = true\n')
         got = _export(node_data, tmp_path, tmp_path / "sent-web", "--confirmed-only", "--send", "research-web",
                       capsys=capsys, extra=extra)
-        assert got["studies"] == 3 and got["sent"] == {"sent": 3 * 66}
-        assert len(archive.instances()) == 3 * 66
+        assert got["studies"] == 3 and got["sent"] == {"sent": 3 * 130}
+        assert len(archive.instances()) == 3 * 130
         assert {t["PatientIdentityRemoved"] for t in archive.all_tags()[:10]} == {"YES"}
     finally:
         archive.stop()

@@ -19,7 +19,7 @@ def typical_study(tmp_path_factory) -> Path:
     from aenode.phantom import generate_study
 
     d = tmp_path_factory.mktemp("typical") / "study"
-    generate_study(d, "typical", seed=900_101, slice_thickness=2.5, slices=72, extra_series=False)
+    generate_study(d, "typical", seed=900_101, slice_thickness=2.5, slices=128, extra_series=False)
     return d
 
 

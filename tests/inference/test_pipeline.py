@@ -33,17 +33,23 @@ def _classify(studies, models) -> list[tuple[str, str]]:
     return out
 
 
-def test_heldout_accuracy(heldout_studies, models):
-    results = _classify(heldout_studies, models)
-    correct = sum(p == c for p, c in results)
-    assert correct / len(results) >= 0.9, results
+def _check_accuracy(results: list[tuple[str, str]]) -> None:
+    """The model card (2.0.0): 0.900 over 400 held-out studies, the alerting classes
+    (typical, indeterminate) 0.99 each, the errors atypical vs negative.  A sample of 20
+    studies moves by about +-0.07, so: every alerting study right, and at least 0.8."""
+    alerting = [(p, c) for p, c in results if p in ("typical", "indeterminate")]
+    assert all(p == c for p, c in alerting), results
+    assert sum(p == c for p, c in results) / len(results) >= 0.8, results
     assert {p for p, _ in results} == set(PATTERNS)
+
+
+def test_heldout_accuracy(heldout_studies, models):
+    _check_accuracy(_classify(heldout_studies, models))
 
 
 @pytest.mark.slow
 def test_heldout_accuracy_large(tmp_path, models):
-    results = _classify(_generate(tmp_path, PER_PATTERN_SLOW), models)
-    assert sum(p == c for p, c in results) / len(results) >= 0.9, results
+    _check_accuracy(_classify(_generate(tmp_path, PER_PATTERN_SLOW), models))
 
 
 def _run_cli(args, capsys) -> tuple[int, str]:
@@ -62,7 +68,9 @@ def test_predict_cli_json(heldout_studies, capsys):
     assert set(covid["probabilities"]) == set(PATTERNS)
     assert covid["selection"]["selected"]["slice_thickness_mm"] == 2.5
     reasons = " | ".join(s["reason"] for s in covid["selection"]["skipped"])
-    assert "localizer" in reasons and "slice thickness 5 mm" in reasons and "SOP class" in reasons
+    # 0.5-5 mm are eligible since 2.0.0; the thinner series is preferred over the 5 mm one
+    assert "localizer" in reasons and "SOP class" in reasons
+    assert "eligible, but series AXIAL 2.5mm LUNG is preferred" in reasons
     assert covid["involvement_percent"] > 0
     inv = next(m for m in doc["models"] if m["model"] == "lung-involvement")
     assert inv["state"] == "analysed"
@@ -78,15 +86,22 @@ def test_predict_cli_errors(heldout_studies, tmp_path, capsys):
     assert main(["predict", str(tmp_path / "missing")]) == 2
     capsys.readouterr()
 
-    # only a localizer and a thick series: skipped, with the reasons
+    # only a localizer and a dose report: skipped, with the reasons
     src = next(s for s in heldout_studies if s[0] == "negative")[2]
     only = tmp_path / "only"
-    for sub in ("001_localizer", "003_axial_thick"):
+    for sub in ("001_localizer", "997_dose_report"):
         shutil.copytree(src / sub, only / sub)
     code, out = _run_cli([str(only), "--json", "--model", "covid-typicality"], capsys)
     doc = json.loads(out)
     assert code == 1 and doc["state"] == "skipped"
-    assert "localizer" in doc["reason"] and "slice thickness 5 mm outside 0.5-3 mm" in doc["reason"]
+    assert "localizer" in doc["reason"] and "SOP class" in doc["reason"]
+    # the 5 mm series alone is analysed (trained on 0.6-5 mm since 2.0.0)
+    thick = tmp_path / "thick"
+    shutil.copytree(src / "003_axial_thick", thick / "t")
+    code, out = _run_cli([str(thick), "--json", "--model", "covid-typicality"], capsys)
+    doc = json.loads(out)
+    assert code == 0 and doc["state"] == "analysed"
+    assert doc["models"][0]["selection"]["selected"]["slice_thickness_mm"] == 5.0
 
     # a corrupt file in the analysed series: error with the file named, exit 1
     bad = tmp_path / "bad"
@@ -164,16 +179,16 @@ def test_worker_flows_and_survives_corrupt_series(heldout_studies, models, tmp_p
     state, reason = index.finished["bad"]
     assert state == "error" and victim.name in reason and "pixel data" in reason
     state, reason = index.finished["thick"]
-    # the classifier skips the 5 mm series; the involvement model accepts it
+    # both models accept the 5 mm series (0.5-5 mm since 2.0.0)
     assert state == "analysed"
     by_study = {(r[0], r[1]): r for r in index.results}
     assert by_study[("good", "covid-typicality")][2] == "typical"
-    assert ("thick", "covid-typicality") not in by_study and ("thick", "lung-involvement") in by_study
+    assert ("thick", "covid-typicality") in by_study and ("thick", "lung-involvement") in by_study
     assert ds.SOPInstanceUID  # the victim was a real instance
 
 
 def test_worker_with_store_index(heldout_studies, models, tmp_path):
-    src = next(s for s in heldout_studies if s[0] == "negative")[2]
+    src = [s for s in heldout_studies if s[0] == "typical"][1][2]  # one without the extra series
     data_dir = tmp_path / "data"
     shutil.copytree(src, data_dir / "spool" / "study", ignore=shutil.ignore_patterns("ground_truth"))
     index = Index.for_data_dir(data_dir)
@@ -187,7 +202,7 @@ def test_worker_with_store_index(heldout_studies, models, tmp_path):
     claim = index.claim_next_complete("test")
     assert worker.process(claim.study_uid, claim.revision) == "analysed"
     results = {r.model: r for r in index.results(study_uid)}
-    assert results["covid-typicality"].category == "negative"
+    assert results["covid-typicality"].category == "typical"
     assert set(results["covid-typicality"].probabilities) == set(PATTERNS)
     assert index.study(study_uid).state == "analysed"
     index.close()
