@@ -29,6 +29,7 @@ import time
 from collections import deque
 
 from aenode.logs import get_logger
+from aenode.receive._flush import wait_until
 from aenode.store.index import Index, InstanceRecord
 
 log = get_logger("aenode.receive")
@@ -86,14 +87,10 @@ class IndexWriter:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._submitted
-            while self._committed < target:
-                if self._thread is None or not self._thread.is_alive() or self._failing is not None:
-                    return False
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
+            return wait_until(self._cond, lambda: self._committed >= target, self._healthy, deadline)
+
+    def _healthy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._failing is None
 
     def stop(self, timeout: float = 10.0) -> None:
         """Commit what is queued (within ``timeout``; at once while failing: start-up

@@ -41,6 +41,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from aenode.logs import PHI_KEYWORDS, get_logger
+from aenode.receive._flush import wait_until
 from aenode.receive.indexer import IndexWriter
 from aenode.store.index import Index, InstanceRecord
 from aenode.store.journal import ORPHAN_SCAN_SECONDS, RECORD_HEADER, Journal, RecordInfo, Segment, sync_file_system
@@ -128,14 +129,12 @@ class Materialiser:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._submitted
-            while self._done < target:
-                if self._thread is None or not self._thread.is_alive() or self._failing is not None:
-                    return False
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left)
+            if not wait_until(self._cond, lambda: self._done >= target, self._healthy, deadline):
+                return False
         return self.writer.flush(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def _healthy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._failing is None
 
     # ---- the thread ------------------------------------------------------------------
 
