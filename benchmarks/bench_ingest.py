@@ -39,6 +39,8 @@ from machine import cpu_name
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from aenode.store.spool import fsync_dir  # the node's own: what its durability costs
+
 STORESCU = "/usr/bin/storescu"   # not a pyenv shim of pynetdicom's app
 STORESCP = "/usr/bin/storescp"
 ECHOSCU = "/usr/bin/echoscu"
@@ -238,13 +240,6 @@ def fsync_cost(folder: Path, samples: int = 60) -> dict:
     shutil.rmtree(d, ignore_errors=True)
     (d / "tmp").mkdir(parents=True)
     (d / "dst").mkdir()
-
-    def fsync_dir(p: Path) -> None:
-        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     stride = (len(data) + 512 + 4095) // 4096 * 4096
     segment = os.open(d / "segment", os.O_RDWR | os.O_CREAT, 0o600)

@@ -29,7 +29,7 @@ import time
 from collections import deque
 
 from aenode.logs import get_logger
-from aenode.receive._flush import wait_until
+from aenode.receive._flush import BackgroundWorker
 from aenode.store.index import Index, InstanceRecord
 
 log = get_logger("aenode.receive")
@@ -39,26 +39,17 @@ MAX_QUEUED = 100_000       # beyond this, rows are dropped (start-up reconciliat
 RETRY_SECONDS = 0.5
 
 
-class IndexWriter:
+class IndexWriter(BackgroundWorker):
     """One thread committing queued :class:`InstanceRecord` rows in batches."""
 
     def __init__(self, index: Index, *, max_batch: int = MAX_BATCH, retry_seconds: float = RETRY_SECONDS):
+        super().__init__()       # _submitted: rows ever submitted
         self.index = index
         self.max_batch = max_batch
         self.retry_seconds = retry_seconds
-        self._cond = threading.Condition()
         self._queue: deque[InstanceRecord] = deque()
-        self._submitted = 0      # rows ever submitted
         self._committed = 0      # rows ever committed (or dropped), in submission order
-        self._failing: BaseException | None = None
-        self._stopping = False
-        self._thread: threading.Thread | None = None
         self.batches = 0         # commits made (for tests and figures)
-
-    @property
-    def failing(self) -> bool:
-        """True while the last commit failed (rows are queued for retry)."""
-        return self._failing is not None
 
     def start(self) -> None:
         with self._cond:
@@ -87,21 +78,13 @@ class IndexWriter:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._submitted
-            return wait_until(self._cond, lambda: self._committed >= target, self._healthy, deadline)
-
-    def _healthy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self._failing is None
+            return self._wait_until(lambda: self._committed >= target, deadline)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Commit what is queued (within ``timeout``; at once while failing: start-up
         reconciliation indexes the rest), then end the thread."""
         self.flush(timeout)
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout)
+        self._end_thread(timeout)
 
     def _run(self) -> None:
         while True:

@@ -41,12 +41,12 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from aenode.logs import PHI_KEYWORDS, get_logger
-from aenode.receive._flush import wait_until
+from aenode.receive._flush import BackgroundWorker
 from aenode.receive.indexer import IndexWriter
 from aenode.store.index import Index, InstanceRecord
 from aenode.store.journal import ORPHAN_SCAN_SECONDS, RECORD_HEADER, Journal, RecordInfo, Segment, sync_file_system
 from aenode.store.meta import BadInstance, InstanceHeader, meta_from_dataset, read_meta
-from aenode.store.spool import Spool, UnsafePath, _unique
+from aenode.store.spool import Spool, UnsafePath
 
 log = get_logger("aenode.receive")
 
@@ -66,26 +66,18 @@ class Sealed:
     own: bool
 
 
-class Materialiser:
+class Materialiser(BackgroundWorker):
     def __init__(self, journal: Journal, spool: Spool, writer: IndexWriter, own_ae: str):
+        super().__init__()
         self.journal = journal
         self.spool = spool
         self.writer = writer
         self.own_ae = own_ae
-        self._cond = threading.Condition()
         self._queue: deque[Sealed] = deque()
-        self._submitted = 0
         self._done = 0
-        self._failing: BaseException | None = None
-        self._stopping = False
-        self._thread: threading.Thread | None = None
         self._next_scan = 0.0
         self._maintenance_error: OSError | None = None
         self.replayed = 0          # records materialised by replays (tests, figures)
-
-    @property
-    def failing(self) -> bool:
-        return self._failing is not None
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -104,12 +96,7 @@ class Materialiser:
         """Materialise what is queued, make it durable and reset the segments (a clean stop
         leaves nothing to replay), then end the thread and let the segments go."""
         self.flush(timeout)
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout)
+        self._end_thread(timeout)
         if not self.failing:
             try:
                 self._retire(idle_seconds=0.0)
@@ -129,12 +116,9 @@ class Materialiser:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._submitted
-            if not wait_until(self._cond, lambda: self._done >= target, self._healthy, deadline):
+            if not self._wait_until(lambda: self._done >= target, deadline):
                 return False
         return self.writer.flush(None if deadline is None else max(0.0, deadline - time.monotonic()))
-
-    def _healthy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self._failing is None
 
     # ---- the thread ------------------------------------------------------------------
 
@@ -208,23 +192,10 @@ class Materialiser:
         created = self.spool.create_new(info.study_uid, info.series_uid, info.sop_instance_uid)
         if created is not None:
             fd, final = created
-            try:
-                _copy(seg.fd, offset + RECORD_HEADER, info.length, fd)
-            except BaseException:
-                os.close(fd)
-                os.unlink(final)
-                raise
-            os.close(fd)
+            _copy_into(seg, offset, info, fd, final)
             return final
-        tmp = self.spool.tmp_dir / f"{info.sop_instance_uid}.{_unique()}.part"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            _copy(seg.fd, offset + RECORD_HEADER, info.length, fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
+        tmp = self.spool.tmp_path(info.sop_instance_uid)
+        _copy_into(seg, offset, info, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), tmp)
         try:
             return self.spool.place(tmp, info.study_uid, info.series_uid, info.sop_instance_uid)
         except BaseException:
@@ -307,6 +278,18 @@ def _copy(src_fd: int, src: int, length: int, dst_fd: int) -> None:
                 raise OSError(errno.EIO, "journal record shorter than its header") from None
             os.write(dst_fd, chunk)
             src, left = src + len(chunk), left - len(chunk)
+
+
+def _copy_into(seg: Segment, offset: int, info: RecordInfo, fd: int, path: Path) -> None:
+    """The record's payload into ``fd`` (a new file at ``path``), which is closed; on any
+    failure the partial file is removed."""
+    try:
+        _copy(seg.fd, offset + RECORD_HEADER, info.length, fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
 
 
 def _minimal(info: RecordInfo) -> InstanceHeader:

@@ -34,7 +34,40 @@ class InstanceTooLarge(Exception):
     """The data set exceeded ``max_instance_bytes`` (the rest was discarded)."""
 
 
-class SpoolTempFile:
+class _LimitedSink:
+    """What both sinks below do with pynetdicom's writes: count every byte, keep at most
+    ``max_bytes`` (past it, or after a write error, the rest is discarded and ``error``
+    says why, so the handler answers with a refusal instead of the association failing)."""
+
+    max_bytes: int
+    error: OSError | InstanceTooLarge | None
+    size: int
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        n = len(data)
+        self.size += n
+        if self.error is None:
+            if self.size > self.max_bytes:
+                self.error = InstanceTooLarge()
+            else:
+                try:
+                    with memoryview(data) as view:
+                        self._put(view)
+                except OSError as exc:
+                    self.error = exc
+        return n
+
+    def _put(self, view: memoryview) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        pass
+
+    def tell(self) -> int:
+        return self.size
+
+
+class SpoolTempFile(_LimitedSink):
     """Quacks like the ``NamedTemporaryFile`` pynetdicom writes a received data set to."""
 
     def __init__(self, directory: Path, max_bytes: int, suffix: str = ".dcm"):
@@ -51,27 +84,10 @@ class SpoolTempFile:
     def path(self) -> Path:
         return Path(self.name)
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        n = len(data)
-        self.size += n
-        if self.error is None:
-            if self.size > self.max_bytes:
-                self.error = InstanceTooLarge()
-            else:
-                try:
-                    with memoryview(data) as view:
-                        while view:
-                            written = os.write(self._fd, view)
-                            view = view[written:]
-                except OSError as exc:
-                    self.error = exc
-        return n
-
-    def flush(self) -> None:
-        pass
-
-    def tell(self) -> int:
-        return self.size
+    def _put(self, view: memoryview) -> None:
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
 
     def fileno(self) -> int:
         return self._fd
@@ -128,7 +144,7 @@ class _Window(io.RawIOBase):
         return got
 
 
-class JournalEntry:
+class JournalEntry(_LimitedSink):
     """One data set streamed into a journal segment, quacking like ``SpoolTempFile``.
 
     The payload goes to ``offset + RECORD_HEADER``; the header is written when the handler
@@ -148,29 +164,12 @@ class JournalEntry:
         # pynetdicom unlinks ``name`` after the handler: a path that never exists.
         self.name = f"{segment.path}.{self.offset}.entry"
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        n = len(data)
-        self.size += n
-        if self.error is None:
-            if self.size > self.max_bytes:
-                self.error = InstanceTooLarge()
-            else:
-                try:
-                    with memoryview(data) as view:
-                        self.crc = zlib.crc32(view, self.crc)
-                        while view:
-                            written = os.pwrite(self.segment.fd, view, self._pos)
-                            self._pos += written
-                            view = view[written:]
-                except OSError as exc:
-                    self.error = exc
-        return n
-
-    def flush(self) -> None:
-        pass
-
-    def tell(self) -> int:
-        return self.size
+    def _put(self, view: memoryview) -> None:
+        self.crc = zlib.crc32(view, self.crc)
+        while view:
+            written = os.pwrite(self.segment.fd, view, self._pos)
+            self._pos += written
+            view = view[written:]
 
     def reader(self) -> BinaryIO:
         return io.BufferedReader(_Window(self.segment.fd, self.offset + RECORD_HEADER, self.size),

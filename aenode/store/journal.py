@@ -45,7 +45,6 @@ import ctypes.util
 import errno
 import fcntl
 import os
-import socket
 import struct
 import threading
 import time
@@ -55,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aenode.logs import get_logger
+from aenode.store.spool import fsync_dir, writer_id
 
 log = get_logger("aenode.store")
 
@@ -76,8 +76,6 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def _unique() -> str:
-    return f"{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}"
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -181,7 +179,7 @@ class Segment:
         """A new segment, preallocated (``posix_fallocate``: no size change on sync).  Its
         first use still converts unwritten extents at each sync; reused, it no longer does."""
         for _attempt in range(100):
-            path = directory / f"{_unique()}.{os.urandom(4).hex()}{SUFFIX}"
+            path = directory / f"{writer_id()}.{os.urandom(4).hex()}{SUFFIX}"
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
@@ -197,7 +195,7 @@ class Segment:
             seg = cls(path, fd, 0)
             seg._new_generation(sync=False)
             os.fsync(fd)
-            _fsync_dir(directory)
+            fsync_dir(directory)
             return seg
         except BaseException:
             os.close(fd)
@@ -310,12 +308,6 @@ class Segment:
         self.close()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Journal:

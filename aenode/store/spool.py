@@ -40,8 +40,8 @@ JOURNAL_NAME = "journal"    # <data_dir>/journal: receive journal segments (aeno
 write_hook = None
 
 
-def _unique() -> str:
-    """Unique among the writers of a shared spool: host, process, thread."""
+def writer_id() -> str:
+    """Unique among the writers of a shared spool (and its journal): host, process, thread."""
     return f"{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}"
 
 
@@ -229,7 +229,7 @@ class Spool:
             if exc.errno != errno.EXDEV:
                 raise
             # The temporary file lives on another file system: copy next to the target.
-            staged = final.with_name(f"{final.name}.{_unique()}.part")  # never another node's
+            staged = final.with_name(f"{final.name}.{writer_id()}.part")  # never another node's
             shutil.copyfile(tmp_path, staged)
             fd3 = os.open(staged, os.O_RDONLY)
             try:
@@ -255,11 +255,15 @@ class Spool:
                 if group.users == 0:
                     self._dir_syncs.pop(directory, None)
 
+    def tmp_path(self, sop_uid: str) -> Path:
+        """A temporary name for one instance in this writer's folder (never another node's)."""
+        return self.tmp_dir / f"{sop_uid}.{writer_id()}.part"
+
     def write_bytes(self, data: bytes, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """Durably store an instance given as bytes (DICOM file format)."""
         self.path_for(study_uid, series_uid, sop_uid)  # validate before anything is written
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp_dir / f"{sop_uid}.{_unique()}.part"
+        tmp = self.tmp_path(sop_uid)
         try:
             with open(tmp, "wb") as fh:
                 fh.write(data)
