@@ -323,6 +323,18 @@ def _coarse_trilinear(cl: CoarseLung, arr: np.ndarray, z, y, x) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def _ball(grid: Grid, cv: Canvas, c: np.ndarray, ro: float, pv: float):
+    """(slices, distance from ``c`` in mm, partial-volume weight of the sphere of radius
+    ``ro``) over the sphere's bounding box, or None when it misses the grid."""
+    m = ro + pv
+    sl = grid.bbox(c - m, c + m)
+    if sl is None:
+        return None
+    z, y, x = cv.coords(sl)
+    d = np.sqrt((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2)
+    return sl, d, np.clip((ro - d) / pv + 0.5, 0, 1)
+
+
 def rasterize(plan: Plan, cl: CoarseLung, grid: Grid) -> Canvas:
     cv = Canvas(grid)
     pv = cv.pv
@@ -364,24 +376,18 @@ def rasterize(plan: Plan, cl: CoarseLung, grid: Grid) -> Canvas:
             cv.put(sl, np.clip((r - d) / pv + 0.5, 0, 1), level, lab)
         elif kind == "rhalo":
             _, c, ro, wall, level = pr
-            m = ro + pv
-            sl = grid.bbox(c - m, c + m)
-            if sl is None:
+            ball = _ball(grid, cv, c, ro, pv)
+            if ball is None:
                 continue
-            z, y, x = cv.coords(sl)
-            d = np.sqrt((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2)
-            w = np.clip((ro - d) / pv + 0.5, 0, 1)
+            sl, d, w = ball
             ring = d >= ro - wall
             cv.put(sl, w, np.where(ring, 10.0, level).astype(np.float32), np.where(ring, 3, 1).astype(np.uint8))
         elif kind == "cavity":
             _, c, ro, wall, lab = pr
-            m = ro + pv
-            sl = grid.bbox(c - m, c + m)
-            if sl is None:
+            ball = _ball(grid, cv, c, ro, pv)
+            if ball is None:
                 continue
-            z, y, x = cv.coords(sl)
-            d = np.sqrt((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2)
-            w = np.clip((ro - d) / pv + 0.5, 0, 1)
+            sl, d, w = ball
             hu = np.where(d < ro - wall, -1000.0, 28.0).astype(np.float32)
             w = np.where(d < ro - wall, 1.0, w)
             cv.put(sl, w, hu, lab)
