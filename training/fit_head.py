@@ -20,8 +20,11 @@ import data
 import numpy as np
 import torch
 import torch.nn.functional as F
+from calibrate import fit_temperature
 from net import TypicalityNet, distances, domain_reference
 from train import RUNS, augment
+
+from aenode.infer.domain import lung_hu
 
 
 def feats(net, xs, segs, rng, aug: bool) -> torch.Tensor:
@@ -114,34 +117,21 @@ def main() -> None:
     print(f"final.pt written; val acc {acc:.3f}; {time.time() - t0:.0f} s", flush=True)
 
 
-def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
-    """The one T minimising the held-out NLL of softmax(logits / T) (Guo et al. 2017)."""
-    log_t = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float(log_t.exp())
-
-
-def image_stats(net: TypicalityNet, xs: np.ndarray, window=(-1000.0, 300.0), voxel_ml: float = 0.045) -> np.ndarray:
-    """(median lung HU, lung volume ml) per held-out sample, measured as the node's domain
-    gate measures them (aenode.infer.domain: model input and the model's own lung map)."""
+def image_stats(net: TypicalityNet, xs: np.ndarray) -> np.ndarray:
+    """(median lung HU, lung volume ml) per held-out sample, measured with the node's own
+    domain-gate code (aenode.infer.domain.lung_hu: model input and the model's lung map)."""
+    prep, _size = data.prep_and_shape()
+    voxel_ml = float(np.prod(prep.spacing_mm)) / 1000.0
     dev = next(net.parameters()).device
     out = []
     with torch.no_grad():
         for i in range(0, len(xs), 8):
             xb = torch.from_numpy(xs[i:i + 8].astype(np.float32))[:, None].to(dev)
             _, _, lesion, lung = net(xb)
-            mask = (lung > 0.5) | (lesion > 0.5)
-            for j in range(len(xb)):
-                hu = xb[j][mask[j]] * (window[1] - window[0]) + window[0]
-                out.append((float(hu.median()) if hu.numel() else float("nan"), float(mask[j].sum()) * voxel_ml))
+            masks = ((lung > 0.5) | (lesion > 0.5)).cpu().numpy()
+            for x, mask in zip(xb.cpu().numpy(), masks):
+                hu = lung_hu(x, mask, prep)
+                out.append((float(np.median(hu)) if hu.size else float("nan"), float(mask.sum()) * voxel_ml))
     return np.array(out)
 
 
@@ -156,7 +146,8 @@ def reference(ftr: torch.Tensor, fva: torch.Tensor, val_logits: torch.Tensor, yv
     # percentile of the validation distances (the model card reports the rate measured on
     # the separate evaluation set).
     limit = 1.25 * float(torch.quantile(d_va, 0.995))
-    t = fit_temperature(val_logits.float(), yva)
+    # a first temperature; training/calibrate.py fits the shipped one on scanner-resolution studies
+    t = fit_temperature(torch.softmax(val_logits.double(), dim=1).numpy(), yva.numpy())
     # Image-level ranges: the held-out spread with a margin (40 HU; volume x0.8 / x1.25),
     # widened to at least the previous package's ranges so that a shorter (150 mm) coverage
     # the selection accepts is not refused for its volume alone.

@@ -93,12 +93,17 @@ class TypicalityNet(nn.Module):
                             F.adaptive_avg_pool3d(d2, 1).flatten(1), feats, typed], dim=1)
         return pooled, seg, probs
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(class logits, seg logits at half resolution, lesion prob, lung prob at full resolution)."""
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """:meth:`forward`'s outputs and, last, the pooled features the classifier read."""
         pooled, seg, probs = self.features(x)
         logits = self.cls(pooled)
         full = F.interpolate(probs[:, :2], scale_factor=2.0, mode="trilinear", align_corners=False)
-        return logits, seg, full[:, 1:2], full[:, 0:1]
+        return logits, seg, full[:, 1:2], full[:, 0:1], pooled
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(class logits, seg logits at half resolution, lesion prob, lung prob at full resolution)."""
+        logits, seg, lesion, lung, _ = self.forward_with_features(x)
+        return logits, seg, lesion, lung
 
 
 class Exported(nn.Module):
@@ -121,10 +126,8 @@ class Exported(nn.Module):
             self.register_buffer("whiten", whiten.float())
 
     def forward(self, ct: torch.Tensor):
-        pooled, _seg, probs = self.net.features(ct)
-        logits = self.net.cls(pooled)
-        full = F.interpolate(probs[:, :2], scale_factor=2.0, mode="trilinear", align_corners=False)
-        out = (torch.softmax(logits, dim=1), full[:, 1:2], full[:, 0:1])
+        logits, _seg, lesion, lung, pooled = self.net.forward_with_features(ct)
+        out = (torch.softmax(logits, dim=1), lesion, lung)
         if self.with_distance:
             z = (pooled - self.mean) @ self.whiten
             out = out + (torch.sqrt((z * z).sum(dim=1, keepdim=True)),)
