@@ -60,14 +60,14 @@ def fit_temperature(raw: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
-def raw_rows(path: Path, t0: float) -> tuple[np.ndarray, np.ndarray]:
-    """(model output, labels) of the rows the gate let through, their temperature undone
-    (the one recorded in the file, else ``t0``)."""
+def raw_rows(path: Path, t0: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """(model output, labels, the rows' temperature) of the rows the gate let through, their
+    temperature undone (the one recorded in the file, else ``t0``)."""
     doc = json.loads(path.read_text())
     t0 = float(doc.get("temperature", t0))
     rows = [r for r in doc["rows"] if not r.get("out_of_domain")]
     q = np.clip(np.array([r["probabilities"] for r in rows], dtype=np.float64), 1e-12, 1.0) ** t0
-    return q / q.sum(axis=1, keepdims=True), np.array([PATTERNS.index(r["pattern"]) for r in rows])
+    return q / q.sum(axis=1, keepdims=True), np.array([PATTERNS.index(r["pattern"]) for r in rows]), t0
 
 
 def main() -> None:
@@ -81,12 +81,10 @@ def main() -> None:
     text = args.manifest.read_text()
     found = re.search(r"(?m)^temperature = ([0-9.]+)", text)
     t0 = float(found.group(1)) if found else 1.0
-    raw_c, y_c = raw_rows(args.calibration_rows, t0)
-    raw_e, y_e = raw_rows(args.evaluation_rows, t0)
+    raw_c, y_c, t_rows = raw_rows(args.calibration_rows, t0)
+    raw_e, y_e, _ = raw_rows(args.evaluation_rows, t0)
     t = fit_temperature(raw_c, y_c)
-    doc = {"temperature": round(t, 3), "rows_temperature": float(json.loads(args.calibration_rows.read_text())
-                                                                  .get("temperature", t0)),
-           "calibration_studies": int(len(y_c)),
+    doc = {"temperature": round(t, 3), "rows_temperature": t_rows, "calibration_studies": int(len(y_c)),
            "evaluation_studies": int(len(y_e))}
     for name, raw, y in (("calibration", raw_c, y_c), ("evaluation", raw_e, y_e)):
         for label, temp in (("raw", 1.0), ("fitted", t)):
