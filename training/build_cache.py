@@ -1,4 +1,7 @@
-"""Generate and cache training samples: python training/build_cache.py START STOP [PROCESSES]"""
+"""Generate and cache training samples: python training/build_cache.py START STOP [PROCESSES] [--hard LO HI]
+
+``--hard LO HI`` adds, for each seed LO..HI-1, one sample of each of data.HARD_VARIANTS.
+"""
 import os
 import sys
 import time
@@ -6,8 +9,14 @@ import time
 import data
 
 if __name__ == "__main__":
-    start, stop = int(sys.argv[1]), int(sys.argv[2])
+    argv = sys.argv[1:]
+    hard = None
+    if "--hard" in argv:
+        at = argv.index("--hard")
+        hard = range(int(argv[at + 1]), int(argv[at + 2]))
+        del argv[at:at + 3]
+    start, stop = int(argv[0]), int(argv[1])
     t = time.time()
-    procs = int(sys.argv[3]) if len(sys.argv) > 3 else min(2, os.cpu_count() or 1)
-    paths = data.build_cache(range(start, stop), processes=procs)
+    procs = int(argv[2]) if len(argv) > 2 else min(2, os.cpu_count() or 1)
+    paths = data.build_cache(range(start, stop), processes=procs, hard=hard)
     print(f"{len(paths)} samples in {time.time() - t:.0f} s", flush=True)

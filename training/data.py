@@ -29,6 +29,11 @@ CHANNELS = ("lung", "lesion", "ggo", "crazy_paving", "consolidation", "nodule", 
 LESION_LABELS = (1, 2, 3, 4, 5)  # pneumonia lesions inside the lung (not effusion/atelectasis/septal)
 # Generation grids (z, y, x): different resolutions so the model does not learn one scanner.
 GEN_SHAPES = ((120, 256, 256), (150, 320, 320), (100, 384, 384), (120, 256, 256))
+# Extra samples of the variants the 2.0.0 model confused most (atypical tree-in-bud and
+# cavitation against normal lungs; MODEL_CARD.md "Failure modes"): one of each per extra
+# seed, two atypical and two negative so that the class balance is kept.
+HARD_VARIANTS = (("atypical", "tree-in-bud"), ("atypical", "cavitation"), ("negative", "normal"),
+                 ("negative", "atelectasis"))
 
 
 def prep_and_shape():
@@ -53,11 +58,11 @@ def half_grid(grid: ModelGrid) -> ModelGrid:
     return ModelGrid(sz, sp, origin)  # type: ignore[arg-type]
 
 
-def _targets(pattern: str, seed: int, grid: ModelGrid, generate_volume) -> np.ndarray:
+def _targets(pattern: str, seed: int, grid: ModelGrid, generate_volume, variant: str | None = None) -> np.ndarray:
     """Soft targets at half model resolution: the phantom's masks rasterised on the model
     grid itself (same patient, same centre, noise off), then 2x2x2 block fractions."""
     m = generate_volume(pattern, seed, shape_zyx=grid.size_zyx, spacing_zyx=grid.spacing_zyx,
-                        noise=False, threads=1)
+                        noise=False, threads=1, variant=variant)
     lab, lung = m.lesion_mask[::-1], m.lung_mask[::-1]  # phantom slice 0 is superior; model z ascends
     lesion = np.isin(lab, LESION_LABELS)
     chans = {
@@ -73,7 +78,7 @@ def _targets(pattern: str, seed: int, grid: ModelGrid, generate_volume) -> np.nd
     return out
 
 
-def make_sample(pattern: str, seed: int, shape_zyx=None) -> dict:
+def make_sample(pattern: str, seed: int, shape_zyx=None, variant: str | None = None) -> dict:
     """One training sample: a phantom under a randomised acquisition (slice thickness
     0.6-5 mm, kernel, dose, contrast, field of view: ``sample_acquisition``), through the
     node's own preprocessing, with its segmentation targets."""
@@ -93,21 +98,35 @@ def make_sample(pattern: str, seed: int, shape_zyx=None) -> dict:
     fov = fov_for(sample_patient(seed)) * acq.fov_scale
     spacing = (dz, fov / shape[1], fov / shape[2])
     pv = generate_volume(pattern, seed, shape_zyx=(nz, shape[1], shape[2]), spacing_zyx=spacing,
-                         acquisition=acq, threads=1)
+                         acquisition=acq, threads=1, variant=variant)
     prep, size = prep_and_shape()
     img = phantom_to_sitk(pv.hu, pv.spacing_zyx, pv.origin)
     del pv.hu
     x, grid = preprocess(img, prep, size)
-    seg = _targets(pattern, seed, grid, generate_volume)
+    seg = _targets(pattern, seed, grid, generate_volume, variant)
     return {"x": x[0, 0].astype(np.float16), "seg": seg, "label": PATTERNS.index(pattern),
             "variant": pv.pattern_variant, "seed": seed, "thickness": thick}
 
 
+def cache_path(pattern: str, seed: int, variant: str | None = None) -> Path:
+    """``typical_12.npz``; a forced variant: ``atypical.cavitation_20001.npz``."""
+    return CACHE / (f"{pattern}.{variant}_{seed}.npz" if variant else f"{pattern}_{seed}.npz")
+
+
+def cache_paths(lo: int, hi: int, hard: tuple[int, int] | None = None) -> list[Path]:
+    """The cached samples of seeds lo..hi-1 (every pattern), plus the forced hard variants
+    of the seeds in ``hard``; missing files are skipped."""
+    paths = [cache_path(p, s) for s in range(lo, hi) for p in PATTERNS]
+    if hard:
+        paths += [cache_path(p, s, v) for s in range(*hard) for p, v in HARD_VARIANTS]
+    return [p for p in paths if p.exists()]
+
+
 def _cache_one(args) -> str:
-    pattern, seed = args
-    path = CACHE / f"{pattern}_{seed}.npz"
+    pattern, seed, variant = args
+    path = cache_path(pattern, seed, variant)
     if not path.exists():
-        s = make_sample(pattern, seed)
+        s = make_sample(pattern, seed, variant=variant)
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, x=s["x"], seg=s["seg"], label=s["label"], variant=s["variant"], seed=s["seed"],
                  thickness=s["thickness"])
@@ -115,11 +134,12 @@ def _cache_one(args) -> str:
     return str(path)
 
 
-def build_cache(seeds: range, processes: int = 2) -> list[Path]:
+def build_cache(seeds: range, processes: int = 2, hard: range | None = None) -> list[Path]:
     from multiprocessing import Pool
 
     CACHE.mkdir(parents=True, exist_ok=True)
-    jobs = [(p, s) for s in seeds for p in PATTERNS]
+    jobs: list[tuple[str, int, str | None]] = [(p, s, None) for s in seeds for p in PATTERNS]
+    jobs += [(p, s, v) for s in (hard or ()) for p, v in HARD_VARIANTS]
     with Pool(processes) as pool:
         paths = [Path(p) for p in pool.imap_unordered(_cache_one, jobs, chunksize=4)]
     return sorted(paths)

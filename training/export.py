@@ -19,8 +19,7 @@ from aenode.infer.manifest import file_sha256  # noqa: E402
 
 
 def export(weights: Path, package: Path, opset: int = 17) -> str:
-    net = TypicalityNet(n_classes=len(data.PATTERNS), n_seg=len(data.CHANNELS))
-    net.load_state_dict(torch.load(weights, map_location="cpu"))
+    net = TypicalityNet.from_state_dict(torch.load(weights, map_location="cpu"))
     net.eval()
     ref_path = weights.parent / "domain_ref.pt"
     domain_ref = torch.load(ref_path, map_location="cpu") if ref_path.exists() else None

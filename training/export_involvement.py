@@ -51,8 +51,7 @@ class Involvement(nn.Module):
 
 
 def export(weights: Path, package: Path = PACKAGE, opset: int = 17) -> str:
-    net = TypicalityNet(n_classes=len(data.PATTERNS), n_seg=len(data.CHANNELS))
-    net.load_state_dict(torch.load(weights, map_location="cpu"))
+    net = TypicalityNet.from_state_dict(torch.load(weights, map_location="cpu"))
     model = Involvement(net.eval()).eval()
     out = package / "model.onnx"
     torch.onnx.export(

@@ -179,9 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     y = torch.tensor([classes.index(c) for c in y_names])
     print(f"{len(keys)} labelled studies: {dict(Counter(y_names))}", file=sys.stderr)
 
-    net = TypicalityNet(n_classes=len(classes), n_seg=N_SEG)
     if args.init:
-        net.load_state_dict(torch.load(args.init, map_location="cpu"))
+        net = TypicalityNet.from_state_dict(torch.load(args.init, map_location="cpu"))
+    else:
+        net = TypicalityNet(n_classes=len(classes), n_seg=N_SEG)
     params = list(net.cls.parameters()) if (args.train == "head" and args.init) else list(net.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     net.train()

@@ -1,6 +1,6 @@
 """Stage 2: refit the classification head on the trained network's features.
 
-    python training/fit_head.py [runs/last.pt] [--seeds TRAIN_LO TRAIN_HI VAL_LO VAL_HI]  ->  runs/final.pt
+    python training/fit_head.py [runs/last.pt] [--seeds TRAIN_LO TRAIN_HI VAL_LO VAL_HI] [--hard LO HI]  ->  runs/final.pt
 
 Joint training learns the segmentation well but the classifier only late (its inputs,
 measured on the predicted maps, keep moving while the maps are learnt).  With the
@@ -22,23 +22,22 @@ import torch
 import torch.nn.functional as F
 from calibrate import fit_temperature
 from net import TypicalityNet, distances, domain_reference
-from train import RUNS, augment
+from train import RUNS, augment_batch
 
 from aenode.infer.domain import lung_hu
 
 
-def feats(net, xs, segs, rng, aug: bool) -> torch.Tensor:
+def feats(net, xs, segs, gen: torch.Generator, aug: bool) -> torch.Tensor:
+    """Pooled features of every sample; ``aug``: shifted/jittered copies (train.augment_batch,
+    on the network's device)."""
     dev = next(net.parameters()).device
     out = []
     with torch.no_grad():
         for i in range(0, len(xs), 8):
-            xb = []
-            for j in range(i, min(len(xs), i + 8)):
-                x = xs[j].astype(np.float32)
-                if aug:
-                    x, _ = augment(x, segs[j], rng)
-                xb.append(x)
-            out.append(net.features(torch.from_numpy(np.stack(xb))[:, None].to(dev))[0].cpu())
+            xb = torch.from_numpy(xs[i:i + 8].astype(np.float32))[:, None].to(dev)
+            if aug:
+                xb, _ = augment_batch(xb, torch.from_numpy(segs[i:i + 8].astype(np.float32) / 255.0).to(dev), gen)
+            out.append(net.features(xb)[0].cpu())
     return torch.cat(out)
 
 
@@ -49,26 +48,26 @@ def main() -> None:
         at = argv.index("--seeds")
         seeds = tuple(int(v) for v in argv[at + 1:at + 5])
         del argv[at:at + 5]
+    hard = None
+    if "--hard" in argv:
+        at = argv.index("--hard")
+        hard = (int(argv[at + 1]), int(argv[at + 2]))
+        del argv[at:at + 3]
     args = [a for a in argv if not a.startswith("--")]
     weights = Path(args[0]) if args else RUNS / "last.pt"
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    rng = np.random.default_rng(1)
-    net = TypicalityNet(n_classes=len(data.PATTERNS), n_seg=len(data.CHANNELS))
-    net.load_state_dict(torch.load(weights, map_location="cpu"))
+    gen = torch.Generator().manual_seed(1)
+    net = TypicalityNet.from_state_dict(torch.load(weights, map_location="cpu"))
     net.to(dev).eval()
 
-    def paths(lo, hi):
-        return [data.CACHE / f"{p}_{s}.npz" for s in range(lo, hi) for p in data.PATTERNS
-                if (data.CACHE / f"{p}_{s}.npz").exists()]
-
     t0 = time.time()
-    xtr, str_, ytr = data.load_arrays(paths(seeds[0], seeds[1]))
-    xva, sva, yva = data.load_arrays(paths(seeds[2], seeds[3]))
-    ftr = torch.cat([feats(net, xtr, str_, rng, False), feats(net, xtr, str_, rng, True)])
+    xtr, str_, ytr = data.load_arrays(data.cache_paths(seeds[0], seeds[1], hard=hard))
+    xva, sva, yva = data.load_arrays(data.cache_paths(seeds[2], seeds[3]))
+    ftr = torch.cat([feats(net, xtr, str_, gen, False), feats(net, xtr, str_, gen, True)])
     ytr_t = torch.from_numpy(np.concatenate([ytr, ytr]))
-    fva = feats(net, xva, sva, rng, False)
+    fva = feats(net, xva, sva, gen, False)
     yva_t = torch.from_numpy(yva)
     print(f"features {tuple(ftr.shape)} in {time.time() - t0:.0f} s", flush=True)
     mu, sd = ftr.mean(0), ftr.std(0).clamp(min=1e-3)
@@ -78,7 +77,7 @@ def main() -> None:
         keep[-18:] = True
         sd = torch.where(keep, sd, torch.full_like(sd, 1e9))
         mu = torch.where(keep, mu, torch.zeros_like(mu))
-    head = TypicalityNet(n_classes=len(data.PATTERNS), n_seg=len(data.CHANNELS)).cls
+    head = TypicalityNet(**net.config).cls.to("cpu")
     opt = torch.optim.AdamW(head.parameters(), lr=5e-3, weight_decay=1e-2)
     for step in range(600):
         head.train()
@@ -109,7 +108,10 @@ def main() -> None:
         acc = float((net.cls(fva).argmax(1) == yva_t).float().mean())
         pred = net.cls(fva).argmax(1)
     torch.save(net.state_dict(), RUNS / "final.pt")
-    reference(ftr[:len(ytr)], fva, net.cls(fva).detach(), yva_t, image_stats(net.to(dev), xva))
+    with torch.no_grad():
+        val_loss = float(F.cross_entropy(net.cls(fva), yva_t))
+    reference(ftr[:len(ytr)], fva, net.cls(fva).detach(), yva_t, image_stats(net.to(dev), xva),
+              {"val_acc": acc, "val_loss": round(val_loss, 4)})
     cm = np.zeros((4, 4), int)
     for a, b in zip(yva, pred.numpy()):
         cm[a, b] += 1
@@ -136,7 +138,7 @@ def image_stats(net: TypicalityNet, xs: np.ndarray) -> np.ndarray:
 
 
 def reference(ftr: torch.Tensor, fva: torch.Tensor, val_logits: torch.Tensor, yva: torch.Tensor,
-              stats: np.ndarray) -> None:
+              stats: np.ndarray, val: dict[str, float]) -> None:
     """Domain reference (training features' mean and whitening) and its threshold, and the
     calibration temperature, both from the held-out validation seeds: runs/domain_ref.pt
     and runs/calibration_fit.json, which export.py seals into the package."""
@@ -159,7 +161,7 @@ def reference(ftr: torch.Tensor, fva: torch.Tensor, val_logits: torch.Tensor, yv
     info = {"temperature": round(t, 3), "domain_distance_max": round(limit, 2), "ranges": ranges,
             "train_distance_p50_p99": [float(torch.quantile(d_tr, q)) for q in (0.5, 0.99)],
             "val_distance_p50_p99_max": [float(torch.quantile(d_va, q)) for q in (0.5, 0.99)] + [float(d_va.max())],
-            "n_train": int(len(ftr)), "n_val": int(len(fva))}
+            "n_train": int(len(ftr)), "n_val": int(len(fva)), **val}
     (RUNS / "calibration_fit.json").write_text(json.dumps(info, indent=1))
     print("domain/calibration:", json.dumps(info), flush=True)
 

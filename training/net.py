@@ -25,9 +25,17 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class TypicalityNet(nn.Module):
-    def __init__(self, n_classes: int = 4, n_seg: int = 10, c1: int = 8, c2: int = 16, c3: int = 32):
+    """``c0`` > 0 adds a 3x3x3 block at the input's full resolution before the 2x2x2 stem,
+    so that structures of one or two voxels (centrilobular nodules, thin cavity walls) are
+    seen before the stem averages them away; ``c1``-``c3`` are the widths of the levels."""
+
+    def __init__(self, n_classes: int = 4, n_seg: int = 10, c1: int = 8, c2: int = 16, c3: int = 32,
+                 c0: int = 0):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv3d(1, c1, 2, stride=2, bias=False), nn.BatchNorm3d(c1), nn.ReLU(inplace=True))
+        self.config = {"n_classes": n_classes, "n_seg": n_seg, "c1": c1, "c2": c2, "c3": c3, "c0": c0}
+        self.full = _block(1, c0) if c0 else nn.Identity()
+        self.stem = nn.Sequential(nn.Conv3d(c0 or 1, c1, 2, stride=2, bias=False), nn.BatchNorm3d(c1),
+                                  nn.ReLU(inplace=True))
         self.enc1 = _block(c1, c1)
         self.down2 = nn.Sequential(nn.Conv3d(c1, c2, 2, stride=2, bias=False), nn.BatchNorm3d(c2), nn.ReLU(inplace=True))
         self.enc2 = _block(c2, c2)
@@ -41,6 +49,17 @@ class TypicalityNet(nn.Module):
         self.seg = nn.Conv3d(c1, n_seg, 1)  # lung, lesion, lesion types: logits at half resolution
         self.cls = nn.Sequential(
             nn.Linear(2 * c3 + c2 + N_FEATURES + (n_seg - 2), 48), nn.GELU(), nn.Dropout(0.1), nn.Linear(48, n_classes))
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> TypicalityNet:
+        """The network whose shapes match these weights (widths and ``c0`` read from the
+        tensors), with the weights loaded: checkpoints stay plain state dicts."""
+        net = cls(n_classes=int(state["cls.3.weight"].shape[0]), n_seg=int(state["seg.weight"].shape[0]),
+                  c1=int(state["stem.0.weight"].shape[0]), c2=int(state["down2.0.weight"].shape[0]),
+                  c3=int(state["down3.0.weight"].shape[0]),
+                  c0=int(state["full.0.weight"].shape[0]) if "full.0.weight" in state else 0)
+        net.load_state_dict(state)
+        return net
 
     @staticmethod
     def map_features(x: torch.Tensor, lung: torch.Tensor, lesion: torch.Tensor) -> torch.Tensor:
@@ -79,7 +98,7 @@ class TypicalityNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(classifier input vector, seg logits at half resolution, seg probabilities)."""
-        e1 = self.enc1(self.stem(x))
+        e1 = self.enc1(self.stem(self.full(x)))
         e2 = self.enc2(self.down2(e1))
         e3 = self.enc3(self.down3(e2))
         d2 = self.dec2(e2 + F.interpolate(self.lat2(e3), scale_factor=2.0, mode="nearest"))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import time
 from pathlib import Path
 
@@ -19,7 +21,24 @@ import torch
 import torch.nn.functional as F
 from net import TypicalityNet
 
-RUNS = Path(__file__).resolve().parent / "runs"
+# TRAIN_RUNS: another folder for a second network trained beside the first (gpu_train.sh)
+RUNS = Path(os.environ.get("TRAIN_RUNS") or Path(__file__).resolve().parent / "runs")
+
+
+def parse_arch(text: str) -> dict[str, int]:
+    """``"c0=4,c1=12"`` -> TypicalityNet keyword arguments ("" = the default widths)."""
+    return {k.strip(): int(v) for k, v in (kv.split("=") for kv in text.split(",") if kv.strip())}
+
+
+def one_cycle(progress: float, lr: float, warm: float = 0.15) -> float:
+    """Learning rate at ``progress`` (0..1) of the run: linear warm-up from lr/25, then a
+    cosine down to lr/1e4.  Progress counts time as well as steps (see main), so a run cut
+    by its time budget still ends annealed instead of stopping at a high rate."""
+    p = min(max(progress, 0.0), 1.0)
+    if p < warm:
+        return lr / 25.0 + (lr - lr / 25.0) * p / warm
+    q = (p - warm) / (1.0 - warm)
+    return lr / 1e4 + (lr - lr / 1e4) * 0.5 * (1.0 + math.cos(math.pi * q))
 
 
 def seg_loss(seg_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -36,6 +55,21 @@ def seg_loss(seg_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 10.0 * bce + dice + lung_dice
 
 
+def roll_batch(t: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """``torch.roll`` of each sample by its own (dz, dy, dx) over the last three dims, as
+    three gathers for the whole batch instead of one roll per sample (the per-sample loop
+    kept the GPU waiting on Python)."""
+    n = t.shape[0]
+    for k in range(3):
+        dim = t.dim() - 3 + k
+        size = t.shape[dim]
+        idx = (torch.arange(size, device=t.device).view(1, size) - shifts[:, k:k + 1]) % size
+        view = [n] + [1] * (t.dim() - 1)
+        view[dim] = size
+        t = torch.gather(t, dim, idx.view(view).expand_as(t))
+    return t
+
+
 def augment_batch(x: torch.Tensor, seg: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`augment` for a batch already on the training device (N,1,D,H,W / N,C,d,h,w).
 
@@ -43,12 +77,8 @@ def augment_batch(x: torch.Tensor, seg: torch.Tensor, gen: torch.Generator) -> t
     per-sample NumPy work.
     """
     n = x.shape[0]
-    shifts = torch.randint(-2, 3, (n, 3), generator=gen).tolist()
-    xs, ss = [], []
-    for i, (dz, dy, dx) in enumerate(shifts):
-        xs.append(torch.roll(x[i], (2 * dz, 2 * dy, 2 * dx), dims=(1, 2, 3)))
-        ss.append(torch.roll(seg[i], (dz, dy, dx), dims=(1, 2, 3)))
-    x, seg = torch.stack(xs), torch.stack(ss)
+    shifts = torch.randint(-2, 3, (n, 3), generator=gen).to(x.device)
+    x, seg = roll_batch(x, 2 * shifts), roll_batch(seg, shifts)
     u = torch.rand((n, 4), generator=gen).to(x.device)
     scale = (0.97 + 0.06 * u[:, 0]).view(n, 1, 1, 1, 1)
     offset = (-0.02 + 0.04 * u[:, 1]).view(n, 1, 1, 1, 1)
@@ -74,11 +104,15 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--train-seeds", type=int, nargs=2, default=[0, 120])
     ap.add_argument("--val-seeds", type=int, nargs=2, default=[120, 130])
+    ap.add_argument("--hard-seeds", type=int, nargs=2, help="add the forced hard variants of these seeds (data.HARD_VARIANTS)")
+    ap.add_argument("--arch", default="", help='network widths, e.g. "c0=4,c1=12,c2=24,c3=48" (net.TypicalityNet)')
+    ap.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init", type=Path, help="continue from these weights")
     ap.add_argument("--out", default="last.pt")
     ap.add_argument("--max-seconds", type=float, default=None,
-                    help="stop after the epoch that passes this budget (the best weights are kept)")
+                    help="time budget: the learning-rate schedule runs on max(step, time) progress and "
+                         "training stops when either is used up (the best weights are kept)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cuda keeps the whole training set on the GPU (fp16) and augments there")
     args = ap.parse_args()
@@ -88,17 +122,16 @@ def main() -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
 
-    def paths(lo, hi):
-        return [data.CACHE / f"{p}_{s}.npz" for s in range(lo, hi) for p in data.PATTERNS
-                if (data.CACHE / f"{p}_{s}.npz").exists()]
-
-    xtr, str_, ytr = data.load_arrays(paths(*args.train_seeds))
-    xva, sva, yva = data.load_arrays(paths(*args.val_seeds))
+    hard = tuple(args.hard_seeds) if args.hard_seeds else None
+    xtr, str_, ytr = data.load_arrays(data.cache_paths(*args.train_seeds, hard=hard))
+    xva, sva, yva = data.load_arrays(data.cache_paths(*args.val_seeds))
     print(f"train {len(ytr)} val {len(yva)}", flush=True)
-    net = TypicalityNet(n_classes=len(data.PATTERNS), n_seg=len(data.CHANNELS))
     if args.init:
-        net.load_state_dict(torch.load(args.init, map_location="cpu"))
+        net = TypicalityNet.from_state_dict(torch.load(args.init, map_location="cpu"))
+    else:
+        net = TypicalityNet(n_classes=len(data.PATTERNS), n_seg=len(data.CHANNELS), **parse_arch(args.arch))
     net.to(dev)
+    amp = args.amp and dev.type == "cuda"
     on_gpu = dev.type == "cuda"
     if on_gpu:
         xtr_d = torch.from_numpy(xtr).to(dev)           # float16
@@ -106,15 +139,18 @@ def main() -> None:
         ytr_d = torch.from_numpy(ytr).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * ((len(ytr) + args.batch - 1) // args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
-    RUNS.mkdir(exist_ok=True)
+    step = 0
+    progress = 0.0
+    RUNS.mkdir(parents=True, exist_ok=True)
     best = (-1.0, 1e9)
     history = []
     t0 = time.time()
     for epoch in range(args.epochs):
+        if progress >= 1.0:
+            break
         net.train()
         order = rng.permutation(len(ytr))
-        tot = {"cls": 0.0, "seg": 0.0, "n": 0}
+        tot = {"cls": torch.zeros((), device=dev), "seg": torch.zeros((), device=dev), "n": 0}
         for i in range(0, len(order), args.batch):
             idx = order[i:i + args.batch]
             if on_gpu:
@@ -126,40 +162,49 @@ def main() -> None:
                 xb = torch.from_numpy(np.stack(xb))[:, None]
                 sb = torch.from_numpy(np.stack(sb).astype(np.float32) / 255.0)
                 yb = torch.from_numpy(ytr[idx])
-            logits, seg, _, _ = net(xb)
+            elapsed = time.time() - t0
+            progress = max(step / steps, elapsed / args.max_seconds if args.max_seconds else 0.0)
+            if progress >= 1.0:
+                break
+            for group in opt.param_groups:
+                group["lr"] = one_cycle(progress, args.lr)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                logits, seg, _, _ = net(xb)
+            logits, seg = logits.float(), seg.float()
             # classification weight ramps up while the segmentation learns the maps it reads
-            w = 1.0 if args.init else min(1.0, 0.5 + epoch / max(1, args.epochs // 3))
+            w = 1.0 if args.init else min(1.0, 0.5 + 3.0 * progress)
             lc = F.cross_entropy(logits, yb, label_smoothing=0.05)
             ls = seg_loss(seg, sb)
             loss = w * lc + ls
             opt.zero_grad()
             loss.backward()
             opt.step()
-            sched.step()
-            tot["cls"] += lc.item() * len(idx)
-            tot["seg"] += ls.item() * len(idx)
+            step += 1
+            tot["cls"] += lc.detach() * len(idx)  # summed on the device: no sync per step
+            tot["seg"] += ls.detach() * len(idx)
             tot["n"] += len(idx)
         net.eval()
         correct, vloss = 0, 0.0
         with torch.no_grad():
             for i in range(0, len(yva), 8):
                 xb = torch.from_numpy(xva[i:i + 8].astype(np.float32))[:, None].to(dev)
-                logits, _, _, _ = net(xb)
-                logits = logits.cpu()
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                    logits, _, _, _ = net(xb)
+                logits = logits.float().cpu()
                 yb = torch.from_numpy(yva[i:i + 8])
                 vloss += float(F.cross_entropy(logits, yb, reduction="sum"))
                 correct += int((logits.argmax(1) == yb).sum())
         acc, vloss = correct / max(1, len(yva)), vloss / max(1, len(yva))
-        rec = {"epoch": epoch, "train_cls": tot["cls"] / tot["n"], "train_seg": tot["seg"] / tot["n"],
-               "val_acc": acc, "val_loss": vloss, "elapsed_s": round(time.time() - t0)}
+        rec = {"epoch": epoch, "train_cls": float(tot["cls"]) / max(1, tot["n"]),
+               "train_seg": float(tot["seg"]) / max(1, tot["n"]),
+               "val_acc": acc, "val_loss": vloss, "progress": round(progress, 3), "elapsed_s": round(time.time() - t0)}
         history.append(rec)
         print(json.dumps(rec), flush=True)
         if (acc, -vloss) > (best[0], -best[1]):
             best = (acc, vloss)
             torch.save({k: v.cpu() for k, v in net.state_dict().items()}, RUNS / f"best_{Path(args.out).stem}.pt")
-        if args.max_seconds is not None and time.time() - t0 > args.max_seconds:
-            print(f"time budget of {args.max_seconds:.0f} s reached after epoch {epoch}", flush=True)
-            break
+        if progress >= 1.0 and step < steps:
+            print(f"time budget of {args.max_seconds:.0f} s reached in epoch {epoch} (step {step} of {steps})", flush=True)
     torch.save({k: v.cpu() for k, v in net.state_dict().items()}, RUNS / args.out)
     (RUNS / f"history_{Path(args.out).stem}.json").write_text(json.dumps({"history": history, "train_seconds": time.time() - t0,
                                                    "n_train": int(len(ytr)), "n_val": int(len(yva))}, indent=1))
