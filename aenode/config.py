@@ -134,7 +134,8 @@ class WorkersConfig(_Section):
     """How ``aenode serve`` spreads the work over processes."""
 
     # Analysis processes (selection, decoding, preprocessing, models); None = a share of
-    # the cores that leaves room for receiving and delivering (see aenode/node.py).
+    # the cores the node may run on (taskset / cpuset respected) that leaves room for
+    # receiving and delivering (see aenode/node.py).
     analysis: int | None = Field(None, ge=1, le=256)
     # Threads each analysis process may use for its numeric libraries; None = cores / analysis.
     threads_per_analysis: int | None = Field(None, ge=1, le=256)

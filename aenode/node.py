@@ -204,13 +204,21 @@ ROLE_WORKERS: dict[Role, tuple[WorkerName, ...]] = {
 _RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: a node pinned with taskset or a container's
+    cpuset gets fewer than the host has, and sizing from the host's count oversubscribes."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def analysis_processes(config: Config, cores: int | None = None) -> int:
     """``[workers] analysis``, else half the cores (at least 1, at most 8): the other half
     receives, delivers and serves, and decoding in each analysis process is itself partly
     parallel."""
     if config.workers.analysis is not None:
         return config.workers.analysis
-    n = cores if cores is not None else (os.cpu_count() or 1)
+    n = cores if cores is not None else usable_cores()
     return max(1, min(8, n // 2))
 
 
@@ -265,7 +273,7 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("fork")
         self._wakeups = (self._ctx.Event(), self._ctx.Event())  # outbox rows; completed studies
         n = analysis_processes(config)
-        self.threads = config.workers.threads_per_analysis or max(1, (os.cpu_count() or 1) // n)
+        self.threads = config.workers.threads_per_analysis or max(1, usable_cores() // n)
         analysis: list[Role] = ["analysis"] * n
         receivers: list[Role] = ["receive"] * config.workers.receive
         roles: list[Role] = [*receivers, *analysis, "delivery"]

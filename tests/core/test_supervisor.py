@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from aenode.config import Config
 from aenode.node import analysis_processes
@@ -101,3 +102,14 @@ def test_default_analysis_processes_leave_cores_for_the_rest():
     assert analysis_processes(Config(), cores=16) == 8
     assert analysis_processes(Config(), cores=64) == 8
     assert analysis_processes(Config.model_validate({"workers": {"analysis": 3}}), cores=2) == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2,
+                    reason="needs CPU affinity and at least two cores")
+def test_default_sizing_counts_the_cores_the_node_may_use_not_the_host():
+    # A node pinned to one core (taskset, a container's cpuset) on a bigger host: sizing
+    # from os.cpu_count() would start more analysis threads than it can run.
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from aenode.node import usable_cores; print(usable_cores(), os.cpu_count())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) == 1 and int(out[1]) >= 2
