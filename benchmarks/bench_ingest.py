@@ -196,10 +196,40 @@ class Aenode(Receiver):
                        f'data_dir = "{self.data}"\nmax_associations = 16\n'
                        '[stability]\nquiet_seconds = 30\n'
                        f'[workers]\nreceive = {self.receive_workers}\n')
-        self.log = open(self.work / "aenode.log", "ab")
+        log_path = self.work / "aenode.log"
+        self.log = open(log_path, "ab")
+        start = log_path.stat().st_size
         self.proc = subprocess.Popen([sys.executable, "-m", "aenode", "serve", "--config", str(cfg)],
                                      stdout=self.log, stderr=self.log)
         wait_echo(self.port, self.aet)
+        self._wait_started(log_path, start)
+
+    @staticmethod
+    def _wait_started(log_path: Path, start: int, timeout: float = 60.0) -> None:
+        """Until every analysis process has logged ``results_warmed_up``: the receive
+        answers C-ECHO before the analysis processes finish loading their models and
+        warming highdicom up, and on a small machine that start-up would otherwise run
+        inside the timed send (the benchmark measures receiving, not starting)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            events = []
+            with open(log_path, "rb") as f:
+                f.seek(start)
+                for line in f:
+                    try:
+                        events.append(json.loads(line))
+                    except ValueError:
+                        continue
+            started = [e for e in events if e.get("event") == "supervisor_started"]
+            if started:
+                want = list(started[-1].get("processes", [])).count("analysis")
+                ready = [e for e in events if e.get("event") == "analysis_worker_ready"]
+                warmed = [e for e in events if e.get("event") in ("results_warmed_up", "results_warm_up_failed")]
+                with_models = any(e.get("models") for e in ready)
+                if len(ready) >= want and (not with_models or len(warmed) >= want):
+                    return  # (without models there is nothing to warm up)
+            time.sleep(0.05)
+        print(f"# aenode: analysis warm-up not seen in {timeout:.0f} s; timing anyway")
 
     def reset(self) -> None:
         """A fresh data directory, except the receive journal: a node that has been running
@@ -399,6 +429,20 @@ def mode_rss(work: Path, objects: int, frames: int) -> dict:
     return {"mb": mb, "seconds": dt, "rss_base_mb": base / 1e6, "rss_peak_mb": peak / 1e6, "growth_mb": growth}
 
 
+def _filesystem(path: str) -> str:
+    """The device and file system type under ``path`` (/proc/mounts), so that a figure says
+    which disk it was measured on."""
+    best = ("?", "?", "")
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            dev, mnt, fstype = line.split()[:3]
+            if path.startswith(mnt) and len(mnt) >= len(best[2]):
+                best = (dev, fstype, mnt)
+    except OSError:
+        pass
+    return f"{best[0]} ({best[1]}, mounted at {best[2] or '?'})"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["speed", "parallel", "rss", "all"], default="all")
@@ -409,8 +453,13 @@ def main() -> int:
     ap.add_argument("--rss-frames", type=int, default=512, help="512 frames of 512x512 int16 = 256 MB each")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--receive-workers", type=int, default=1, help="[workers] receive of aenode serve")
+    ap.add_argument("--dcmtk", type=Path, help="folder of DCMTK's storescu/storescp/echoscu (default /usr/bin); "
+                                               "the GPU machine has them unpacked elsewhere")
     args = ap.parse_args()
-    print(f"machine: {os.cpu_count()} CPUs, {cpu_name()}")
+    if args.dcmtk:
+        global STORESCU, STORESCP, ECHOSCU
+        STORESCU, STORESCP, ECHOSCU = (str(args.dcmtk / n) for n in ("storescu", "storescp", "echoscu"))
+    print(f"machine: {os.cpu_count()} CPUs, {cpu_name()}; data folder on {_filesystem(tempfile.gettempdir())}")
     Aenode.receive_workers = args.receive_workers
     work = Path(tempfile.mkdtemp(prefix="aenode-bench-"))
     try:

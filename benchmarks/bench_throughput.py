@@ -122,8 +122,12 @@ class GpuSampler(threading.Thread):
     def run(self) -> None:
         if shutil.which("nvidia-smi") is None:
             return
+        # nvidia-smi ignores CUDA_VISIBLE_DEVICES and prints every GPU of the host: sample only
+        # the node's (on a shared host the others may be busy with other work)
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+        only = ["-i", visible] if visible else []
         proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                 "-lms", "200"], stdout=subprocess.PIPE, text=True)
+                                 "-lms", "200", *only], stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         while not self.stop_event.is_set():
             line = proc.stdout.readline()

@@ -18,5 +18,8 @@ def cpu_name() -> str:
 
 
 def describe() -> str:
-    """CPU model, core count and Python version, as printed at the top of each benchmark."""
-    return f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    """CPU model, core count and Python version, as printed at the top of each benchmark;
+    a run confined to fewer cores (taskset, a container's cpuset) says so."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = f"{os.cpu_count()} cores" if usable == os.cpu_count() else f"{usable} of {os.cpu_count()} cores"
+    return f"{cpu_name()}, {cores}, Python {platform.python_version()}"
