@@ -55,14 +55,19 @@ def export(weights: Path, package: Path, opset: int = 17) -> str:
             text = re.sub(rf"^{key} = \[[^\]]*\]", f"{key} = [{float(lo):.1f}, {float(hi):.1f}]", text,
                           count=1, flags=re.M)
     if domain_ref:
-        line = f'feature_distance = {{ output = "domain_distance", max = {domain_ref["max"]:.2f} }}'
-        if re.search(r"^feature_distance = .*$", text, flags=re.M):
-            text = re.sub(r"^feature_distance = .*$", line, text, flags=re.M)
-        else:
-            text = re.sub(r"^(lung_volume_ml = .*)$", lambda mm: mm.group(1) + "\n" + line, text, count=1, flags=re.M)
+        text = with_feature_distance(text, float(domain_ref["max"]))
     toml.write_text(text)
     print(f"{out}: {out.stat().st_size / 1e6:.2f} MB, sha256 {digest}")
     return digest
+
+
+def with_feature_distance(text: str, limit: float) -> str:
+    """The manifest text with ``[domain] feature_distance`` (output ``domain_distance``)
+    set to ``limit``: replaced where present, else added after ``lung_volume_ml``."""
+    line = f'feature_distance = {{ output = "domain_distance", max = {limit:.2f} }}'
+    if re.search(r"^feature_distance = .*$", text, flags=re.M):
+        return re.sub(r"^feature_distance = .*$", line, text, flags=re.M)
+    return re.sub(r"^(lung_volume_ml = .*)$", lambda mm: mm.group(1) + "\n" + line, text, count=1, flags=re.M)
 
 
 if __name__ == "__main__":

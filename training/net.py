@@ -148,9 +148,15 @@ class Exported(nn.Module):
         logits, _seg, lesion, lung, pooled = self.net.forward_with_features(ct)
         out = (torch.softmax(logits, dim=1), lesion, lung)
         if self.with_distance:
-            z = (pooled - self.mean) @ self.whiten
-            out = out + (torch.sqrt((z * z).sum(dim=1, keepdim=True)),)
+            out = out + (feature_distance(pooled, self.mean, self.whiten),)
         return out
+
+
+def feature_distance(pooled: torch.Tensor, mean: torch.Tensor, whiten: torch.Tensor) -> torch.Tensor:
+    """(N, 1) Mahalanobis distance of pooled features from the training mean, in the graph
+    (:class:`Exported`, and export_involvement.py's package, which shares the backbone)."""
+    z = (pooled - mean.view(1, -1)) @ whiten
+    return torch.sqrt((z * z).sum(dim=1, keepdim=True))
 
 
 def domain_reference(train: torch.Tensor, shrink: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
