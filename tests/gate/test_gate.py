@@ -209,6 +209,21 @@ def test_feature_distance_is_measured_and_gates(tmp_path, typical_study, covid_m
     assert f"{fd.value:.1f}" in o2.prediction.domain.reason
 
 
+def test_lung_involvement_gates_on_the_same_feature_distance(typical_study, covid_model):
+    """lung-involvement runs covid-typicality's network and seals the same training-feature
+    reference (since 2.1.0): it measures the same distance on the same study and keeps its
+    grade inside the domain (before, a real chest CT got a grade with probability 1.0)."""
+    involvement = Model(PACKAGE.parent / "lung-involvement")
+    assert involvement.manifest.domain is not None and involvement.manifest.domain.feature_distance is not None
+    _, o, _ = _analyse(covid_model, typical_study)
+    _, oi, _ = _analyse(involvement, typical_study)
+    fd = {c.name: c for c in o.prediction.domain.checks}["feature_distance"]
+    fi = {c.name: c for c in oi.prediction.domain.checks}["feature_distance"]
+    assert fd.value is not None and fi.value is not None
+    assert fi.inside and abs(fi.value - fd.value) <= 1e-3 * fd.value
+    assert oi.prediction.category is not None and not oi.prediction.out_of_domain
+
+
 def test_feature_distance_output_must_exist(tmp_path):
     pkg = _package_with(tmp_path, r"^feature_distance = .*$",
                         'feature_distance = { output = "no_such_output", max = 20.0 }')
