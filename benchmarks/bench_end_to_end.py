@@ -25,11 +25,14 @@ by stage from timestamps the node already persists:
   (``outbox.sent_at``) after the SC and the release, so ``sent_at`` comes after the SR is
   already in Orthanc; it is printed per run, not a stage.
 
-The gap between "result recorded" and "SR written" is split with timing wrappers the
-script installs around node functions before the node starts (measurement only, the
-node's behaviour is unchanged): ``report_input_from_outcome`` (the worker's adapter,
-which projects the lesion map back onto the series grid for the SC:
-``Prediction.lesion_mask_on_series``), ``build_sr``, ``build_sc`` and ``write_dataset``.
+Since issue 11 the SR leaves before the rest: the worker writes and queues each model's SR
+as soon as its category exists, then builds the SC (its lesion-map projection) and records
+the result row; the stage table follows that order and the steps after the SR are printed
+separately.  Timing wrappers the script installs around node functions before the node
+starts (measurement only, the node's behaviour is unchanged) split the publishing:
+``report_input_from_outcome`` (the adapter, which projects the lesion map back onto the
+series grid for the SC: ``Prediction.lesion_mask_on_series``), ``build_sr``, ``build_sc``
+and ``write_dataset``.
 
 Studies are generated before the node starts (phantom generation is CPU-heavy); each
 repeat uses a new seed, so a new Study Instance UID.  One warm-up study (not counted)
@@ -158,16 +161,23 @@ class Run:
     publish_split: dict[str, float] = field(default_factory=dict)
 
     def stages(self) -> dict[str, float]:
+        """The SR's path in the order the node now takes it: each model's SR is written and
+        queued as soon as its category exists; the SC, the result row and the SEG follow."""
         m = self.marks
         seq = [("stabilise (quiet/release)", "t0", "complete"),
-               ("claim wait (worker poll)", "complete", "analysing"),
-               ("analysis: select+load+preprocess+infer+interpret", "analysing", "result"),
-               ("adapter (lesion map -> series) + SR build + write", "result", "sr_written"),
-               ("SC build + write", "sr_written", "sc_written"),
-               ("outbox enqueue", "sc_written", "enqueued"),
-               ("delivery: association + C-STORE SR, seen over REST", "enqueued", "orthanc"),
+               ("claim (woken by the completion)", "complete", "analysing"),
+               ("analysis + SR build + write (split below)", "analysing", "sr_written"),
+               ("SR queued, sent, seen over REST", "sr_written", "orthanc"),
                ("total: last C-STORE -> SR in Orthanc", "t0", "orthanc")]
         return {name: m[b] - m[a] for name, a, b in seq}
+
+    def after_sr(self) -> dict[str, float]:
+        """Seconds from the SR seen in Orthanc to the steps off its path (the SC's write may
+        come first: it is written while the SR is on its way)."""
+        m = self.marks
+        return {"SC written": m["sc_written"] - m["orthanc"],
+                "result recorded (after the SEG's masks)": m["result"] - m["orthanc"],
+                "every outbox row of the study sent": m["sent"] - m["orthanc"]}
 
 
 def ro_connect(path: Path) -> sqlite3.Connection:
@@ -244,7 +254,7 @@ def send_and_time(node: Node, pacs: Orthanc, config: Config, folder: Path, study
             sc_m.append((d / "sc.dcm").stat().st_mtime)
             for k, v in (json.loads(detail or "{}").get("timings_s") or {}).items():
                 run.analysis_split[f"{model}: {k}"] = float(v)
-        run.marks["sr_written"], run.marks["sc_written"] = max(sr_m), max(sc_m)
+        run.marks["sr_written"], run.marks["sc_written"] = max(sr_m), max(sc_m)  # max: the end is every model's SR
         assert box is not None
         rows = box.execute("SELECT state, created_at, sent_at FROM outbox WHERE study_uid=? AND kind='dicom'",
                            (study_uid,)).fetchall()
@@ -346,7 +356,14 @@ def main() -> int:
     for key in runs[0].analysis_split:
         vals = [r.analysis_split[key] for r in runs if key in r.analysis_split]
         print(f"| {key} | {statistics.median(vals):.3f} | {min(vals):.3f} | {max(vals):.3f} |")
-    print("\n# publish path split (timing wrappers; summed over models; SC build/write follow the SR)")
+    print("\n# relative to the SR seen in Orthanc (steps off its path)")
+    print("| step | median s | min s | max s |")
+    print("| --- | --- | --- | --- |")
+    for key in runs[0].after_sr():
+        vals = [r.after_sr()[key] for r in runs]
+        print(f"| {key} | {statistics.median(vals):+.3f} | {min(vals):+.3f} | {max(vals):+.3f} |")
+    print("\n# publish path split (timing wrappers; summed over models; the adapter and its lesion map "
+          "projection, the SC build and the SC's write follow the SR)")
     print("| part | median s | min s | max s |")
     print("| --- | --- | --- | --- |")
     for key in runs[0].publish_split:

@@ -9,7 +9,7 @@ files and the same rows (both are keyed by the result's deterministic UIDs).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
@@ -33,7 +33,7 @@ from aenode.report import (
     result_uids,
 )
 from aenode.report.adapters import report_input_from_outcome
-from aenode.report.publish import write_results
+from aenode.report.publish import RESULT_PARTS, write_results
 
 log = get_logger("aenode.deliver")
 
@@ -50,9 +50,10 @@ def enqueue_results(config: Config, paths: list[Path], study_uid: str, *, outbox
 
 
 def publish_result(config: Config, report_input: ReportInput, *, outbox: Outbox | None = None,
-                   send: bool = True) -> list[Path]:
-    """Write the SR/SC of ``report_input`` under ``config.node.data_dir`` and enqueue them
-    for every ``config.destinations`` entry (none when ``send`` is false).  Idempotent per revision."""
+                   send: bool = True, parts: Collection[str] = RESULT_PARTS) -> list[Path]:
+    """Write the SR/SC/SEG of ``report_input`` (those in ``parts``) under
+    ``config.node.data_dir`` and enqueue them for every ``config.destinations`` entry (none
+    when ``send`` is false).  Idempotent per revision."""
     box = outbox if outbox is not None else Outbox.for_config(config)
     ids: list[int] = []
 
@@ -63,7 +64,8 @@ def publish_result(config: Config, report_input: ReportInput, *, outbox: Outbox 
                      object=path.stem, revision=report_input.revision)  # the latency path's timeline
 
     try:
-        paths = write_results(config.node.data_dir, report_input, node_name=config.node.name, on_written=queue)
+        paths = write_results(config.node.data_dir, report_input, node_name=config.node.name, on_written=queue,
+                              parts=parts)
     finally:
         if outbox is None:
             box.close()
@@ -81,12 +83,12 @@ class OutboxPublisher:
         self.hold = hold  # study UID -> True: write the SR/SC but send them nowhere (backfilled studies)
 
     def publish(self, study_uid: str, revision: int, model: Model, outcome: ModelOutcome,
-                volume: Volume) -> list[str]:
+                volume: Volume, parts: Collection[str] = RESULT_PARTS) -> list[str]:
         assert outcome.prediction is not None and outcome.selected_series is not None
         inp = report_input_from_outcome(model.manifest, outcome.prediction, volume, outcome.selected_series,
-                                        revision)
+                                        revision, images=bool({"sc", "seg"} & set(parts)))
         paths = publish_result(self.config, inp, outbox=self.outbox,
-                               send=not (self.hold is not None and self.hold(study_uid)))
+                               send=not (self.hold is not None and self.hold(study_uid)), parts=parts)
         return [str(dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
                 for p in paths]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from aenode.config import Config
@@ -45,13 +45,19 @@ def claim_prefix(pid: int, node: str) -> str:
     return f"{node}/infer-{pid}-"
 
 
+# The result's objects in two passes (names as in aenode.report.publish.RESULT_PARTS): every
+# model's SR leaves before any model's SC and SEG are drawn.
+SR_PASS = ("sr",)
+IMAGES_PASS = ("sc", "seg")
+
+
 class ResultPublisher(Protocol):
     """What the analysis stage needs from the stages after it (report + deliver)."""
 
     def publish(self, study_uid: str, revision: int, model: Model, outcome: ModelOutcome,
-                volume: Volume) -> list[str]:
-        """Write the result's objects durably and queue them; returns their SOP Instance UIDs.
-        Idempotent per (study, revision, model)."""
+                volume: Volume, parts: Collection[str] = ...) -> list[str]:
+        """Write the result's objects of ``parts`` (default: all) durably and queue them;
+        returns their SOP Instance UIDs.  Idempotent per (study, revision, model)."""
 
 
 class AnalysisWorker:
@@ -199,36 +205,51 @@ class AnalysisWorker:
             refused = "; ".join(f"{k}: {v}" for k, v in self.registry.failed.items())
             return ERROR, "no model loaded" + (f" ({refused})" if refused else f" from {self.config.model.path}")
         problems: list[str] = []
+        # Published SRs whose SC, SEG and result row wait until every model's SR has left.
+        images_due: list[tuple[ModelOutcome, Volume, list[str]]] = []
 
-        def publish_and_record(outcome: ModelOutcome, volume: Volume) -> bool:
-            """Each model's result leaves as soon as it exists (the SR before the next model
-            runs); a result that cannot be published ends the study in ``error``."""
+        def publish_sr(outcome: ModelOutcome, volume: Volume) -> bool:
+            """Each model's SR leaves as soon as its result exists (before the next model
+            runs, and before any SC or SEG is drawn); a result that cannot be published
+            ends the study in ``error``."""
             if not outcome.has_result:  # analysed, or out-of-domain (a result without a category)
                 return True
-            result_uids: list[str] = []
             shadow = self.config.model_mode(outcome.model) == "shadow"
-            if self.publisher is not None and not shadow:  # shadow: recorded, never sent to PACS
-                problem = self._publish(study_uid, revision, outcome, volume, result_uids)
-                if problem:
-                    problems.append(problem)
-                    return False
-            self._record(study_uid, revision, outcome, result_uids, mode="shadow" if shadow else "active")
+            if self.publisher is None or shadow:  # shadow: recorded, never sent to PACS
+                self._record(study_uid, revision, outcome, [], mode="shadow" if shadow else "active")
+                return True
+            result_uids: list[str] = []
+            problem = self._publish(study_uid, revision, outcome, volume, result_uids, SR_PASS)
+            if problem:
+                problems.append(problem)
+                return False
+            images_due.append((outcome, volume, result_uids))
             return True
 
         analysis = analyse_instances(self.index.instances(study_uid), list(self.registry),
                                      own_ae_titles=[self.config.node.ae_title], study_uid=study_uid,
                                      max_voxels=self.config.limits.max_volume_voxels,
-                                     on_result=publish_and_record)
+                                     on_result=publish_sr)
+        # The SC and SEG, then the result row (which the alerts and the dashboard read), as
+        # before: a result is recorded only once all its objects are queued.
+        for outcome, volume, result_uids in images_due:
+            if problems:
+                break
+            problem = self._publish(study_uid, revision, outcome, volume, result_uids, IMAGES_PASS)
+            if problem:
+                problems.append(problem)
+                break
+            self._record(study_uid, revision, outcome, result_uids, mode="active")
         if problems:
             return ERROR, problems[0]
         return analysis.state, analysis.reason
 
     def _publish(self, study_uid: str, revision: int, outcome: ModelOutcome, volume: Volume,
-                 result_uids: list[str]) -> str | None:
+                 result_uids: list[str], parts: tuple[str, ...]) -> str | None:
         assert self.publisher is not None
         try:
             result_uids += self.publisher.publish(study_uid, revision, self.registry.get(outcome.model),
-                                                  outcome, volume)
+                                                  outcome, volume, parts=parts)
         except Exception as exc:  # noqa: BLE001 - reported on the study, the worker goes on
             if is_transient(exc):
                 raise  # disk full and the like: the study waits and is analysed again

@@ -30,7 +30,10 @@ from aenode.report.sc import choose_key_slices
 def report_input_from_outcome(manifest: Manifest, prediction: Prediction, volume: Volume, series_uid: str,
                               revision: int,
                               *, sop_class_uid: str | None = None,
-                              predecessors: list[PredecessorRef] | None = None) -> ReportInput:
+                              predecessors: list[PredecessorRef] | None = None,
+                              images: bool = True) -> ReportInput:
+    """``images=False``: no SC overlay and no SEG source (the SR's own pass, which must not
+    wait for the lesion map's projection onto the series)."""
     # Slices that came from an instance (a gap filled by the loader has no UID).
     keep = [z for z, uid in enumerate(volume.sop_instance_uids) if uid]
     if not keep:
@@ -47,7 +50,7 @@ def report_input_from_outcome(manifest: Manifest, prediction: Prediction, volume
     outside = prediction.category is None
     # Outside the validated domain the lesion map is no more trustworthy than the category:
     # no overlay, no SEG, no involvement.
-    scores = None if outside else prediction.lesion_scores_on_series(volume, threshold=threshold)
+    scores = None if outside or not images else prediction.lesion_scores_on_series(volume, threshold=threshold)
     if scores is not None:
         # Only the slices the SC shows are resampled to full resolution (issue 11: the
         # full 512 x 512 x N projection was the slowest step of the results stage).
@@ -57,7 +60,7 @@ def report_input_from_outcome(manifest: Manifest, prediction: Prediction, volume
         overlay = {z: masks[keep[z]] for z in shown}
     # A tilted series was resampled onto another grid than its instances': a SEG that
     # references those instances would be misplaced, so none is written for it.
-    if manifest.outputs.seg and not outside and prediction.lesion_prob is not None and \
+    if images and manifest.outputs.seg and not outside and prediction.lesion_prob is not None and \
             not any("gantry tilt" in w for w in volume.warnings):
         # Computed when the SEG is written, after the SR and SC are on their way (the full
         # masks take seconds; the SR must not wait for them).

@@ -141,6 +141,18 @@ def test_in_domain_study_keeps_its_category_and_gets_a_seg(tmp_path, typical_stu
     # Deterministic: built again (a retry), the same bytes' identity.
     again = write_results(tmp_path / "data2", inp, node_name="gate-node")[2]
     assert dcmread(again, stop_before_pixels=True).SOPInstanceUID == seg.SOPInstanceUID
+    # In two passes, as the analysis worker writes them (every SR before any SC/SEG): the
+    # SR alone from an input without images, then the SC and SEG; same objects, same UIDs.
+    sr_only = report_input_from_outcome(covid_model.manifest, p, vol, o.selected_series, 1, images=False)
+    assert sr_only.overlay is None and sr_only.segmentation_source is None
+    first = write_results(tmp_path / "data3", sr_only, node_name="gate-node", parts=("sr",))
+    assert [x.name for x in first] == ["sr.dcm"] and not (first[0].parent / "sc.dcm").exists()
+    rest = write_results(tmp_path / "data3", inp, node_name="gate-node", parts=("sc", "seg"))
+    assert [x.name for x in rest] == ["sc.dcm", "seg.dcm"]
+    assert dcmread(rest[1], stop_before_pixels=True).SOPInstanceUID == seg.SOPInstanceUID
+    assert dcmread(first[0]).SOPInstanceUID == dcmread(paths[0]).SOPInstanceUID
+    with pytest.raises(ValueError, match="unknown result parts"):
+        write_results(tmp_path / "data4", inp, parts=("sr", "pdf"))
 
 
 def test_out_of_domain_study_gets_no_category(tmp_path, soft_tissue_study, covid_model):

@@ -1,7 +1,7 @@
 """What the SR of a study waits for (issue 11, latency): the first model's SR is published
-before the next model runs, nothing slow runs between a model's answer and its SR (the
-findings wait until the result is recorded), and the results' first-use costs are paid when
-the worker starts, not by the first study."""
+before the next model runs, every model's SR before any SC or SEG is drawn, nothing slow
+runs between a model's answer and its SR (the findings wait until the result is recorded),
+and the results' first-use costs are paid when the worker starts, not by the first study."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ class RecordingPublisher:
         self.events: list[tuple[str, str, float]] = []
         self.warmed: list[str] = []
 
-    def publish(self, study_uid, revision, model, outcome, volume) -> list[str]:
+    def publish(self, study_uid, revision, model, outcome, volume, parts=("sr", "sc", "seg")) -> list[str]:
         # When the SR would be built: the findings must not have been computed yet.
         assert "findings" not in outcome.prediction.detail
-        self.events.append(("publish", outcome.model, time.perf_counter()))
+        self.events.append(("publish " + "+".join(parts), outcome.model, time.perf_counter()))
         return [f"1.2.3.{len(self.events)}"]
 
     def warm_up(self, model) -> float:
@@ -44,10 +44,13 @@ def test_first_sr_leaves_before_the_next_model_runs(heldout_studies, models, mon
         monkeypatch.setattr(m, "run", run)
     assert worker.process("s", 1) == "analysed"
     kinds = [(kind, name) for kind, name, _ in publisher.events]
-    assert kinds == [("run", names[0]), ("publish", names[0]), ("run", names[1]), ("publish", names[1])]
-    # Findings (surveillance) are computed when the result is recorded, after the publish.
+    assert kinds == [("run", names[0]), ("publish sr", names[0]), ("run", names[1]), ("publish sr", names[1]),
+                     ("publish sc+seg", names[0]), ("publish sc+seg", names[1])]
+    # Findings (surveillance) are computed when the result is recorded, after the publish;
+    # each result row carries the UIDs of both passes.
     details = {r[1]: r[6] for r in index.results}
     assert details["covid-typicality"]["findings"]["laterality"] in ("bilateral", "unilateral")
+    assert all(len(d["result_uids"]) == 2 for d in details.values())
 
 
 def test_worker_warms_up_the_results_before_the_first_study(models):

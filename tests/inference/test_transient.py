@@ -41,7 +41,7 @@ class _FillDiskFirst:
         self.filled = False
 
     def publish(self, study_uid: str, revision: int, model: Model, outcome: ModelOutcome,
-                volume: Volume) -> list[str]:
+                volume: Volume, parts: tuple[str, ...] = ("sr", "sc", "seg")) -> list[str]:
         if not self.filled:
             self.filled = True
             with open(self.ballast, "wb") as fh:
@@ -51,7 +51,7 @@ class _FillDiskFirst:
                         fh.flush()
                 except OSError as exc:
                     assert exc.errno == errno.ENOSPC
-        return self.inner.publish(study_uid, revision, model, outcome, volume)
+        return self.inner.publish(study_uid, revision, model, outcome, volume, parts=parts)
 
 
 @pytest.fixture
