@@ -126,18 +126,22 @@ def _timed(name: str, fn: Any) -> Any:
 
 def install_probes() -> None:
     """Wrap the publish path's steps; must run before the node (its worker binds the adapter)."""
+    from aenode.deliver import publish as deliver_publish
     from aenode.infer.engine import Prediction
     from aenode.report import adapters, publish, sc, sr
 
-    adapters.report_input_from_outcome = _timed("adapter (ReportInput)", adapters.report_input_from_outcome)
-    Prediction.lesion_mask_on_series = _timed("  of which lesion map -> series grid",
+    # wrapped where it is called: aenode.deliver.publish binds it by name
+    deliver_publish.report_input_from_outcome = _timed(  # type: ignore[attr-defined]
+        "adapter (ReportInput)", adapters.report_input_from_outcome)
+    Prediction.lesion_mask_on_series = _timed("lesion map -> series grid (for the SEG)",
                                               Prediction.lesion_mask_on_series)
-    sr.build_sr = _timed("SR build (highdicom)", sr.build_sr)
-    sc.build_sc = _timed("SC build", sc.build_sc)
+    # aenode.report.publish binds build_sr/build_sc by name: wrap them where they are called
+    publish.build_sr = _timed("SR build (highdicom)", sr.build_sr)  # type: ignore[attr-defined]
+    publish.build_sc = _timed("SC build", sc.build_sc)  # type: ignore[attr-defined]
     publish.write_dataset = _timed("write_dataset (SR, SC: fsync + rename)", publish.write_dataset)
 
 
-PROBE_ORDER = ("adapter (ReportInput)", "  of which lesion map -> series grid", "SR build (highdicom)",
+PROBE_ORDER = ("adapter (ReportInput)", "lesion map -> series grid (for the SEG)", "SR build (highdicom)",
                "SC build", "write_dataset (SR, SC: fsync + rename)")
 
 
