@@ -31,7 +31,7 @@ the result row; the stage table follows that order and the steps after the SR ar
 separately.  Timing wrappers the script installs around node functions before the node
 starts (measurement only, the node's behaviour is unchanged) split the publishing:
 ``report_input_from_outcome`` (the adapter, which projects the lesion map back onto the
-series grid for the SC: ``Prediction.lesion_mask_on_series``), ``build_sr``, ``build_sc``
+series grid for the SEG: ``Prediction.lesion_mask_on_series``), ``build_sr``, ``build_sc``
 and ``write_dataset``.
 
 Studies are generated before the node starts (phantom generation is CPU-heavy); each
