@@ -6,6 +6,8 @@ import os
 import platform
 from pathlib import Path
 
+from aenode.node import usable_cores
+
 
 def cpu_name() -> str:
     try:
@@ -20,6 +22,6 @@ def cpu_name() -> str:
 def describe() -> str:
     """CPU model, core count and Python version, as printed at the top of each benchmark;
     a run confined to fewer cores (taskset, a container's cpuset) says so."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable_cores()  # what the node sizes itself from
     cores = f"{os.cpu_count()} cores" if usable == os.cpu_count() else f"{usable} of {os.cpu_count()} cores"
     return f"{cpu_name()}, {cores}, Python {platform.python_version()}"

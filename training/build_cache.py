@@ -10,11 +10,8 @@ import data
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    hard = None
-    if "--hard" in argv:
-        at = argv.index("--hard")
-        hard = range(int(argv[at + 1]), int(argv[at + 2]))
-        del argv[at:at + 3]
+    hard_seeds = data.take_option(argv, "--hard", 2)
+    hard = range(*hard_seeds) if hard_seeds else None
     start, stop = int(argv[0]), int(argv[1])
     t = time.time()
     procs = int(argv[2]) if len(argv) > 2 else min(2, os.cpu_count() or 1)

@@ -36,6 +36,19 @@ HARD_VARIANTS = (("atypical", "tree-in-bud"), ("atypical", "cavitation"), ("nega
                  ("negative", "atelectasis"))
 
 
+def take_option(argv: list[str], name: str, count: int) -> list[int] | None:
+    """Remove ``name`` and its ``count`` integer values from ``argv`` (the scripts' small
+    hand-read command lines); None when ``name`` is absent."""
+    if name not in argv:
+        return None
+    at = argv.index(name)
+    values = [int(v) for v in argv[at + 1:at + 1 + count]]
+    if len(values) != count:
+        raise SystemExit(f"{name} needs {count} numbers")
+    del argv[at:at + 1 + count]
+    return values
+
+
 def prep_and_shape():
     m = load_manifest(PACKAGE)
     return m.preprocessing, m.input.size_zyx

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from calibrate import fit_temperature
-from net import TypicalityNet, distances, domain_reference
+from net import TypicalityNet, domain_reference, feature_distance
 from train import RUNS, augment_batch
 
 from aenode.infer.domain import lung_hu
@@ -43,16 +43,9 @@ def feats(net, xs, segs, gen: torch.Generator, aug: bool) -> torch.Tensor:
 
 def main() -> None:
     argv = sys.argv[1:]
-    seeds = (0, 120, 120, 130)
-    if "--seeds" in argv:
-        at = argv.index("--seeds")
-        seeds = tuple(int(v) for v in argv[at + 1:at + 5])
-        del argv[at:at + 5]
-    hard = None
-    if "--hard" in argv:
-        at = argv.index("--hard")
-        hard = (int(argv[at + 1]), int(argv[at + 2]))
-        del argv[at:at + 3]
+    seeds = data.take_option(argv, "--seeds", 4) or [0, 120, 120, 130]
+    hard_seeds = data.take_option(argv, "--hard", 2)
+    hard = (hard_seeds[0], hard_seeds[1]) if hard_seeds else None
     args = [a for a in argv if not a.startswith("--")]
     weights = Path(args[0]) if args else RUNS / "last.pt"
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -143,7 +136,7 @@ def reference(ftr: torch.Tensor, fva: torch.Tensor, val_logits: torch.Tensor, yv
     calibration temperature, both from the held-out validation seeds: runs/domain_ref.pt
     and runs/calibration_fit.json, which export.py seals into the package."""
     mean, whiten = domain_reference(ftr)
-    d_tr, d_va = distances(ftr, mean, whiten), distances(fva, mean, whiten)
+    d_tr, d_va = (feature_distance(f.float(), mean, whiten)[:, 0] for f in (ftr, fva))
     # In-domain held-out studies should almost never be refused: 1.25 x the 99.5th
     # percentile of the validation distances (the model card reports the rate measured on
     # the separate evaluation set).

@@ -170,8 +170,3 @@ def domain_reference(train: torch.Tensor, shrink: float = 0.05) -> tuple[torch.T
     inv = torch.linalg.inv(cov)
     inv = (inv + inv.T) / 2.0
     return mean.float(), torch.linalg.cholesky(inv).float()
-
-
-def distances(feats: torch.Tensor, mean: torch.Tensor, whiten: torch.Tensor) -> torch.Tensor:
-    z = (feats.float() - mean.view(1, -1)) @ whiten
-    return torch.sqrt((z * z).sum(dim=1))
