@@ -41,6 +41,9 @@ case "${1:-}" in
     wait_for "$L/cache.log" "${2:-540}" && tail -4 "$L/cache.log"
     ;;
   train)
+    # Batched right behind 'cache' (the machine keeps its files ~30 s between calls): never start
+    # on a cache that is still being written.
+    if [ -f "$L/cache.log" ]; then wait_for "$L/cache.log" "${2:-540}" || exit 1; fi
     if [ ! -f "$L/train_a.out" ]; then
       half=$(( $(nproc) / 2 ))
       for r in a b; do
