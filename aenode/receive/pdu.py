@@ -24,6 +24,7 @@ tests/receive/test_fuzz.py).
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -160,29 +161,32 @@ def read_pdu(sock: socket.socket, limits: LimitsConfig, deadline: float, *, cloc
         buf.extend(bytes(min(got, total - got)))
 
 
-def parse_command(command: bytes | bytearray) -> tuple[int, int | None]:
-    """(CommandField, CommandDataSetType) of an encoded command set (implicit VR LE)."""
-    field: int | None = None
-    data_set_type: int | None = None
+def command_elements(command: bytes | bytearray) -> dict[int, bytes]:
+    """The elements of an encoded command set (implicit VR LE, group 0000) by element number."""
+    out: dict[int, bytes] = {}
     offset, end = 0, len(command)
     while offset < end:
         if end - offset < 8:
             raise PDURefused("malformed_command")
-        group = int.from_bytes(command[offset:offset + 2], "little")
-        element = int.from_bytes(command[offset + 2:offset + 4], "little")
-        length = int.from_bytes(command[offset + 4:offset + 8], "little")
+        group, element, length = struct.unpack_from("<HHI", command, offset)
         offset += 8
         if group != 0x0000 or length > end - offset:
             raise PDURefused("malformed_command")
-        if element in (0x0100, 0x0800):
-            if length != 2:
-                raise PDURefused("malformed_command")
-            value = int.from_bytes(command[offset:offset + 2], "little")
-            if element == 0x0100:
-                field = value
-            else:
-                data_set_type = value
+        out[element] = bytes(command[offset:offset + length])
         offset += length
+    return out
+
+
+def parse_command(command: bytes | bytearray) -> tuple[int, int | None]:
+    """(CommandField, CommandDataSetType) of an encoded command set (implicit VR LE)."""
+    elements = command_elements(command)
+    values: list[int | None] = []
+    for element in (0x0100, 0x0800):
+        raw = elements.get(element)
+        if raw is not None and len(raw) != 2:
+            raise PDURefused("malformed_command")
+        values.append(None if raw is None else int.from_bytes(raw, "little"))
+    field, data_set_type = values
     if field is None:
         raise PDURefused("malformed_command")
     return field, data_set_type

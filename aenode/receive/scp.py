@@ -11,8 +11,9 @@ its header record and queues its index row to ``indexer.IndexWriter`` (group com
 association's release is answered once its instances are materialised and indexed, and
 start-up replays any journal record a crash left.  (A peer that starts a second data set
 before the first was answered gets the older path for it: temporary file, fsync, rename,
-folder sync.)  Connections, associations and PDUs are bounded in ``server.py`` and
-``pdu.py``; pynetdicom's internals are touched only in ``_pynetdicom.py``.
+folder sync.)  Connections are bounded in ``server.py``, PDUs in ``pdu.py``; each
+association runs on one thread (``association.py``, DIMSE messages in ``dimse.py``);
+pynetdicom provides the A-ASSOCIATE codecs and the presentation context negotiation.
 
 C-STORE statuses: 0x0000 stored; 0xA700 out of resources (disk full, I/O error, index
 unavailable: the sender should retry); 0xA900 the data set's SOP Class differs from the
@@ -29,15 +30,12 @@ import threading
 import time
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
-from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from aenode.config import Config, TLSConfig
 from aenode.logs import get_logger, identifiers_of, phi_values
-from aenode.receive import _pynetdicom
+from aenode.receive.association import Association
 from aenode.receive.checks import (
     DEFLATED_TRANSFER_SYNTAXES,
     LimitExceeded,
@@ -45,9 +43,10 @@ from aenode.receive.checks import (
     header_uids,
     read_dataset,
 )
+from aenode.receive.dimse import Command
 from aenode.receive.indexer import IndexWriter
 from aenode.receive.materialise import Materialiser, Sealed
-from aenode.receive.server import AssociationServer, Connection, ConnectionHandler
+from aenode.receive.server import AssociationServer
 from aenode.receive.spoolfile import InstanceTooLarge, JournalEntry, SpoolTempFile
 from aenode.store.index import Index, InstanceRecord
 from aenode.store.journal import Journal, RecordInfo
@@ -87,6 +86,17 @@ def decodable_transfer_syntaxes() -> list[str]:
     return out
 
 
+def supported_contexts() -> list[PresentationContext]:
+    """What the node accepts: Verification, and every Storage SOP Class in every transfer
+    syntax it can decode."""
+    syntaxes = decodable_transfer_syntaxes()
+    contexts = [build_context(Verification)]
+    for cx in AllStoragePresentationContexts:
+        assert cx.abstract_syntax is not None
+        contexts.append(build_context(cx.abstract_syntax, syntaxes))
+    return contexts
+
+
 class StorageSCP:
     """The node's DICOM listener.  ``start()`` returns once it accepts connections."""
 
@@ -115,7 +125,7 @@ class StorageSCP:
             self._sources.append((src.ae_title, ips))
         self.server: AssociationServer | None = None
         self._thread: threading.Thread | None = None
-        self.ae: AE | None = None
+        self.contexts: list[PresentationContext] = []
 
     @staticmethod
     def _make_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
@@ -143,43 +153,18 @@ class StorageSCP:
         return self.server.stats() if self.server is not None else {}
 
     def start(self) -> None:
-        _pynetdicom.install()
         limits = self.limits
-        ae = AE(ae_title=self.own_ae)
-        ae.maximum_pdu_size = limits.max_pdu_bytes
-        ae.maximum_associations = self.config.node.max_associations
-        ae.require_called_aet = True
-        ae.network_timeout = limits.idle_timeout_seconds
-        ae.acse_timeout = 30
-        ae.dimse_timeout = 60
-        syntaxes = decodable_transfer_syntaxes()
-        ae.add_supported_context(Verification)
-        for cx in AllStoragePresentationContexts:
-            assert cx.abstract_syntax is not None
-            ae.add_supported_context(cx.abstract_syntax, syntaxes)
-        handlers: list[evt.EventHandlerType] = [
-            (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_C_ECHO, self._on_echo),
-            (evt.EVT_ACSE_RECV, self._on_acse),
-            (evt.EVT_ACCEPTED, self._on_outcome, ["established"]),
-            (evt.EVT_REJECTED, self._on_outcome, ["rejected"]),
-            (evt.EVT_RELEASED, self._on_outcome, ["released"]),
-            (evt.EVT_ABORTED, self._on_outcome, ["aborted"]),
-        ]
+        self.contexts = supported_contexts()
         self.recover()
         address = (self.config.node.host, self.config.node.port)
-        server = _pynetdicom.quiet_server(lambda: ae.make_server(
-            address, ae_title=self.own_ae, evt_handlers=handlers, server_class=AssociationServer,
-            request_handler=ConnectionHandler, scp=self))
-        assert isinstance(server, AssociationServer)
-        self.ae, self.server = ae, server
+        server = AssociationServer(address, scp=self)
+        self.server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="aenode-scp-accept", daemon=True)
         self._thread.start()
         log.info("scp_listening", ae_title=self.own_ae, host=self.config.node.host, port=self.port,
-                 tls=self.ssl_context is not None, transfer_syntaxes=len(syntaxes),
-                 max_associations=self.config.node.max_associations, max_pdu_bytes=limits.max_pdu_bytes,
-                 pynetdicom=_pynetdicom.installed_version())
+                 tls=self.ssl_context is not None, transfer_syntaxes=len(self.contexts[-1].transfer_syntax),
+                 max_associations=self.config.node.max_associations, max_pdu_bytes=limits.max_pdu_bytes)
 
     def recover(self) -> None:
         """Start the index writer and the materialiser, replaying what a crash left in the
@@ -213,7 +198,6 @@ class StorageSCP:
         self.materialiser.stop()
         self.writer.stop()
         self._recovered = False
-        self.ae = None
 
     def flush_index(self, timeout: float | None = None) -> bool:
         """Wait until every instance answered so far is materialised and indexed."""
@@ -225,44 +209,24 @@ class StorageSCP:
         self.materialiser.flush(RELEASE_FLUSH_SECONDS)
         self.tracker.ended(assoc)
 
-    # ---- event handlers --------------------------------------------------------------
+    # ---- what the associations call (association.Service) -----------------------------
 
-    def _conn(self, assoc: Association) -> Connection | None:
-        return self.server.connection_of(assoc) if self.server is not None else None
+    def on_release(self, assoc: Association) -> None:
+        # Runs on the association's thread after its last C-STORE, before the release is
+        # answered: a sender that has released finds every instance it sent in the index.
+        self.materialiser.flush(RELEASE_FLUSH_SECONDS)
 
-    def _on_outcome(self, event: evt.Event, outcome: str) -> None:
-        conn = self._conn(event.assoc)
-        if conn is not None and conn.outcome not in ("refused", "failed"):
-            conn.outcome = outcome
-        if outcome in ("released", "aborted"):
-            self.association_ended(event.assoc)
-
-    def _on_acse(self, event: evt.Event) -> None:
-        # Runs on the association thread after its last C-STORE handler, before the release
-        # is answered (see _pynetdicom "release_hook"): a sender that has released finds
-        # every instance it sent in the index.
-        if _pynetdicom.is_release_request(getattr(event, "primitive", None)):
-            self.materialiser.flush(RELEASE_FLUSH_SECONDS)
-
-    def _on_echo(self, event: evt.Event) -> int:
-        return STATUS_SUCCESS
-
-    def _on_store(self, event: evt.Event) -> int:
-        assoc = event.assoc
-        request = event.request
-        assert isinstance(request, C_STORE)
-        context = event.context
-        calling_ae = (assoc.requestor.ae_title or "").strip()
-        tmp = _pynetdicom.stored_file(request)
-        status = self.store(tmp, command_sop_uid=request.AffectedSOPInstanceUID,
-                            command_sop_class=request.AffectedSOPClassUID,
-                            abstract_syntax=context.abstract_syntax, transfer_syntax=context.transfer_syntax,
-                            calling_ae=calling_ae, sender=assoc)
-        conn = self._conn(assoc)
+    def on_store(self, assoc: Association, command: Command, context: PresentationContext,
+                 data: JournalEntry | SpoolTempFile | None) -> int:
+        status = self.store(data, command_sop_uid=command.sop_instance_uid,
+                            command_sop_class=command.sop_class_uid,
+                            abstract_syntax=context.abstract_syntax, transfer_syntax=context.transfer_syntax[0],
+                            calling_ae=assoc.calling_ae, sender=assoc)
+        conn = self.server.connection_of(assoc) if self.server is not None else None
         if conn is not None:
-            if status == STATUS_SUCCESS and tmp is not None:
+            if status == STATUS_SUCCESS and data is not None:
                 conn.instances += 1
-                conn.bytes += tmp.size
+                conn.bytes += data.size
             elif status != STATUS_SUCCESS:
                 conn.failures += 1
         return status
@@ -277,8 +241,8 @@ class StorageSCP:
         ``sender`` identifies the association for the stabiliser (``ActivityTracker``).
         """
         if tmp is None:
-            log.error("store_no_spool_file")
-            return STATUS_PROCESSING_FAILURE
+            log.warning("store_refused", reason="no_data_set", calling_ae=calling_ae)
+            return STATUS_CANNOT_UNDERSTAND
         if isinstance(tmp.error, InstanceTooLarge):
             log.warning("store_refused", reason="limit_exceeded", limit="max_instance_bytes",
                         value=tmp.size, allowed=tmp.max_bytes, calling_ae=calling_ae)
@@ -385,4 +349,5 @@ class StorageSCP:
 
 
 __all__ = ["STATUS_CANNOT_UNDERSTAND", "STATUS_OUT_OF_RESOURCES", "STATUS_PROCESSING_FAILURE",
-           "STATUS_SOP_CLASS_MISMATCH", "STATUS_SUCCESS", "StorageSCP", "decodable_transfer_syntaxes"]
+           "STATUS_SOP_CLASS_MISMATCH", "STATUS_SUCCESS", "StorageSCP", "decodable_transfer_syntaxes",
+           "supported_contexts"]

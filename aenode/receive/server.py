@@ -11,8 +11,8 @@ bounded by ``[limits]`` (see docs/SECURITY.md):
   whole A-ASSOCIATE-RQ within ``associate_timeout_seconds``, at most
   ``max_associate_request_bytes``, read by the node itself (pdu.py); the called and calling
   AE titles and ``[node] max_associations`` are checked before pynetdicom sees the request;
-* once admitted: pynetdicom runs the association with the bounded reader of
-  ``_pynetdicom.FastDUL`` (PDU size, PDU and message deadlines, idle timeout);
+* once admitted: the association runs on its own thread (``association.py``) with the
+  bounded reader of ``pdu.py`` (PDU size, PDU and message deadlines, idle timeout);
 * at the end, whatever happened: the socket is closed, every temporary spool file still
   open is closed and removed, the journal segment goes back to the pool, the slot is given back, and one ``association`` log line says
   how it ended.
@@ -33,14 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pynetdicom import evt
-from pynetdicom.association import Association
 from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from aenode.config import LimitsConfig
 from aenode.logs import get_logger
-from aenode.receive import _pynetdicom
+from aenode.receive.association import Association, Negotiated, negotiate
 from aenode.receive.pdu import (
     AssociateHeader,
     PDUReader,
@@ -92,7 +89,7 @@ class RateLimit:
 
 @dataclass(eq=False)
 class Connection:
-    """One TCP connection; also what its DUL thread reports to (``_pynetdicom.DulLink``)."""
+    """One TCP connection; also what its association reports to (``association.Link``)."""
 
     sock: socket.socket
     peer: str
@@ -120,7 +117,7 @@ class Connection:
     def __post_init__(self) -> None:
         self.reader = PDUReader(self.limits)
 
-    # -- DulLink --
+    # -- association.Link --
     def refused(self, exc: PDURefused) -> None:
         self.outcome, self.reason, self.limit = "refused", exc.reason, exc.limit
 
@@ -129,8 +126,9 @@ class Connection:
 
     def new_temp_file(self) -> JournalEntry | SpoolTempFile:
         """Where the next data set goes: this connection's journal segment, or a temporary
-        file when the previous data set is still being handled (a pipelining peer) or no
-        segment can be had (the file path then reports the error)."""
+        file when the segment still holds an entry (defence in depth: the association answers
+        each data set before it reads the next) or no segment can be had (the file path then
+        reports the error)."""
         f: JournalEntry | SpoolTempFile | None = None
         with self._lock:
             seg = self.segment
@@ -169,15 +167,16 @@ class Connection:
             self.journal.give_back(seg, time.monotonic())
 
 
-class AssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with the node's connection bounds."""
+class AssociationServer(socketserver.TCPServer):
+    """The listener: accepts connections within the node's bounds and hands each to a
+    pending worker (``ConnectionHandler``)."""
 
-    daemon_threads = True
+    allow_reuse_address = True
     # listen() backlog: socketserver's 5 overflows under a burst of connections and the
     # kernel then drops SYNs, which costs a well-behaved peer a 1 s retransmission.
     request_queue_size = 128
 
-    def __init__(self, *args: Any, scp: StorageSCP, **kwargs: Any):
+    def __init__(self, address: tuple[str, int], scp: StorageSCP):
         self.scp = scp
         self.reuse_port = scp.config.workers.receive > 1
         self.limits: LimitsConfig = scp.config.limits
@@ -198,7 +197,7 @@ class AssociationServer(ThreadedAssociationServer):
         # accepted connection costs a GIL hand-over each, which under a connection flood made
         # accept() fall behind and the kernel drop every peer's SYN (C-ECHO waited ~60 s).
         self._work: queue.SimpleQueue[tuple[socket.socket, Any] | None] = queue.SimpleQueue()
-        super().__init__(*args, **kwargs)
+        super().__init__(address, ConnectionHandler)
         self._workers = [threading.Thread(target=self._pending_worker, name=f"aenode-scp-pending-{k}", daemon=True)
                          for k in range(self.limits.max_pending_connections)]
         for worker in self._workers:
@@ -275,17 +274,11 @@ class AssociationServer(ThreadedAssociationServer):
             except Exception:  # noqa: BLE001 - the handler cleans up; never lose the worker
                 self.handle_error(request, client_address)
 
-    def service_actions(self) -> None:
-        # pynetdicom runs a full gc.collect() every 60 accept-loop turns; under a connection
-        # flood that stalls accept() (and so every peer's TCP handshake).  Connections here
-        # release their resources explicitly; the interpreter's own GC does the rest.
-        pass
-
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.error("connection_error", error="unexpected exception in the connection thread")
 
-    def shutdown(self) -> None:  # pynetdicom's also edits ae._servers, which the node does not use
-        socketserver.BaseServer.shutdown(self)
+    def shutdown(self) -> None:
+        super().shutdown()
         self.server_close()
         for _ in self._workers:
             self._work.put(None)
@@ -365,7 +358,7 @@ def _send_quietly(sock: socket.socket, data: bytes) -> None:
         pass
 
 
-class ConnectionHandler(RequestHandler):
+class ConnectionHandler(socketserver.BaseRequestHandler):
     """One connection: the pending phase on a pending worker, then its own thread once admitted."""
 
     server: AssociationServer
@@ -385,8 +378,7 @@ class ConnectionHandler(RequestHandler):
     def _run(self, conn: Connection, assoc: Association) -> None:
         """The admitted association's own thread: run it to its end, then clean up."""
         try:
-            assoc.start()
-            _pynetdicom.finish_acceptor(assoc, timeout=None)
+            assoc.run()
         except Exception as exc:  # noqa: BLE001 - clean up whatever happened
             conn.failed(exc)
         finally:
@@ -426,17 +418,29 @@ class ConnectionHandler(RequestHandler):
             server.unpend(conn)
         conn.calling_ae, conn.called_ae = header.calling_ae, header.called_ae
         rejection = self._check(conn, header)
+        negotiated: Negotiated | None = None
+        if rejection is None:
+            try:
+                result = negotiate(request, scp.contexts, limits.max_pdu_bytes)
+            except Exception:  # noqa: BLE001 - pynetdicom's codec failing on a peer's odd request
+                conn.refused(PDURefused("undecodable_pdu"))
+                _send_quietly(sock, abort_pdu())
+                return False
+            if isinstance(result, Negotiated):
+                negotiated = result
+            else:
+                rejection = (result, "application_context")
         if rejection is None and not server.admit(conn):
             rejection = (REJECT_LIMIT, "max_associations")
         if rejection is not None:
-            (result, source, reason), why = rejection
+            (result_, source, reason), why = rejection
             conn.outcome, conn.reason = "rejected", why
-            _send_quietly(sock, reject_pdu(result, source, reason))
+            _send_quietly(sock, reject_pdu(result_, source, reason))
             return False
+        assert negotiated is not None
         sock.settimeout(limits.idle_timeout_seconds)
-        assoc = _pynetdicom.create_acceptor(self, request, conn)
+        assoc = Association(sock, conn, scp, negotiated, header.calling_ae, limits.idle_timeout_seconds)
         server.bind_assoc(conn, assoc)
-        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         threading.Thread(target=self._run, args=(conn, assoc), name="aenode-scp-association", daemon=True).start()
         return True
 

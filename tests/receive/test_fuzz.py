@@ -2,9 +2,11 @@
 
 Targets and their documented rejections (anything else is a crash, and fails):
 
-* PDU framing and checks (receive/pdu.py) followed by pynetdicom's PDU decoder, as
-  ``_pynetdicom.FastDUL._read_pdu_data`` chains them: ``PDURefused`` / ``PeerClosed``
-  (a decoder exception is turned into ``PDURefused("undecodable_pdu")`` there too);
+* a connection's byte stream as the node handles it: PDU framing and checks
+  (receive/pdu.py), pynetdicom's A-ASSOCIATE-RQ decoder and the negotiation
+  (``server.ConnectionHandler``: a decoder exception becomes ``PDURefused("undecodable_pdu")``),
+  then the association's data phase (receive/association.py, dimse.py) with a C-STORE
+  handler that answers success: ``PDURefused`` / ``PeerClosed``;
 * the C-STORE data path (``StorageSCP.store`` on a received file, real spool and index):
   a status among 0x0000, 0xA700, 0xA900, 0xC000, and the index holds exactly the
   instances answered 0x0000;
@@ -28,12 +30,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import generate_uid
-from pynetdicom import pdu as pdu_classes
+from pynetdicom.pdu import A_ASSOCIATE_RQ
 
 from aenode.config import LimitsConfig, parse_config
+from aenode.receive.association import Association, Negotiated, negotiate
 from aenode.receive.checks import LimitExceeded, check_geometry, read_header
 from aenode.receive.pdu import PDUReader, PDURefused, PeerClosed, parse_associate_header
-from aenode.receive.scp import StorageSCP
+from aenode.receive.scp import StorageSCP, supported_contexts
 from aenode.receive.spoolfile import SpoolTempFile
 from aenode.store.index import Index
 from aenode.store.meta import BadInstance, meta_from_dataset, read_meta
@@ -51,9 +54,7 @@ SLOW = settings(max_examples=20000, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 LIMITS = LimitsConfig(max_pdu_bytes=64 * 1024, max_associate_request_bytes=16 * 1024)
 
-_DECODERS = {1: pdu_classes.A_ASSOCIATE_RQ, 2: pdu_classes.A_ASSOCIATE_AC, 3: pdu_classes.A_ASSOCIATE_RJ,
-             4: pdu_classes.P_DATA_TF, 5: pdu_classes.A_RELEASE_RQ, 6: pdu_classes.A_RELEASE_RP,
-             7: pdu_classes.A_ABORT_RQ}
+CONTEXTS = supported_contexts()
 
 
 class FeedSocket:
@@ -61,6 +62,7 @@ class FeedSocket:
 
     def __init__(self, data: bytes, chunk: int = 1 << 20):
         self.data, self.pos, self.chunk = data, 0, max(1, chunk)
+        self.sent = bytearray()
 
     def settimeout(self, _t: float) -> None:
         pass
@@ -71,6 +73,46 @@ class FeedSocket:
         self.pos += n
         return n
 
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+
+class _MemorySink:
+    def __init__(self) -> None:
+        self.size, self.closed = 0, False
+
+    def write(self, data: memoryview) -> int:
+        self.size += len(data)
+        return len(data)
+
+    def finish(self) -> None:
+        self.closed = True
+
+    discard = finish
+
+
+class _Link:
+    def __init__(self, reader: PDUReader):
+        self.reader, self.outcome, self.reason = reader, "closed", None
+
+    def refused(self, exc: PDURefused) -> None:
+        self.outcome, self.reason = "refused", exc.reason
+
+    def new_temp_file(self) -> _MemorySink:
+        return _MemorySink()
+
+
+class _Service:
+    def __init__(self) -> None:
+        self.stored = 0
+
+    def on_store(self, assoc, command, context, data) -> int:
+        self.stored += data is not None
+        return 0x0000
+
+    def on_release(self, assoc) -> None:
+        pass
+
 
 def connection(data: bytes, chunk: int = 1 << 20) -> int:
     """Run a peer's byte stream through what the node does with it; the number of PDUs accepted."""
@@ -79,16 +121,24 @@ def connection(data: bytes, chunk: int = 1 << 20) -> int:
     accepted = 0
     try:
         first = reader.read_associate_request(sock, deadline=1.0)  # type: ignore[arg-type]
-        parse_associate_header(first)
-        while True:
-            raw = first if accepted == 0 else reader.read(sock)  # type: ignore[arg-type]
-            try:
-                _DECODERS[raw[0]]().decode(bytes(raw))
-            except Exception:  # noqa: BLE001 - FastDUL: any decoder failure is undecodable_pdu
-                raise PDURefused("undecodable_pdu") from None
+        header = parse_associate_header(first)
+        try:
+            request = A_ASSOCIATE_RQ()
+            request.decode(bytes(first))
+            negotiated = negotiate(request, CONTEXTS, LIMITS.max_pdu_bytes)
+        except Exception:  # noqa: BLE001 - ConnectionHandler: any decoder failure is undecodable_pdu
+            raise PDURefused("undecodable_pdu") from None
+        accepted += 1
+        if not isinstance(negotiated, Negotiated):
+            return accepted
+        assoc = Association(sock, _Link(reader), _Service(), negotiated,  # type: ignore[arg-type]
+                            header.calling_ae, 1.0)
+        while assoc.handle(reader.read(sock)):  # type: ignore[arg-type]
             accepted += 1
+        accepted += 1
     except (PDURefused, PeerClosed):
         return accepted
+    return accepted
 
 
 def _valid_stream() -> bytes:
@@ -104,6 +154,24 @@ VALID = _valid_stream()
 def test_valid_stream_is_accepted():
     assert connection(VALID) == 6
     assert connection(VALID, chunk=1) == 6  # byte by byte
+
+
+def test_valid_stream_is_answered():
+    """The echo and the store each get their response, then the release its A-RELEASE-RP."""
+    sock = FeedSocket(VALID)
+    reader = PDUReader(LIMITS, clock=lambda: 0.0)
+    request = A_ASSOCIATE_RQ()
+    request.decode(bytes(reader.read_associate_request(sock, deadline=1.0)))  # type: ignore[arg-type]
+    negotiated = negotiate(request, CONTEXTS, LIMITS.max_pdu_bytes)
+    assert isinstance(negotiated, Negotiated) and set(negotiated.contexts) == {1, 3}
+    service = _Service()
+    assoc = Association(sock, _Link(reader), service, negotiated, "RAWSCU", 1.0)  # type: ignore[arg-type]
+    while assoc.handle(reader.read(sock)):  # type: ignore[arg-type]
+        pass
+    assert service.stored == 1
+    assert bytes(sock.sent).count(b"\x00\x00\x00\x01\x02\x00\x00\x00\x30\x80") == 1  # (0000,0100) = 0x8030 C-ECHO-RSP
+    assert bytes(sock.sent).count(b"\x00\x00\x00\x01\x02\x00\x00\x00\x01\x80") == 1  # (0000,0100) = 0x8001 C-STORE-RSP
+    assert bytes(sock.sent).endswith(bytes((6, 0, 0, 0, 0, 4, 0, 0, 0, 0)))
 
 
 def _mutate(data: bytes, rnd: random.Random) -> bytes:
@@ -213,7 +281,7 @@ class _Store:
         tmp.write(data)
         status = self.scp.store(tmp, command_sop_uid=sop_uid, command_sop_class=CT, abstract_syntax=abstract,
                                 transfer_syntax="1.2.840.10008.1.2.1", calling_ae="FUZZ", sender=self)
-        tmp.discard()  # what pynetdicom does after the handler (unlink: gone if committed)
+        tmp.finish()  # what the association does after the handler (unlink: gone if committed)
         assert status in (0x0000, 0xA700, 0xA900, 0xC000), hex(status)
         if status == 0:
             self.stored.add(sop_uid)

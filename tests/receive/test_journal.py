@@ -214,12 +214,12 @@ def test_one_fdatasync_per_instance_and_no_fsync_before_the_response(tmp_path, m
         import threading
 
         def fdatasync(fd):
-            if "AcceptorThread" in threading.current_thread().name:  # runs the C-STORE handlers
+            if threading.current_thread().name == "aenode-scp-association":  # runs the C-STORE handlers
                 calls.append("fdatasync")
             return real_fdatasync(fd)
 
         def fsync(fd):
-            if "AcceptorThread" in threading.current_thread().name:
+            if threading.current_thread().name == "aenode-scp-association":
                 calls.append("fsync")
             return real_fsync(fd)
 
