@@ -22,7 +22,6 @@ import multiprocessing.process
 import multiprocessing.synchronize
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -203,7 +202,6 @@ ROLE_WORKERS: dict[Role, tuple[WorkerName, ...]] = {
     "web": ("web",),
 }
 _RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
-RECEIVE_SWITCH_INTERVAL = 0.0002  # seconds; see _child
 
 
 def usable_cores() -> int:
@@ -246,12 +244,6 @@ def _child(config: Config, role: Role, wakeups: tuple[WakeEvent, WakeEvent], rea
         import SimpleITK as sitk
 
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    if role == "receive":
-        # The association threads wait on sockets and fdatasync; the materialiser and the
-        # index writer run Python meanwhile.  CPython hands the GIL back to a thread whose
-        # system call returned only after the switch interval (5 ms by default): per
-        # instance, that wait was the largest cost of receiving (docs/BENCHMARKS.md, "Ingest").
-        sys.setswitchinterval(RECEIVE_SWITCH_INTERVAL)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
