@@ -326,6 +326,10 @@ def mode_speed(work: Path, repeat: int, slices: int) -> dict:
             times = []
             for _ in range(repeat):
                 rx.reset()
+                # No dirty pages left by the previous send (of any receiver): its writeback
+                # would otherwise land in this one's time (storescp's best and worst runs
+                # differed 2x on the 2-core VM without this).
+                os.sync()
                 times.append(send(rx.port, rx.aet, study))
         finally:
             rx.stop()
