@@ -5,6 +5,8 @@ what a modality may ask: role selection, an asynchronous operations window, a sm
 from __future__ import annotations
 
 import io
+import json
+import time
 
 import pydicom
 import pytest
@@ -34,6 +36,7 @@ from aenode.receive.pdu import PDURefused
 from aenode.receive.scp import supported_contexts
 from aenode.receive.spoolfile import part10_header
 
+from .conftest import wait_for
 from .dicomgen import CT, ct_slice
 from .rawdicom import (
     APPLICATION_CONTEXT,
@@ -206,3 +209,24 @@ def test_data_on_a_context_never_accepted_aborts(node):
     reply = recv_pdu(raw.sock)
     assert reply[:1] == b"\x07"  # A-ABORT
     assert node.index.studies() == []
+
+
+def test_idle_association_is_aborted_after_the_idle_timeout(node_factory, log_buffer):
+    node = node_factory(limits={"idle_timeout_seconds": 1.0})
+    raw = RawAssociation(node.port)
+    assert raw.ok
+    t0 = time.monotonic()
+    reply = recv_pdu(raw.sock, timeout=5.0)
+    waited = time.monotonic() - t0
+    assert reply[:1] == b"\x07" and 0.9 <= waited < 3.0  # A-ABORT once the second has passed
+    wait_for(lambda: '"idle_timeout"' in log_buffer.getvalue(), timeout=5)
+    line = next(json.loads(x) for x in log_buffer.getvalue().splitlines() if '"idle_timeout"' in x)
+    assert line["event"] == "association" and line["outcome"] == "aborted"
+
+
+def test_release_is_answered_and_logged(node, log_buffer):
+    raw = RawAssociation(node.port)
+    assert raw.ok
+    raw.sock.sendall(bytes((5, 0, 0, 0, 0, 4, 0, 0, 0, 0)))  # A-RELEASE-RQ
+    assert recv_pdu(raw.sock)[:1] == b"\x06"  # A-RELEASE-RP
+    wait_for(lambda: '"released"' in log_buffer.getvalue(), timeout=5)
