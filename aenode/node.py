@@ -202,6 +202,7 @@ ROLE_WORKERS: dict[Role, tuple[WorkerName, ...]] = {
     "web": ("web",),
 }
 _RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def usable_cores() -> int:
@@ -247,6 +248,7 @@ def _child(config: Config, role: Role, wakeups: tuple[WakeEvent, WakeEvent], rea
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by Supervisor._start
     # Receive slots 1.. are extra listeners on the port ([workers] receive): SCP and
     # stabiliser only; retention and reconciliation run in slot 0.
     extra_listener = role == "receive" and slot > 0
@@ -289,7 +291,14 @@ class Supervisor:
         ready = self._ctx.Event()
         proc = self._ctx.Process(target=_child, name=f"aenode-{role}",
                                  args=(self.config, role, self._wakeups, ready, self.log_level, self.threads, slot))
-        proc.start()
+        # The child is forked with the supervisor's signal handlers: a SIGTERM between the
+        # fork and _child's own handler would only set the supervisor's (copied) flag and
+        # the child would run on until killed.  Blocked here, it waits for _child's handler.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self._slots[slot] = (role, proc, restarts)
         return ready
 

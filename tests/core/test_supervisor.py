@@ -113,3 +113,29 @@ def test_default_sizing_counts_the_cores_the_node_may_use_not_the_host():
             "from aenode.node import usable_cores; print(usable_cores(), os.cpu_count())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert int(out[0]) == 1 and int(out[1]) >= 2
+
+
+def _report_mask(config, role, wakeups, ready, log_level, threads, slot):
+    """Stands in for ``node._child``: writes the signal mask the child started with."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    Path(config.node.data_dir, f"mask-{role}").write_text(",".join(str(int(s)) for s in sorted(mask)))
+
+
+def test_children_start_with_stop_signals_blocked(tmp_path, monkeypatch):
+    """A SIGTERM that reaches a child before it has its own handler must wait for that
+    handler (a child forked with the supervisor's handler would ignore it and run on until
+    killed): the child starts with SIGTERM/SIGINT blocked, the supervisor's mask is restored."""
+    from aenode import node
+    from aenode.config import parse_config
+
+    config = parse_config({"node": {"data_dir": str(tmp_path), "port": free_port()}})
+    monkeypatch.setattr(node, "_child", _report_mask)
+    supervisor = node.Supervisor(config)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    supervisor._start(0)
+    _, proc, _ = supervisor._slots[0]
+    assert proc is not None
+    proc.join(30)
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+    started = {int(s) for s in (tmp_path / "mask-receive").read_text().split(",") if s}
+    assert {int(signal.SIGTERM), int(signal.SIGINT)} <= started
