@@ -46,6 +46,7 @@ from aenode.receive.dimse import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     LAST,
+    STATUS_SUCCESS,
     Command,
     command_pdus,
     decode_command,
@@ -60,12 +61,13 @@ from aenode.receive.pdu import (
     PDURefused,
     PeerClosed,
     abort_pdu,
+    pdv_items,
+    send_quietly,
 )
 from aenode.receive.spoolfile import JournalEntry, SpoolTempFile, part10_header
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"  # DICOM Application Context Name (PS3.7 A.2.1)
 RELEASE_RP = bytes((0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0))
-STATUS_SUCCESS = 0x0000
 # A-ASSOCIATE-RJ (result, source, reason), PS3.8 table 9-21
 REJECT_APPLICATION_CONTEXT = (1, 1, 2)  # permanent, service user, application context name not supported
 
@@ -80,6 +82,9 @@ class Link(Protocol):
     def refused(self, exc: PDURefused) -> None: ...
 
     def new_temp_file(self) -> JournalEntry | SpoolTempFile: ...
+
+    def answered(self, status: int, size: int | None) -> None:
+        """A C-STORE was answered ``status``; ``size``: bytes of its data set, if any."""
 
 
 class Service(Protocol):
@@ -248,16 +253,12 @@ class Association:
 
     def _data(self, pdu: bytearray) -> None:
         """The PDVs of one P-DATA-TF (framing and commands already checked by the reader)."""
-        offset, end = 6, len(pdu)
         with memoryview(pdu) as view:
-            while offset < end:
-                length = int.from_bytes(pdu[offset:offset + 4], "big")
-                context_id, control = pdu[offset + 4], pdu[offset + 5]
-                start, offset = offset + 6, offset + 4 + length
+            for context_id, control, start, end in pdv_items(pdu):
                 if context_id not in self.contexts:
                     raise PDURefused("unknown_presentation_context")
                 if control & COMMAND:
-                    self._command += view[start:offset]
+                    self._command += view[start:end]
                     if control & LAST:
                         command = decode_command(self._command)
                         self._command = bytearray()
@@ -268,7 +269,7 @@ class Association:
                 command, pending_context, sink = self._pending
                 if context_id != pending_context:
                     raise PDURefused("presentation_context_changed")
-                sink.write(view[start:offset])
+                sink.write(view[start:end])
                 if control & LAST:
                     self._pending = None
                     self._answer(command, context_id, sink)
@@ -292,6 +293,7 @@ class Association:
         finally:
             if sink is not None:
                 sink.finish()
+        self.link.answered(status, None if sink is None else sink.size)
         self._send(command_pdus(context_id, response(command, status), self.peer_max_pdu))
 
     def _drop_pending(self) -> None:
@@ -309,9 +311,5 @@ class Association:
             raise PeerClosed() from None
 
     def _send_quietly(self, data: bytes) -> None:
-        try:
-            with self._send_lock:
-                self.sock.settimeout(1.0)
-                self.sock.sendall(data)
-        except (OSError, ValueError):
-            pass
+        with self._send_lock:
+            send_quietly(self.sock, data)

@@ -24,6 +24,7 @@ from aenode.receive.pdu import C_ECHO_RQ, NO_DATA_SET, P_DATA_TF, command_elemen
 IMPLEMENTATION_CLASS_UID = "2.25.183520535974778629483531637697343576644"
 IMPLEMENTATION_VERSION_NAME = f"AENODE_{__version__.replace('.', '')}"[:16]
 
+STATUS_SUCCESS = 0x0000
 C_STORE_RSP = 0x8001
 C_ECHO_RSP = 0x8030
 # Command set elements (PS3.7 E.1-1), group 0000.
@@ -77,21 +78,22 @@ def _element(element: int, value: bytes) -> bytes:
     return struct.pack("<HHI", 0, element, len(value)) + value
 
 
-def _uid(value: str) -> bytes:
+def even(value: str, pad: bytes) -> bytes:
+    """``value`` as ASCII padded to an even length (PS3.5 7.1: UIs with NUL, text with a space)."""
     raw = value.encode("ascii", errors="replace")
-    return raw + b"\0" if len(raw) % 2 else raw
+    return raw + pad if len(raw) % 2 else raw
 
 
 def response(request: Command, status: int) -> bytes:
     """The encoded command set answering ``request`` (C-STORE-RSP or C-ECHO-RSP, no data set)."""
     field = C_ECHO_RSP if request.is_echo else C_STORE_RSP
-    body = _element(_AFFECTED_SOP_CLASS, _uid(request.sop_class_uid))
+    body = _element(_AFFECTED_SOP_CLASS, even(request.sop_class_uid, b"\0"))
     body += _element(_COMMAND_FIELD, struct.pack("<H", field))
     body += _element(_MESSAGE_ID_RESPONDED, struct.pack("<H", request.message_id))
     body += _element(_DATA_SET_TYPE, struct.pack("<H", NO_DATA_SET))
     body += _element(_STATUS, struct.pack("<H", status))
     if not request.is_echo:
-        body += _element(_AFFECTED_SOP_INSTANCE, _uid(request.sop_instance_uid))
+        body += _element(_AFFECTED_SOP_INSTANCE, even(request.sop_instance_uid, b"\0"))
     return _element(_GROUP_LENGTH, struct.pack("<I", len(body))) + body
 
 

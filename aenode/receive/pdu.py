@@ -26,7 +26,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from aenode.config import LimitsConfig
@@ -192,6 +192,31 @@ def parse_command(command: bytes | bytearray) -> tuple[int, int | None]:
     return field, data_set_type
 
 
+def pdv_items(pdu: bytes | bytearray | memoryview) -> Iterator[tuple[int, int, int, int]]:
+    """(presentation context ID, message control header, start, end of the fragment) of
+    each PDV item of a complete P-DATA-TF PDU (PS3.8 9.3.5); ``PDURefused`` on bad framing."""
+    offset, end = HEADER, len(pdu)
+    if end <= HEADER:
+        raise PDURefused("malformed_pdv")
+    while offset < end:
+        if end - offset < 6:
+            raise PDURefused("malformed_pdv")
+        item = int.from_bytes(pdu[offset:offset + 4], "big")
+        if item < 2 or item > end - offset - 4:
+            raise PDURefused("malformed_pdv")
+        yield pdu[offset + 4], pdu[offset + 5], offset + 6, offset + 4 + item
+        offset += 4 + item
+
+
+def send_quietly(sock: socket.socket, data: bytes) -> None:
+    """Best effort (an A-ABORT or A-ASSOCIATE-RJ to a peer that may be gone): at most 1 s."""
+    try:
+        sock.settimeout(1.0)
+        sock.sendall(data)
+    except (OSError, ValueError):
+        pass
+
+
 class MessageWatch:
     """Follows the DIMSE message carried by P-DATA-TF PDUs (PS3.8 annex E)."""
 
@@ -217,18 +242,7 @@ class MessageWatch:
     def feed(self, pdu: bytes | bytearray | memoryview, now: float) -> None:
         """Check one complete P-DATA-TF PDU (header included)."""
         self.check_deadline(now)
-        offset, end = HEADER, len(pdu)
-        if end <= HEADER:
-            raise PDURefused("malformed_pdv")
-        while offset < end:
-            if end - offset < 6:
-                raise PDURefused("malformed_pdv")
-            item = int.from_bytes(pdu[offset:offset + 4], "big")
-            if item < 2 or item > end - offset - 4:
-                raise PDURefused("malformed_pdv")
-            control = pdu[offset + 5]
-            data_start, data_end = offset + 6, offset + 4 + item
-            offset = data_end
+        for _context_id, control, data_start, data_end in pdv_items(pdu):
             if self.started is None:
                 self.started = now
             if control & 1:  # command fragment

@@ -9,9 +9,8 @@ presentation context, the command, ``[limits]``), seals the record with one
 After the response ``materialise.Materialiser`` writes it out as the spool file, builds
 its header record and queues its index row to ``indexer.IndexWriter`` (group commit); the
 association's release is answered once its instances are materialised and indexed, and
-start-up replays any journal record a crash left.  (A peer that starts a second data set
-before the first was answered gets the older path for it: temporary file, fsync, rename,
-folder sync.)  Connections are bounded in ``server.py``, PDUs in ``pdu.py``; each
+start-up replays any journal record a crash left.  (A connection for which no journal
+segment can be had gets the older path: temporary file, fsync, rename, folder sync.)  Connections are bounded in ``server.py``, PDUs in ``pdu.py``; each
 association runs on one thread (``association.py``, DIMSE messages in ``dimse.py``);
 pynetdicom provides the A-ASSOCIATE codecs and the presentation context negotiation.
 
@@ -43,7 +42,7 @@ from aenode.receive.checks import (
     header_uids,
     read_dataset,
 )
-from aenode.receive.dimse import Command
+from aenode.receive.dimse import STATUS_SUCCESS, Command
 from aenode.receive.indexer import IndexWriter
 from aenode.receive.materialise import Materialiser, Sealed
 from aenode.receive.server import AssociationServer
@@ -58,7 +57,6 @@ from aenode.store.uids import clean_uid
 
 log = get_logger("aenode.receive")
 
-STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_SOP_CLASS_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
@@ -218,18 +216,9 @@ class StorageSCP:
 
     def on_store(self, assoc: Association, command: Command, context: PresentationContext,
                  data: JournalEntry | SpoolTempFile | None) -> int:
-        status = self.store(data, command_sop_uid=command.sop_instance_uid,
-                            command_sop_class=command.sop_class_uid,
-                            abstract_syntax=context.abstract_syntax, transfer_syntax=context.transfer_syntax[0],
-                            calling_ae=assoc.calling_ae, sender=assoc)
-        conn = self.server.connection_of(assoc) if self.server is not None else None
-        if conn is not None:
-            if status == STATUS_SUCCESS and data is not None:
-                conn.instances += 1
-                conn.bytes += data.size
-            elif status != STATUS_SUCCESS:
-                conn.failures += 1
-        return status
+        return self.store(data, command_sop_uid=command.sop_instance_uid, command_sop_class=command.sop_class_uid,
+                          abstract_syntax=context.abstract_syntax, transfer_syntax=context.transfer_syntax[0],
+                          calling_ae=assoc.calling_ae, sender=assoc)
 
     # ---- the C-STORE data path -------------------------------------------------------
 

@@ -38,6 +38,7 @@ from pynetdicom.pdu import A_ASSOCIATE_RQ
 from aenode.config import LimitsConfig
 from aenode.logs import get_logger
 from aenode.receive.association import Association, Negotiated, negotiate
+from aenode.receive.dimse import STATUS_SUCCESS
 from aenode.receive.pdu import (
     AssociateHeader,
     PDUReader,
@@ -46,6 +47,7 @@ from aenode.receive.pdu import (
     abort_pdu,
     parse_associate_header,
     reject_pdu,
+    send_quietly,
 )
 from aenode.receive.spoolfile import JournalEntry, SpoolTempFile
 from aenode.store.journal import Journal, Segment
@@ -124,6 +126,13 @@ class Connection:
     def failed(self, exc: BaseException) -> None:
         self.outcome, self.reason = "failed", type(exc).__name__
 
+    def answered(self, status: int, size: int | None) -> None:
+        if status == STATUS_SUCCESS and size is not None:
+            self.instances += 1
+            self.bytes += size
+        elif status != STATUS_SUCCESS:
+            self.failures += 1
+
     def new_temp_file(self) -> JournalEntry | SpoolTempFile:
         """Where the next data set goes: this connection's journal segment, or a temporary
         file when the segment still holds an entry (defence in depth: the association answers
@@ -186,7 +195,6 @@ class AssociationServer(socketserver.TCPServer):
         self._per_peer: Counter[str] = Counter()
         self._pending: OrderedDict[Connection, None] = OrderedDict()
         self._by_socket: dict[socket.socket, Connection] = {}
-        self._by_assoc: dict[Association, Connection] = {}
         self._admitted = 0
         self._open: set[Connection] = set()
         self.counters: Counter[str] = Counter()
@@ -305,20 +313,10 @@ class AssociationServer(socketserver.TCPServer):
         with self._lock:
             self._pending.pop(conn, None)
 
-    def bind_assoc(self, conn: Connection, assoc: Association) -> None:
-        with self._lock:
-            conn.assoc = assoc
-            self._by_assoc[assoc] = conn
-
-    def connection_of(self, assoc: Association) -> Connection | None:
-        return self._by_assoc.get(assoc)
-
     def _forget(self, conn: Connection) -> None:
         with self._lock:
             self._pending.pop(conn, None)
             self._by_socket.pop(conn.sock, None)
-            if conn.assoc is not None:
-                self._by_assoc.pop(conn.assoc, None)
             if conn in self._open:
                 self._open.discard(conn)
                 self._per_peer[conn.peer] -= 1
@@ -348,14 +346,6 @@ class AssociationServer(socketserver.TCPServer):
                  failures=conn.failures, duration_s=round(time.monotonic() - conn.accepted_at, 3),
                  outcome=conn.outcome, reason=conn.reason, limit=conn.limit,
                  **({"suppressed": dropped} if dropped else {}))
-
-
-def _send_quietly(sock: socket.socket, data: bytes) -> None:
-    try:
-        sock.settimeout(1.0)
-        sock.sendall(data)
-    except (OSError, ValueError):
-        pass
 
 
 class ConnectionHandler(socketserver.BaseRequestHandler):
@@ -412,7 +402,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             return False
         except PDURefused as exc:
             conn.refused(exc)
-            _send_quietly(sock, abort_pdu())
+            send_quietly(sock, abort_pdu())
             return False
         finally:
             server.unpend(conn)
@@ -424,7 +414,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                 result = negotiate(request, scp.contexts, limits.max_pdu_bytes)
             except Exception:  # noqa: BLE001 - pynetdicom's codec failing on a peer's odd request
                 conn.refused(PDURefused("undecodable_pdu"))
-                _send_quietly(sock, abort_pdu())
+                send_quietly(sock, abort_pdu())
                 return False
             if isinstance(result, Negotiated):
                 negotiated = result
@@ -435,12 +425,12 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         if rejection is not None:
             (result_, source, reason), why = rejection
             conn.outcome, conn.reason = "rejected", why
-            _send_quietly(sock, reject_pdu(result_, source, reason))
+            send_quietly(sock, reject_pdu(result_, source, reason))
             return False
         assert negotiated is not None
         sock.settimeout(limits.idle_timeout_seconds)
         assoc = Association(sock, conn, scp, negotiated, header.calling_ae, limits.idle_timeout_seconds)
-        server.bind_assoc(conn, assoc)
+        conn.assoc = assoc
         threading.Thread(target=self._run, args=(conn, assoc), name="aenode-scp-association", daemon=True).start()
         return True
 

@@ -27,7 +27,7 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
-from aenode.receive.dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from aenode.receive.dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, even
 from aenode.store.journal import RECORD_HEADER, Segment
 
 
@@ -36,11 +36,6 @@ def _explicit(tag: int, vr: bytes, value: bytes) -> bytes:
     if vr in (b"OB", b"UN"):
         return struct.pack("<HH2sHI", 0x0002, tag, vr, 0, len(value)) + value
     return struct.pack("<HH2sH", 0x0002, tag, vr, len(value)) + value
-
-
-def _padded(value: str, pad: bytes) -> bytes:
-    raw = value.encode("ascii", errors="replace")
-    return raw + pad if len(raw) % 2 else raw
 
 
 def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str) -> bytes:
@@ -53,13 +48,13 @@ def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: st
     The UIDs are the peer's, as sent (cut at 64 characters: the C-STORE handler refuses
     malformed ones anyway)."""
     body = (_explicit(0x0001, b"OB", b"\x00\x01")
-            + _explicit(0x0002, b"UI", _padded(sop_class_uid[:64], b"\0"))
-            + _explicit(0x0003, b"UI", _padded(sop_instance_uid[:64], b"\0"))
-            + _explicit(0x0010, b"UI", _padded(transfer_syntax, b"\0"))
-            + _explicit(0x0012, b"UI", _padded(IMPLEMENTATION_CLASS_UID, b"\0"))
-            + _explicit(0x0013, b"SH", _padded(IMPLEMENTATION_VERSION_NAME, b" ")))
+            + _explicit(0x0002, b"UI", even(sop_class_uid[:64], b"\0"))
+            + _explicit(0x0003, b"UI", even(sop_instance_uid[:64], b"\0"))
+            + _explicit(0x0010, b"UI", even(transfer_syntax, b"\0"))
+            + _explicit(0x0012, b"UI", even(IMPLEMENTATION_CLASS_UID, b"\0"))
+            + _explicit(0x0013, b"SH", even(IMPLEMENTATION_VERSION_NAME, b" ")))
     if source_ae:
-        body += _explicit(0x0016, b"AE", _padded(source_ae[:16], b" "))
+        body += _explicit(0x0016, b"AE", even(source_ae[:16], b" "))
     return b"\0" * 128 + b"DICM" + _explicit(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 

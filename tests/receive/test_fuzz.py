@@ -37,7 +37,7 @@ from aenode.receive.association import Association, Negotiated, negotiate
 from aenode.receive.checks import LimitExceeded, check_geometry, read_header
 from aenode.receive.pdu import PDUReader, PDURefused, PeerClosed, parse_associate_header
 from aenode.receive.scp import StorageSCP, supported_contexts
-from aenode.receive.spoolfile import SpoolTempFile
+from aenode.receive.spoolfile import SpoolTempFile, part10_header
 from aenode.store.index import Index
 from aenode.store.meta import BadInstance, meta_from_dataset, read_meta
 from aenode.store.spool import Spool
@@ -94,6 +94,10 @@ class _MemorySink:
 class _Link:
     def __init__(self, reader: PDUReader):
         self.reader, self.outcome, self.reason = reader, "closed", None
+        self.answers: list[tuple[int, int | None]] = []
+
+    def answered(self, status: int, size: int | None) -> None:
+        self.answers.append((status, size))
 
     def refused(self, exc: PDURefused) -> None:
         self.outcome, self.reason = "refused", exc.reason
@@ -164,11 +168,13 @@ def test_valid_stream_is_answered():
     request.decode(bytes(reader.read_associate_request(sock, deadline=1.0)))  # type: ignore[arg-type]
     negotiated = negotiate(request, CONTEXTS, LIMITS.max_pdu_bytes)
     assert isinstance(negotiated, Negotiated) and set(negotiated.contexts) == {1, 3}
-    service = _Service()
-    assoc = Association(sock, _Link(reader), service, negotiated, "RAWSCU", 1.0)  # type: ignore[arg-type]
+    service, link = _Service(), _Link(reader)
+    assoc = Association(sock, link, service, negotiated, "RAWSCU", 1.0)  # type: ignore[arg-type]
     while assoc.handle(reader.read(sock)):  # type: ignore[arg-type]
         pass
     assert service.stored == 1
+    meta = part10_header(CT, "1.2.3.4", "1.2.840.10008.1.2.1", "RAWSCU")
+    assert link.answers == [(0x0000, len(meta) + 140)]  # the File Meta the node wrote + 140 bytes sent
     assert bytes(sock.sent).count(b"\x00\x00\x00\x01\x02\x00\x00\x00\x30\x80") == 1  # (0000,0100) = 0x8030 C-ECHO-RSP
     assert bytes(sock.sent).count(b"\x00\x00\x00\x01\x02\x00\x00\x00\x01\x80") == 1  # (0000,0100) = 0x8001 C-STORE-RSP
     assert bytes(sock.sent).endswith(bytes((6, 0, 0, 0, 0, 4, 0, 0, 0, 0)))
