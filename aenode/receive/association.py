@@ -281,7 +281,7 @@ class Association:
             self._send(command_pdus(context_id, response(command, STATUS_SUCCESS), self.peer_max_pdu))
         elif command.has_data_set:
             sink = self.link.new_temp_file()
-            sink.write(part10_header(command.sop_class_uid, command.sop_instance_uid,
+            sink.begin(part10_header(command.sop_class_uid, command.sop_instance_uid,
                                      str(self.contexts[context_id].transfer_syntax[0]), self.calling_ae))
             self._pending = (command, context_id, sink)
         else:

@@ -77,6 +77,11 @@ class HeaderUIDs:
     sop_class_uid: str
 
 
+HEADER_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows", "Columns",
+                   "NumberOfFrames", "SamplesPerPixel", "BitsAllocated")
+"""The attributes :func:`header_uids` and :func:`check_geometry` read."""
+
+
 def header_uids(ds: Dataset) -> HeaderUIDs:
     """The identifying UIDs, validated as :func:`aenode.store.meta.meta_from_dataset` does
     (they become the spool path); BadInstance when one is missing or malformed."""

@@ -2,15 +2,19 @@
 
 Data path: each C-STORE data set is streamed, P-DATA fragment by fragment, into the
 connection's receive journal segment (``spoolfile.JournalEntry``, ``aenode/store/journal.py``;
-nothing is decoded or held in memory).  The C-STORE handler then reads the header once
-(stopping before the pixel data), checks what decides the response (identifying UIDs, the
-presentation context, the command, ``[limits]``), seals the record with one
-``fdatasync`` and only then answers success: the journal record is the durable record.
-After the response ``materialise.Materialiser`` writes it out as the spool file, builds
-its header record and queues its index row to ``indexer.IndexWriter`` (group commit); the
-association's release is answered once its instances are materialised and indexed, and
-start-up replays any journal record a crash left.  (A connection for which no journal
-segment can be had gets the older path: temporary file, fsync, rename, folder sync.)  Connections are bounded in ``server.py``, PDUs in ``pdu.py``; each
+nothing is decoded or held in memory).  The C-STORE handler then reads the header
+elements that decide the response (identifying UIDs, image geometry against ``[limits]``,
+the node's own-output marks) from the data set's first bytes, which the sink keeps in
+memory (``headscan.py``; pydicom reads the whole header instead when those bytes are
+anything unusual, and for every refusal), checks them against the presentation context
+and the command, seals the record with one ``fdatasync`` and only then answers success:
+the journal record is the durable record.  After the response ``materialise.Materialiser``
+writes it out as the spool file, builds its header record and queues its index row to
+``indexer.IndexWriter`` (group commit), waiting while this process is receiving; once an
+association has ended its instances are materialised and indexed before the stabiliser
+hears of it, and start-up replays any journal record a crash left.  (A connection for
+which no journal segment can be had gets the older path: temporary file, fsync, rename,
+folder sync.)  Connections are bounded in ``server.py``, PDUs in ``pdu.py``; each
 association runs on one thread (``association.py``, DIMSE messages in ``dimse.py``);
 pynetdicom provides the A-ASSOCIATE codecs and the presentation context negotiation.
 
@@ -28,6 +32,7 @@ import ssl
 import threading
 import time
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -37,19 +42,21 @@ from aenode.logs import get_logger, identifiers_of, phi_values
 from aenode.receive.association import Association
 from aenode.receive.checks import (
     DEFLATED_TRANSFER_SYNTAXES,
+    HEADER_KEYWORDS,
     LimitExceeded,
     check_geometry,
     header_uids,
     read_dataset,
 )
 from aenode.receive.dimse import STATUS_SUCCESS, Command
+from aenode.receive.headscan import scan_header
 from aenode.receive.indexer import IndexWriter
 from aenode.receive.materialise import Materialiser, Sealed
 from aenode.receive.server import AssociationServer
 from aenode.receive.spoolfile import InstanceTooLarge, JournalEntry, SpoolTempFile
 from aenode.store.index import Index, InstanceRecord
 from aenode.store.journal import Journal, RecordInfo
-from aenode.store.marks import is_node_output
+from aenode.store.marks import MARK_KEYWORDS, is_node_output
 from aenode.store.meta import BadInstance, meta_from_dataset
 from aenode.store.spool import Spool, UnsafePath
 from aenode.store.stabilise import ActivityTracker
@@ -210,9 +217,9 @@ class StorageSCP:
     # ---- what the associations call (association.Service) -----------------------------
 
     def on_release(self, assoc: Association) -> None:
-        # Runs on the association's thread after its last C-STORE, before the release is
-        # answered: a sender that has released finds every instance it sent in the index.
-        self.materialiser.flush(RELEASE_FLUSH_SECONDS)
+        # Answered at once: every instance is durable in the journal already.  The rows
+        # follow when the association has ended (association_ended waits for them there).
+        pass
 
     def on_store(self, assoc: Association, command: Command, context: PresentationContext,
                  data: JournalEntry | SpoolTempFile | None) -> int:
@@ -246,49 +253,67 @@ class StorageSCP:
             log.warning("store_refused", reason="deflated_transfer_syntax", sop_instance_uid=sop_uid_cmd,
                         calling_ae=calling_ae)
             return STATUS_CANNOT_UNDERSTAND
-        try:
-            with tmp.reader() as fh:
-                ds = read_dataset(fh)
-        except (BadInstance, OSError) as exc:
-            log.warning("store_refused", reason="bad_header", detail=str(exc) if isinstance(exc, BadInstance)
-                        else type(exc).__name__, sop_instance_uid=sop_uid_cmd, calling_ae=calling_ae)
-            return STATUS_CANNOT_UNDERSTAND
-        try:
-            uids = header_uids(ds)
-            check_geometry(ds, self.limits)
-        except LimitExceeded as exc:
-            with phi_values(identifiers_of(ds)):
-                log.warning("store_refused", reason="limit_exceeded", limit=exc.limit, value=exc.value,
-                            allowed=exc.allowed, sop_instance_uid=sop_uid_cmd, calling_ae=calling_ae)
-            return STATUS_CANNOT_UNDERSTAND
-        except BadInstance as exc:
-            with phi_values(identifiers_of(ds)):
-                log.warning("store_refused", reason="bad_header", detail=str(exc), sop_instance_uid=sop_uid_cmd,
-                            calling_ae=calling_ae)
-            return STATUS_CANNOT_UNDERSTAND
-        if uids.sop_class_uid != str(abstract_syntax) or uids.sop_class_uid != clean_uid(command_sop_class):
-            log.warning("store_refused", reason="sop_class_mismatch", sop_class_uid=uids.sop_class_uid,
-                        abstract_syntax=str(abstract_syntax), sop_instance_uid=sop_uid_cmd, calling_ae=calling_ae)
-            return STATUS_SOP_CLASS_MISMATCH
-        if uids.sop_instance_uid != sop_uid_cmd:
-            log.warning("store_refused", reason="sop_instance_uid_mismatch", sop_instance_uid=sop_uid_cmd,
-                        calling_ae=calling_ae)
-            return STATUS_CANNOT_UNDERSTAND
+        ds = scan_header(tmp.head, str(transfer_syntax), HANDLER_TAGS, complete=tmp.head_is_whole)
+        quick = ds is not None
+        refusal = None if ds is None else self._verdict(ds, sop_uid_cmd, command_sop_class, abstract_syntax, calling_ae)
+        if ds is None or refusal is not None:
+            # The whole header, read by pydicom, decides every refusal (and what it logs).
+            quick = False
+            try:
+                with tmp.reader() as fh:
+                    ds = read_dataset(fh)
+            except (BadInstance, OSError) as exc:
+                log.warning("store_refused", reason="bad_header", detail=str(exc) if isinstance(exc, BadInstance)
+                            else type(exc).__name__, sop_instance_uid=sop_uid_cmd, calling_ae=calling_ae)
+                return STATUS_CANNOT_UNDERSTAND
+            refusal = self._verdict(ds, sop_uid_cmd, command_sop_class, abstract_syntax, calling_ae)
+            if refusal is not None:
+                status, fields, mask = refusal
+                if mask:
+                    with phi_values(identifiers_of(ds)):
+                        log.warning("store_refused", **fields)
+                else:
+                    log.warning("store_refused", **fields)
+                return status
+        uids = header_uids(ds)
         own = calling_ae == self.own_ae or is_node_output(ds)
         # Patient identifiers are looked up (to mask them in log lines) only where a line
         # may quote the header: the refusals above; the rest logs UIDs, codes and numbers.
         if isinstance(tmp, JournalEntry):
-            status = self._seal(tmp, ds, uids.study_uid, uids.series_uid, uids.sop_instance_uid,
-                                uids.sop_class_uid, str(transfer_syntax), calling_ae, own)
+            status = self._seal(tmp, None if quick else ds, uids.study_uid, uids.series_uid,
+                                uids.sop_instance_uid, uids.sop_class_uid, str(transfer_syntax), calling_ae, own)
         else:
-            status = self._commit(tmp, ds, calling_ae, own)
+            status = self._commit(tmp, None if quick else ds, calling_ae, own)
         if status != STATUS_SUCCESS:
             return status
         if not own:
             self.tracker.instance(sender, uids.study_uid)
         return STATUS_SUCCESS
 
-    def _seal(self, entry: JournalEntry, ds: Dataset, study: str, series: str, sop: str, sop_class: str,
+    def _verdict(self, ds: Dataset, sop_uid_cmd: str, command_sop_class: object, abstract_syntax: object,
+                 calling_ae: str) -> tuple[int, dict[str, object], bool] | None:
+        """None when the header passes the handler's checks, else (status, the ``store_refused``
+        line's fields, whether patient identifiers must be masked in it)."""
+        try:
+            uids = header_uids(ds)
+            check_geometry(ds, self.limits)
+        except LimitExceeded as exc:
+            return STATUS_CANNOT_UNDERSTAND, {"reason": "limit_exceeded", "limit": exc.limit, "value": exc.value,
+                                              "allowed": exc.allowed, "sop_instance_uid": sop_uid_cmd,
+                                              "calling_ae": calling_ae}, True
+        except BadInstance as exc:
+            return STATUS_CANNOT_UNDERSTAND, {"reason": "bad_header", "detail": str(exc), "sop_instance_uid": sop_uid_cmd,
+                                              "calling_ae": calling_ae}, True
+        if uids.sop_class_uid != str(abstract_syntax) or uids.sop_class_uid != clean_uid(command_sop_class):
+            return STATUS_SOP_CLASS_MISMATCH, {"reason": "sop_class_mismatch", "sop_class_uid": uids.sop_class_uid,
+                                               "abstract_syntax": str(abstract_syntax), "sop_instance_uid": sop_uid_cmd,
+                                               "calling_ae": calling_ae}, False
+        if uids.sop_instance_uid != sop_uid_cmd:
+            return STATUS_CANNOT_UNDERSTAND, {"reason": "sop_instance_uid_mismatch", "sop_instance_uid": sop_uid_cmd,
+                                              "calling_ae": calling_ae}, False
+        return None
+
+    def _seal(self, entry: JournalEntry, ds: Dataset | None, study: str, series: str, sop: str, sop_class: str,
               transfer_syntax: str, calling_ae: str, own: bool) -> int:
         """The journal path: one fdatasync, the rest after the response (materialise.py)."""
         info = RecordInfo(study, series, sop, sop_class, transfer_syntax, calling_ae, time.time_ns(),
@@ -311,9 +336,13 @@ class StorageSCP:
             return self._resource_failure(OSError("spool or index writer failing"), "index")
         return STATUS_SUCCESS
 
-    def _commit(self, tmp: SpoolTempFile, ds: Dataset, calling_ae: str, own: bool) -> int:
-        """The file path (fallback): fsync, rename, folder sync, then the index row."""
+    def _commit(self, tmp: SpoolTempFile, ds: Dataset | None, calling_ae: str, own: bool) -> int:
+        """The file path (fallback): fsync, rename, folder sync, then the index row
+        (``ds``: the whole header, None when only the handler's elements were read)."""
         try:
+            if ds is None:
+                with tmp.reader() as fh:
+                    ds = read_dataset(fh)
             meta = meta_from_dataset(ds)
         except BadInstance as exc:
             log.warning("store_refused", reason="bad_header", detail=str(exc), calling_ae=calling_ae)
@@ -335,6 +364,11 @@ class StorageSCP:
         code = errno.errorcode.get(getattr(exc, "errno", None) or 0, None)
         log.error("store_out_of_resources", stage=stage, error=type(exc).__name__, errno=code)
         return STATUS_OUT_OF_RESOURCES
+
+
+HANDLER_TAGS = frozenset(int(tag_for_keyword(k)) for k in  # type: ignore[arg-type]
+                         ("SpecificCharacterSet", *HEADER_KEYWORDS, *MARK_KEYWORDS))
+"""The header elements the C-STORE handler reads before it answers."""
 
 
 __all__ = ["STATUS_CANNOT_UNDERSTAND", "STATUS_OUT_OF_RESOURCES", "STATUS_PROCESSING_FAILURE",

@@ -62,18 +62,41 @@ class InstanceTooLarge(Exception):
     """The data set exceeded ``max_instance_bytes`` (the rest was discarded)."""
 
 
+HEAD_BYTES = 64 * 1024
+"""How much of each data set's start a sink keeps in memory for the C-STORE handler's
+header checks (``aenode/receive/headscan.py``): a CT header is 2-4 KB."""
+
+
 class _LimitedSink:
     """What both sinks below do with the association's writes: count every byte, keep at most
     ``max_bytes`` (past it, or after a write error, the rest is discarded and ``error``
-    says why, so the handler answers with a refusal instead of the association failing)."""
+    says why, so the handler answers with a refusal instead of the association failing).
+
+    ``head`` holds the first :data:`HEAD_BYTES` of the data set (what follows the Part 10
+    header given to :meth:`begin`), so that its header can be read without a file read."""
 
     max_bytes: int
     error: OSError | InstanceTooLarge | None
     size: int
+    head: bytearray
+    data_start: int = 0
+
+    def begin(self, part10: bytes) -> None:
+        """Write the Part 10 header that precedes the data set."""
+        self.write(part10)
+        self.data_start = len(part10)
+        self.head = bytearray()
+
+    @property
+    def head_is_whole(self) -> bool:
+        """``head`` holds the whole data set."""
+        return len(self.head) == self.size - self.data_start
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         n = len(data)
         self.size += n
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[:HEAD_BYTES - len(self.head)]
         if self.error is None:
             if self.size > self.max_bytes:
                 self.error = InstanceTooLarge()
@@ -99,6 +122,7 @@ class SpoolTempFile(_LimitedSink):
         self.max_bytes = max_bytes
         self.error: OSError | InstanceTooLarge | None = None
         self.size = 0  # bytes received (also those discarded past the limit)
+        self.head = bytearray()
         self.closed = False
 
     @property
@@ -190,6 +214,7 @@ class JournalEntry(_LimitedSink):
         self.error: OSError | InstanceTooLarge | None = None
         self.size = 0
         self.crc = 0
+        self.head = bytearray()
         self.closed = False
 
     def _put(self, view: memoryview) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 OUTPUT_DESCRIPTION_PREFIX = "AI RESULT - NOT FOR DIAGNOSTIC USE"
 NODE_MANUFACTURER = "aenode"
 SOFTWARE_PREFIX = "aenode"
+MARK_KEYWORDS = ("SeriesDescription", "Manufacturer", "SoftwareVersions")
+"""The header attributes :func:`is_node_output` reads."""
 
 
 def _text(ds: object, keyword: str) -> str:

@@ -85,6 +85,8 @@ class _MemorySink:
         self.size += len(data)
         return len(data)
 
+    begin = write  # the Part 10 header
+
     def finish(self) -> None:
         self.closed = True
 
