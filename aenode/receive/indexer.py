@@ -2,20 +2,20 @@
 
 Why: with SQLite in WAL mode and ``synchronous=FULL`` every commit is a sync of the
 database file; one commit per instance on the receive thread was one of three syncs
-per instance.  The spool file is the durable record of a received instance (fsynced,
-renamed and its directory fsynced before the sender hears "success"); its index row
-follows a few milliseconds later, written by one thread that commits everything queued
-so far in one transaction (:meth:`aenode.store.index.Index.record_instances`).
+per instance.  The journal record (on the fallback path, the fsynced spool file) is the
+durable record of a received instance; its index row follows, written by one thread that
+commits everything queued so far in one transaction
+(:meth:`aenode.store.index.Index.record_instances`).
 
 The gap is closed in two ways:
 
 * a crash (kill -9, power loss) between the response and the commit loses only index
   rows of durable spool files, and start-up reconciliation
   (:func:`aenode.store.stabilise.reconcile`) re-indexes exactly those;
-* an association's release is answered only once every row it produced is committed
-  (:meth:`IndexWriter.flush`, called by the SCP on A-RELEASE-RQ), so a sender that has
-  released sees the index complete, and the stabiliser never completes a study whose
-  last rows are still queued.
+* once an association has ended, every row it produced is committed before the stabiliser
+  hears of it (:meth:`IndexWriter.flush`, through ``Materialiser.flush`` in
+  ``StorageSCP.association_ended``), so a study is never completed whose last rows are
+  still queued.
 
 If the index cannot be written (disk full, database locked), rows stay queued and are
 retried; meanwhile new instances are answered 0xA700 (out of resources) so senders

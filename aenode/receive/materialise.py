@@ -14,9 +14,15 @@ the instances were answered:
    :data:`IDLE_RETIRE_SECONDS` (or, during a long burst, when too many segments wait),
    makes the spool durable with one ``syncfs`` and resets the segments for reuse.
 
-A released association waits for steps 1 and 2 of everything answered before (:meth:`flush`),
-so a sender that released finds its instances indexed, and the stabiliser never completes
-a study while its last instances are still in the journal.  If a spool file cannot be
+While this process is receiving (a data set streaming in, or one sealed within
+:data:`YIELD_SECONDS`) the thread waits, up to :data:`DEFER_MAX_BYTES` of records: on a
+small machine its work (a second copy of every byte, a header parse, index commits) competes
+with the associations for the cores and the interpreter lock, and every instance's response
+waits on that competition (measured in docs/BENCHMARKS.md, Ingest).  Past that backlog,
+or when someone waits on :meth:`flush`, it works during the receive too.  An association
+that ends (after its release was answered) waits for steps 1 and 2 of everything answered
+before (:meth:`flush`) before the stabiliser hears of it, so a study is never completed
+while its last instances are still in the journal.  If a spool file cannot be
 written (disk full), the record stays in the journal, is retried, and new instances are
 answered 0xA700 meanwhile.
 
@@ -52,7 +58,8 @@ log = get_logger("aenode.receive")
 
 IDLE_RETIRE_SECONDS = 1.0
 RETRY_SECONDS = 0.5
-MAX_QUEUED = 10_000
+YIELD_SECONDS = 0.05
+DEFER_MAX_BYTES = 384 << 20     # below journal.FREE_KEEP segments: a burst reuses written segments
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,8 @@ class Materialiser(BackgroundWorker):
         self.writer = writer
         self.own_ae = own_ae
         self._queue: deque[Sealed] = deque()
+        self._queued_bytes = 0
+        self._flushing = 0       # callers waiting in flush(): no yielding to the receive meanwhile
         self._done = 0
         self._next_scan = 0.0
         self._maintenance_error: OSError | None = None
@@ -108,7 +117,9 @@ class Materialiser(BackgroundWorker):
         with self._cond:
             self._submitted += 1
             self._queue.append(item)
-            self._cond.notify_all()
+            self._queued_bytes += item.info.length
+            if len(self._queue) == 1 or self._flushing:
+                self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every instance answered before this call is materialised and its index
@@ -116,8 +127,13 @@ class Materialiser(BackgroundWorker):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._submitted
-            if not self._wait_until(lambda: self._done >= target, deadline):
-                return False
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                if not self._wait_until(lambda: self._done >= target, deadline):
+                    return False
+            finally:
+                self._flushing -= 1
         return self.writer.flush(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     # ---- the thread ------------------------------------------------------------------
@@ -129,6 +145,9 @@ class Materialiser(BackgroundWorker):
                     self._cond.wait(0.25)
                 if not self._queue and self._stopping:
                     return
+                if self._queue and self._yielding():
+                    self._cond.wait(YIELD_SECONDS)
+                    continue
                 item = self._queue[0] if self._queue else None
             if item is not None:
                 try:
@@ -149,7 +168,7 @@ class Materialiser(BackgroundWorker):
                     # start-up replays it.
                     log.exception("materialise_error", sop_instance_uid=item.info.sop_instance_uid)
                 with self._cond:
-                    self._queue.popleft()
+                    self._queued_bytes -= self._queue.popleft().info.length
                     self._done += 1
                     if self._failing is not None:
                         log.info("materialise_recovered")
@@ -170,6 +189,11 @@ class Materialiser(BackgroundWorker):
                     log.error("journal_maintenance_failed", error=type(exc).__name__)
                 self._maintenance_error = exc
                 time.sleep(RETRY_SECONDS)
+
+    def _yielding(self) -> bool:
+        """Wait for the receive to pause? (see the module docstring; called holding the lock)"""
+        return (not self._stopping and not self._flushing and self._queued_bytes < DEFER_MAX_BYTES
+                and self.journal.receiving(time.monotonic(), YIELD_SECONDS))
 
     def _retire(self, idle_seconds: float) -> None:
         ready = self.journal.retirable(time.monotonic(), idle_seconds)

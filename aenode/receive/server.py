@@ -446,15 +446,15 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
     def _finish(self, conn: Connection) -> None:
         server = self.server
         assoc = conn.assoc
-        if assoc is not None:
-            server.scp.association_ended(assoc)
-            if conn.outcome == "established":
-                conn.outcome = "dropped"  # closed without release or abort
+        if assoc is not None and conn.outcome == "established":
+            conn.outcome = "dropped"  # closed without release or abort
         for sock in {id(s): s for s in (self.request, conn.sock)}.values():
             try:
                 sock.close()
             except OSError:
                 pass
+        if assoc is not None:  # the peer is gone: it need not wait for the index rows
+            server.scp.association_ended(assoc)
         conn.release_files()
         server.log_connection(conn)
         server._forget(conn)

@@ -63,7 +63,7 @@ SEGMENT_BYTES = 16 << 20          # a segment's preallocated size (a larger reco
 SEGMENT_HEADER = 4096
 RECORD_HEADER = 512
 ALIGN = 4096
-FREE_KEEP = 8                     # free segments kept per process for reuse (128 MiB); more are removed
+FREE_KEEP = 32                    # free segments kept per process for reuse (512 MiB); more are removed
 RETIRE_BACKLOG = 8                # while receiving, segments left un-retired before one is retired
 ORPHAN_SCAN_SECONDS = 30.0
 _SEG_MAGIC = b"AEJSEG01"
@@ -393,6 +393,14 @@ class Journal:
             seg.last_used = now
             if not seg.full:
                 self._free.append(seg)
+
+    def receiving(self, now: float, quiet_seconds: float) -> bool:
+        """A data set is being streamed into one of this process's segments, or a record was
+        sealed within ``quiet_seconds``."""
+        with self._lock:
+            if now - self.last_seal < quiet_seconds:
+                return True
+            return any(s.entry is not None for s in self._mine.values())
 
     def retirable(self, now: float, idle_seconds: float) -> list[Segment]:
         """Segments to retire now (after one sync of the spool they can be reset): those

@@ -48,10 +48,18 @@ def served(tmp_path_factory):
     assert "CANARY" not in node.log_text()
 
 
-def _indexed(served, study_uid: str) -> int:
+def _indexed(served, study_uid: str, settle: float = 1.0) -> int:
+    """Instances of the study in the index once nothing was added for ``settle`` seconds
+    (rows follow an association's end, aenode/receive/materialise.py)."""
     index = Index.for_data_dir(served.data_dir)
     try:
-        return len(index.instances(study_uid))
+        count, since = -1, time.monotonic()
+        while time.monotonic() - since < settle:
+            now = len(index.instances(study_uid))
+            if now != count:
+                count, since = now, time.monotonic()
+            time.sleep(0.05)
+        return count
     finally:
         index.close()
 
@@ -125,6 +133,7 @@ def test_deflated_is_never_negotiated(served, tmp_path):
     assert path.stat().st_size < 64 * 1024
     r = storescu(served.port, path, extra=("-xd",))
     assert r.returncode == 0, r.stdout + r.stderr
+    assert _indexed(served, study) == 1
     index = Index.for_data_dir(served.data_dir)
     try:
         (row,) = index.instances(study)

@@ -227,4 +227,5 @@ def test_one_fdatasync_per_instance_and_no_fsync_before_the_response(tmp_path, m
         monkeypatch.setattr(os, "fsync", fsync)
         assert _send(node.port, slices[1:]) == [0] * 9
         assert calls.count("fdatasync") == 9 and "fsync" not in calls
+        assert node.scp.flush_index(10)
         assert len(node.index.instances(study_uid)) == 10

@@ -92,6 +92,7 @@ def test_restart_keeps_states(tmp_path):
         save(ct_slice(uid, generate_uid(), 0), tmp_path / "in" / f"{k}.dcm")
     with running_node(config, workers=()) as node:
         assert storescu(node.port, tmp_path / "in").returncode == 0
+        assert node.scp.flush_index(10)
         wait_for(lambda: all(node.index.study(u).state == COMPLETE for u in uids), timeout=10)
         claims = [node.index.claim_next_complete("w1") for _ in range(2)]
         assert all(claims)
@@ -116,6 +117,7 @@ def test_receiving_study_completes_by_persisted_timer_after_restart(tmp_path):
     save(ct_slice(uid, generate_uid(), 0), tmp_path / "a.dcm")
     with running_node(config, workers=()) as node:
         assert storescu(node.port, tmp_path / "a.dcm").returncode == 0
+        assert node.scp.flush_index(10)
         assert node.index.study(uid).state == RECEIVING
         last = node.index.study(uid).last_arrival
     with running_node(config, workers=()) as node:

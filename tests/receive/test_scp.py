@@ -66,6 +66,7 @@ def test_study_in_each_transfer_syntax(node, tmp_path, ts):
              str(ImplicitVRLittleEndian): ("-xi",)}.get(str(ts), ())
     r = storescu(node.port, folder, extra=flags)
     assert r.returncode == 0, r.stderr
+    assert node.scp.flush_index(10)  # rows follow the association (aenode/receive/materialise.py)
     rows = node.index.instances(study_uid)
     assert len(rows) == 5  # 3 slices + localizer + dose report
     cts = sorted((i for i in rows if i.image_type and "AXIAL" in i.image_type), key=lambda i: i.instance_number)
@@ -168,6 +169,7 @@ def test_garbage_and_truncated_pdus_do_not_stop_the_node(node, tmp_path):
         study_uid = generate_uid()
         path = save(ct_slice(study_uid, generate_uid(), 0), tmp_path / "ok.dcm")
         assert storescu(node.port, path).returncode == 0
+        assert node.scp.flush_index(10)
         assert len(node.index.instances(study_uid)) == 1
     finally:
         junk.close()
@@ -178,6 +180,7 @@ def test_own_output_is_stored_never_analysed(node, tmp_path):
     study_uid = generate_uid()
     path = save(ct_slice(study_uid, generate_uid(), 0), tmp_path / "own.dcm")
     assert storescu(node.port, path, aet="AENODE").returncode == 0
+    assert node.scp.flush_index(10)
     assert len(node.index.instances(study_uid)) == 1
     time.sleep(1.5)
     assert node.index.study(study_uid).state == SKIPPED
@@ -231,12 +234,14 @@ def test_disk_full_on_a_small_filesystem(tmp_path):
             r = storescu(node.port, *files)
             out = (r.stdout + r.stderr).lower()
             assert "outofresources" in out  # 0xA700; the association goes on
+            node.scp.flush_index(10)
             stored = len(node.index.instances(study_uid))
             assert 0 < stored < 12
             assert echoscu(node.port).returncode == 0  # still serving
             subprocess.run(["mount", "-o", "remount,size=20m", str(mnt)], check=True)
             r = storescu(node.port, *files)
             assert r.returncode == 0, r.stderr
+            assert node.scp.flush_index(10)
             assert len(node.index.instances(study_uid)) == 12
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
@@ -245,6 +250,7 @@ def test_disk_full_on_a_small_filesystem(tmp_path):
 def test_status_json_and_logs_carry_no_phi(node, tmp_path, log_buffer):
     study_uid, folder, _ = _study(tmp_path, ExplicitVRLittleEndian)
     assert storescu(node.port, folder).returncode == 0
+    assert node.scp.flush_index(10)
     wait_for(lambda: node.index.study(study_uid).state == COMPLETE, timeout=10)
     node.index.record_result(study_uid, 1, "covid-typicality", "typical", {"typical": 0.9, "negative": 0.1},
                              selected_series="1.2.3", detail={"result_uids": ["1.2.3.4"]})
@@ -285,6 +291,7 @@ def test_phantom_study_in_each_transfer_syntax(node, tmp_path, ts):
     r = storescu(node.port, extra=("+sd", "+r", "+sp", "*.dcm", *_FLAGS.get(str(ts), ()), str(out)))
     assert r.returncode == 0, r.stderr
     study_uid = pydicom.dcmread(sent[0], stop_before_pixels=True).StudyInstanceUID
+    assert node.scp.flush_index(10)
     rows = node.index.instances(study_uid)
     assert len(rows) == len(sent)  # every series incl. localizer and dose report
     assert any(i.sop_class_uid == CT and i.transfer_syntax == str(ts) for i in rows)

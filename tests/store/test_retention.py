@@ -61,6 +61,7 @@ def test_images_deleted_after_delivery_and_late_instance_reopens(tmp_path):
 
         late = save(ct_slice(study, series, 9), tmp_path / "late" / "9.dcm")
         assert storescu(node.port, late).returncode == 0
+        assert node.scp.flush_index(10)  # the rows follow the association's end
         s = node.index.study(study)
         assert (s.state, s.revision, s.instance_count) == (RECEIVING, 2, 1)
         (kept,) = node.index.instances(study)
