@@ -57,7 +57,7 @@ from aenode.receive.spoolfile import InstanceTooLarge, JournalEntry, SpoolTempFi
 from aenode.store.index import Index, InstanceRecord
 from aenode.store.journal import Journal, RecordInfo
 from aenode.store.marks import MARK_KEYWORDS, is_node_output
-from aenode.store.meta import BadInstance, meta_from_dataset
+from aenode.store.meta import META_KEYWORDS, BadInstance, meta_from_dataset
 from aenode.store.spool import Spool, UnsafePath
 from aenode.store.stabilise import ActivityTracker
 from aenode.store.uids import clean_uid
@@ -210,9 +210,12 @@ class StorageSCP:
 
     def association_ended(self, assoc: object) -> None:
         """Tell the stabiliser, once the association's instances are materialised and
-        indexed (so that a study is never completed while its last rows are still queued)."""
+        indexed (so that a study is never completed while its last rows are still queued);
+        its release rule counts from the end itself, so that the catching up (the
+        materialiser waits for a pause in the receive) overlaps the rule's wait."""
+        ended = self.tracker.now()
         self.materialiser.flush(RELEASE_FLUSH_SECONDS)
-        self.tracker.ended(assoc)
+        self.tracker.ended(assoc, at=ended)
 
     # ---- what the associations call (association.Service) -----------------------------
 
@@ -254,11 +257,9 @@ class StorageSCP:
                         calling_ae=calling_ae)
             return STATUS_CANNOT_UNDERSTAND
         ds = scan_header(tmp.head, str(transfer_syntax), HANDLER_TAGS, complete=tmp.head_is_whole)
-        quick = ds is not None
         refusal = None if ds is None else self._verdict(ds, sop_uid_cmd, command_sop_class, abstract_syntax, calling_ae)
         if ds is None or refusal is not None:
             # The whole header, read by pydicom, decides every refusal (and what it logs).
-            quick = False
             try:
                 with tmp.reader() as fh:
                     ds = read_dataset(fh)
@@ -280,10 +281,10 @@ class StorageSCP:
         # Patient identifiers are looked up (to mask them in log lines) only where a line
         # may quote the header: the refusals above; the rest logs UIDs, codes and numbers.
         if isinstance(tmp, JournalEntry):
-            status = self._seal(tmp, None if quick else ds, uids.study_uid, uids.series_uid,
+            status = self._seal(tmp, ds, uids.study_uid, uids.series_uid,
                                 uids.sop_instance_uid, uids.sop_class_uid, str(transfer_syntax), calling_ae, own)
         else:
-            status = self._commit(tmp, None if quick else ds, calling_ae, own)
+            status = self._commit(tmp, ds, str(transfer_syntax), calling_ae, own)
         if status != STATUS_SUCCESS:
             return status
         if not own:
@@ -313,7 +314,7 @@ class StorageSCP:
                                               "calling_ae": calling_ae}, False
         return None
 
-    def _seal(self, entry: JournalEntry, ds: Dataset | None, study: str, series: str, sop: str, sop_class: str,
+    def _seal(self, entry: JournalEntry, ds: Dataset, study: str, series: str, sop: str, sop_class: str,
               transfer_syntax: str, calling_ae: str, own: bool) -> int:
         """The journal path: one fdatasync, the rest after the response (materialise.py)."""
         info = RecordInfo(study, series, sop, sop_class, transfer_syntax, calling_ae, time.time_ns(),
@@ -336,14 +337,10 @@ class StorageSCP:
             return self._resource_failure(OSError("spool or index writer failing"), "index")
         return STATUS_SUCCESS
 
-    def _commit(self, tmp: SpoolTempFile, ds: Dataset | None, calling_ae: str, own: bool) -> int:
-        """The file path (fallback): fsync, rename, folder sync, then the index row
-        (``ds``: the whole header, None when only the handler's elements were read)."""
+    def _commit(self, tmp: SpoolTempFile, ds: Dataset, transfer_syntax: str, calling_ae: str, own: bool) -> int:
+        """The file path (fallback): fsync, rename, folder sync, then the index row."""
         try:
-            if ds is None:
-                with tmp.reader() as fh:
-                    ds = read_dataset(fh)
-            meta = meta_from_dataset(ds)
+            meta = meta_from_dataset(ds, transfer_syntax)
         except BadInstance as exc:
             log.warning("store_refused", reason="bad_header", detail=str(exc), calling_ae=calling_ae)
             return STATUS_CANNOT_UNDERSTAND
@@ -367,8 +364,9 @@ class StorageSCP:
 
 
 HANDLER_TAGS = frozenset(int(tag_for_keyword(k)) for k in  # type: ignore[arg-type]
-                         ("SpecificCharacterSet", *HEADER_KEYWORDS, *MARK_KEYWORDS))
-"""The header elements the C-STORE handler reads before it answers."""
+                         ("SpecificCharacterSet", *HEADER_KEYWORDS, *MARK_KEYWORDS, *META_KEYWORDS))
+"""The header elements the C-STORE handler reads (before it answers: its checks; after: the
+header record the materialiser builds from the same reading)."""
 
 
 __all__ = ["STATUS_CANNOT_UNDERSTAND", "STATUS_OUT_OF_RESOURCES", "STATUS_PROCESSING_FAILURE",

@@ -23,13 +23,14 @@ from aenode.store.uids import clean_uid
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 
-_KEYWORDS = (
+META_KEYWORDS = (
     "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality",
     "ImageType", "SeriesDescription", "SeriesNumber", "SliceThickness", "ImagePositionPatient",
     "ImageOrientationPatient", "InstanceNumber", "Rows", "Columns", "NumberOfFrames",
     "Manufacturer", "SoftwareVersions", "ConvolutionKernel",
 )
-_TAGS = [Tag(k) for k in (*_KEYWORDS, *sorted(PHI_KEYWORDS))]
+"""What :func:`meta_from_dataset` reads for the header record (besides the identifiers it masks)."""
+_TAGS = [Tag(k) for k in (*META_KEYWORDS, *sorted(PHI_KEYWORDS))]
 
 
 class BadInstance(ValueError):

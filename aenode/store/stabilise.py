@@ -77,8 +77,13 @@ class ActivityTracker:
                 studies.add(study_uid)
                 self._senders[study_uid] += 1
 
-    def ended(self, assoc_key: object) -> None:
-        now = self._clock()
+    def now(self) -> float:
+        return self._clock()
+
+    def ended(self, assoc_key: object, at: float | None = None) -> None:
+        """The association ended (``at``: when, if earlier than now; the release rule counts
+        from then)."""
+        now = self._clock() if at is None else at
         with self._lock:
             for study in self._by_assoc.pop(assoc_key, ()):
                 self._senders[study] -= 1

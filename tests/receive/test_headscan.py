@@ -5,6 +5,7 @@ bytes; when it cannot be sure it must return None (pydicom then decides)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pydicom
@@ -19,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from aenode.receive import scp as scp_module
 from aenode.receive.headscan import MAX_DEPTH, scan_header
 from aenode.receive.scp import HANDLER_TAGS
+from aenode.store.meta import meta_from_dataset, read_meta
 
 from .dicomgen import ct_slice
 
@@ -252,3 +254,9 @@ def test_phantom_header(implicit, tmp_path):
     assert got is not None
     assert _values(got) == _values(_reference(data, implicit))
     assert got.Rows == 512 and got.StudyInstanceUID
+    # The header record the materialiser builds from this reading is the one read_meta
+    # (pydicom, from the file) gives, but for the file's path and the masked identifiers.
+    record = meta_from_dataset(got, _ts(implicit))
+    from_file = read_meta(path)
+    assert dataclasses.replace(record, phi=(), path=None) == dataclasses.replace(from_file, phi=(), path=None)
+    assert record.image_position and record.slice_thickness and record.image_type
