@@ -15,7 +15,10 @@ the instances were answered:
    makes the spool durable with one ``syncfs`` and resets the segments for reuse.
 
 While this process is receiving (a data set streaming in, or one sealed within
-:data:`YIELD_SECONDS`) the thread waits, up to :data:`DEFER_MAX_BYTES` of records: on a
+:data:`YIELD_SECONDS`) the thread waits, up to :data:`DEFER_MAX_BYTES` of records and as
+long as the oldest waiting record is younger than ``max_defer_seconds`` (at most
+:data:`MAX_DEFER_SECONDS`, a quarter of ``[stability] quiet_seconds`` when that is shorter:
+the quiet rule counts from the last *indexed* arrival, so rows must never lag it): on a
 small machine its work (a second copy of every byte, a header parse, index commits) competes
 with the associations for the cores and the interpreter lock, and every instance's response
 waits on that competition (measured in docs/BENCHMARKS.md, Ingest).  Past that backlog,
@@ -60,6 +63,7 @@ IDLE_RETIRE_SECONDS = 1.0
 RETRY_SECONDS = 0.5
 YIELD_SECONDS = 0.05
 DEFER_MAX_BYTES = 384 << 20     # below journal.FREE_KEEP segments: a burst reuses written segments
+MAX_DEFER_SECONDS = 1.0         # and never a record older than this (or a quarter of quiet_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +78,10 @@ class Sealed:
 
 
 class Materialiser(BackgroundWorker):
-    def __init__(self, journal: Journal, spool: Spool, writer: IndexWriter, own_ae: str):
+    def __init__(self, journal: Journal, spool: Spool, writer: IndexWriter, own_ae: str,
+                 max_defer_seconds: float = MAX_DEFER_SECONDS):
         super().__init__()
+        self.max_defer_ns = int(min(max_defer_seconds, MAX_DEFER_SECONDS) * 1e9)
         self.journal = journal
         self.spool = spool
         self.writer = writer
@@ -146,7 +152,8 @@ class Materialiser(BackgroundWorker):
                 if not self._queue and self._stopping:
                     return
                 if self._queue and self._yielding():
-                    self._cond.wait(YIELD_SECONDS)
+                    age_left = (self._queue[0].info.received_ns + self.max_defer_ns - time.time_ns()) / 1e9
+                    self._cond.wait(max(0.001, min(YIELD_SECONDS, age_left)))
                     continue
                 item = self._queue[0] if self._queue else None
             if item is not None:
@@ -193,6 +200,7 @@ class Materialiser(BackgroundWorker):
     def _yielding(self) -> bool:
         """Wait for the receive to pause? (see the module docstring; called holding the lock)"""
         return (not self._stopping and not self._flushing and self._queued_bytes < DEFER_MAX_BYTES
+                and time.time_ns() - self._queue[0].info.received_ns < self.max_defer_ns
                 and self.journal.receiving(time.monotonic(), YIELD_SECONDS))
 
     def _retire(self, idle_seconds: float) -> None:

@@ -114,7 +114,8 @@ class StorageSCP:
         self.writer = IndexWriter(index)
         self.own_ae = config.node.ae_title
         self.journal = Journal(spool.journal_dir)
-        self.materialiser = Materialiser(self.journal, spool, self.writer, self.own_ae)
+        self.materialiser = Materialiser(self.journal, spool, self.writer, self.own_ae,
+                                         max_defer_seconds=config.stability.quiet_seconds / 4)
         self._recovered = False
         tls = config.node.tls
         self.handshake_timeout = tls.handshake_timeout_seconds if tls else 10.0

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 
+import pytest
 from pydicom.uid import generate_uid
 
 from aenode.node import running_node
@@ -204,3 +205,70 @@ def test_responses_and_release_do_not_wait_for_the_index(tmp_path):
         assert node.scp.flush_index(10)
         assert time.monotonic() - t0 >= hold * 0.9  # the rows had to wait for the lock
         assert len(node.index.instances(study_uid)) == 5
+
+
+def _open_association(port: int, sop_class: str):
+    from pynetdicom import AE
+
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(sop_class, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="AENODE")
+    assert assoc.is_established
+    return assoc
+
+
+def test_materialiser_waits_for_a_pause_in_the_receive(tmp_path, monkeypatch):
+    """While an association sends, spool files and rows wait (aenode/receive/materialise.py);
+    they follow a pause even with the association still open, and at once for a flush."""
+    import time
+
+    from aenode.receive import materialise
+
+    monkeypatch.setattr(materialise, "YIELD_SECONDS", 0.6)
+    config = make_config(tmp_path, stability={"quiet_seconds": 60.0, "after_release_seconds": 60.0})
+    study_uid, series_uid = generate_uid(), generate_uid()
+    slices = [ct_slice(study_uid, series_uid, i, size=16) for i in range(6)]
+    with running_node(config, workers=()) as node:
+        assoc = _open_association(node.port, slices[0].SOPClassUID)
+        try:
+            assert [assoc.send_c_store(ds).Status for ds in slices[:3]] == [0] * 3
+            sent = time.monotonic()
+            time.sleep(0.2)
+            assert node.index.instances(study_uid) == []  # still within the receive's burst
+            wait_for(lambda: len(node.index.instances(study_uid)) == 3, timeout=10, interval=0.02)
+            assert time.monotonic() - sent >= 0.55  # after the pause, not before
+            assert assoc.is_established
+            assert [assoc.send_c_store(ds).Status for ds in slices[3:]] == [0] * 3
+            assert node.scp.flush_index(5)  # someone waits: no more yielding
+            assert len(node.index.instances(study_uid)) == 6
+            assert time.monotonic() - sent < 0.55 + 0.6 + 5
+        finally:
+            assoc.release()
+
+
+@pytest.mark.parametrize("bound", ["bytes", "age"])
+def test_materialiser_works_during_the_receive_past_its_bounds(tmp_path, monkeypatch, bound):
+    """A continuous receive does not hold the rows back for ever: past DEFER_MAX_BYTES, or
+    once the oldest record is older than max_defer_seconds, the materialiser works while the
+    association sends (else the quiet rule could fire from a stale last arrival)."""
+    import time
+
+    from aenode.receive import materialise
+
+    monkeypatch.setattr(materialise, "YIELD_SECONDS", 5.0)
+    if bound == "bytes":
+        monkeypatch.setattr(materialise, "DEFER_MAX_BYTES", 1)  # any record is past the bound
+    else:
+        monkeypatch.setattr(materialise, "MAX_DEFER_SECONDS", 0.2)
+    config = make_config(tmp_path, stability={"quiet_seconds": 60.0, "after_release_seconds": 60.0})
+    study_uid, series_uid = generate_uid(), generate_uid()
+    slices = [ct_slice(study_uid, series_uid, i, size=16) for i in range(3)]
+    with running_node(config, workers=()) as node:
+        assoc = _open_association(node.port, slices[0].SOPClassUID)
+        try:
+            assert [assoc.send_c_store(ds).Status for ds in slices] == [0] * 3
+            sent = time.monotonic()
+            wait_for(lambda: len(node.index.instances(study_uid)) == 3, timeout=10, interval=0.02)
+            assert time.monotonic() - sent < 4.0  # well before the 5 s pause
+        finally:
+            assoc.release()
