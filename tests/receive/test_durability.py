@@ -207,6 +207,13 @@ def test_responses_and_release_do_not_wait_for_the_index(tmp_path):
         assert len(node.index.instances(study_uid)) == 5
 
 
+def _long_quiet_study(tmp_path, n: int):
+    """A config whose stabiliser stays out of the way, and ``n`` small slices of one study."""
+    config = make_config(tmp_path, stability={"quiet_seconds": 60.0, "after_release_seconds": 60.0})
+    study_uid, series_uid = generate_uid(), generate_uid()
+    return config, study_uid, [ct_slice(study_uid, series_uid, i, size=16) for i in range(n)]
+
+
 def _open_association(port: int, sop_class: str):
     from pynetdicom import AE
 
@@ -225,9 +232,7 @@ def test_materialiser_waits_for_a_pause_in_the_receive(tmp_path, monkeypatch):
     from aenode.receive import materialise
 
     monkeypatch.setattr(materialise, "YIELD_SECONDS", 0.6)
-    config = make_config(tmp_path, stability={"quiet_seconds": 60.0, "after_release_seconds": 60.0})
-    study_uid, series_uid = generate_uid(), generate_uid()
-    slices = [ct_slice(study_uid, series_uid, i, size=16) for i in range(6)]
+    config, study_uid, slices = _long_quiet_study(tmp_path, 6)
     with running_node(config, workers=()) as node:
         assoc = _open_association(node.port, slices[0].SOPClassUID)
         try:
@@ -260,9 +265,7 @@ def test_materialiser_works_during_the_receive_past_its_bounds(tmp_path, monkeyp
         monkeypatch.setattr(materialise, "DEFER_MAX_BYTES", 1)  # any record is past the bound
     else:
         monkeypatch.setattr(materialise, "MAX_DEFER_SECONDS", 0.2)
-    config = make_config(tmp_path, stability={"quiet_seconds": 60.0, "after_release_seconds": 60.0})
-    study_uid, series_uid = generate_uid(), generate_uid()
-    slices = [ct_slice(study_uid, series_uid, i, size=16) for i in range(3)]
+    config, study_uid, slices = _long_quiet_study(tmp_path, 3)
     with running_node(config, workers=()) as node:
         assoc = _open_association(node.port, slices[0].SOPClassUID)
         try:
