@@ -93,8 +93,6 @@ class Service(Protocol):
     def on_store(self, assoc: Association, command: Command, context: PresentationContext,
                  data: JournalEntry | SpoolTempFile | None) -> int: ...
 
-    def on_release(self, assoc: Association) -> None: ...
-
 
 @dataclass(frozen=True)
 class Negotiated:
@@ -219,7 +217,6 @@ class Association:
             self._data(pdu)
             return True
         if kind == A_RELEASE_RQ:
-            self.service.on_release(self)
             self._send(RELEASE_RP)
             self.link.outcome = "released"
             return False

@@ -31,6 +31,7 @@ import socket
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
@@ -43,6 +44,7 @@ from aenode.receive.association import Association
 from aenode.receive.checks import (
     DEFLATED_TRANSFER_SYNTAXES,
     HEADER_KEYWORDS,
+    HeaderUIDs,
     LimitExceeded,
     check_geometry,
     header_uids,
@@ -68,8 +70,23 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_SOP_CLASS_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
-# How long an association's release (or end) waits for its index rows to be committed.
-RELEASE_FLUSH_SECONDS = 10.0
+# How long an association's end waits for its index rows to be committed.
+END_FLUSH_SECONDS = 10.0
+
+HANDLER_TAGS = frozenset(int(tag_for_keyword(k)) for k in  # type: ignore[arg-type]
+                         ("SpecificCharacterSet", *HEADER_KEYWORDS, *MARK_KEYWORDS, *META_KEYWORDS))
+"""The header elements the C-STORE handler reads (before it answers: its checks; after: the
+header record the materialiser builds from the same reading)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """Why the handler refuses a header: the status, the ``store_refused`` line's fields,
+    whether the header's patient identifiers must be masked in it."""
+
+    status: int
+    fields: dict[str, object]
+    mask_phi: bool = False
 
 
 def decodable_transfer_syntaxes() -> list[str]:
@@ -215,15 +232,10 @@ class StorageSCP:
         its release rule counts from the end itself, so that the catching up (the
         materialiser waits for a pause in the receive) overlaps the rule's wait."""
         ended = self.tracker.now()
-        self.materialiser.flush(RELEASE_FLUSH_SECONDS)
+        self.materialiser.flush(END_FLUSH_SECONDS)
         self.tracker.ended(assoc, at=ended)
 
     # ---- what the associations call (association.Service) -----------------------------
-
-    def on_release(self, assoc: Association) -> None:
-        # Answered at once: every instance is durable in the journal already.  The rows
-        # follow when the association has ended (association_ended waits for them there).
-        pass
 
     def on_store(self, assoc: Association, command: Command, context: PresentationContext,
                  data: JournalEntry | SpoolTempFile | None) -> int:
@@ -258,8 +270,8 @@ class StorageSCP:
                         calling_ae=calling_ae)
             return STATUS_CANNOT_UNDERSTAND
         ds = scan_header(tmp.head, str(transfer_syntax), HANDLER_TAGS, complete=tmp.head_is_whole)
-        refusal = None if ds is None else self._verdict(ds, sop_uid_cmd, command_sop_class, abstract_syntax, calling_ae)
-        if ds is None or refusal is not None:
+        verdict = None if ds is None else self._verdict(ds, sop_uid_cmd, command_sop_class, abstract_syntax, calling_ae)
+        if not isinstance(verdict, HeaderUIDs):
             # The whole header, read by pydicom, decides every refusal (and what it logs).
             try:
                 with tmp.reader() as fh:
@@ -268,16 +280,16 @@ class StorageSCP:
                 log.warning("store_refused", reason="bad_header", detail=str(exc) if isinstance(exc, BadInstance)
                             else type(exc).__name__, sop_instance_uid=sop_uid_cmd, calling_ae=calling_ae)
                 return STATUS_CANNOT_UNDERSTAND
-            refusal = self._verdict(ds, sop_uid_cmd, command_sop_class, abstract_syntax, calling_ae)
-            if refusal is not None:
-                status, fields, mask = refusal
-                if mask:
+            verdict = self._verdict(ds, sop_uid_cmd, command_sop_class, abstract_syntax, calling_ae)
+            if isinstance(verdict, _Refusal):
+                if verdict.mask_phi:
                     with phi_values(identifiers_of(ds)):
-                        log.warning("store_refused", **fields)
+                        log.warning("store_refused", **verdict.fields)
                 else:
-                    log.warning("store_refused", **fields)
-                return status
-        uids = header_uids(ds)
+                    log.warning("store_refused", **verdict.fields)
+                return verdict.status
+        assert ds is not None
+        uids = verdict
         own = calling_ae == self.own_ae or is_node_output(ds)
         # Patient identifiers are looked up (to mask them in log lines) only where a line
         # may quote the header: the refusals above; the rest logs UIDs, codes and numbers.
@@ -293,27 +305,27 @@ class StorageSCP:
         return STATUS_SUCCESS
 
     def _verdict(self, ds: Dataset, sop_uid_cmd: str, command_sop_class: object, abstract_syntax: object,
-                 calling_ae: str) -> tuple[int, dict[str, object], bool] | None:
-        """None when the header passes the handler's checks, else (status, the ``store_refused``
-        line's fields, whether patient identifiers must be masked in it)."""
+                 calling_ae: str) -> HeaderUIDs | _Refusal:
+        """The header's identifying UIDs when it passes the handler's checks, else why not."""
         try:
             uids = header_uids(ds)
             check_geometry(ds, self.limits)
         except LimitExceeded as exc:
-            return STATUS_CANNOT_UNDERSTAND, {"reason": "limit_exceeded", "limit": exc.limit, "value": exc.value,
-                                              "allowed": exc.allowed, "sop_instance_uid": sop_uid_cmd,
-                                              "calling_ae": calling_ae}, True
+            return _Refusal(STATUS_CANNOT_UNDERSTAND, {
+                "reason": "limit_exceeded", "limit": exc.limit, "value": exc.value, "allowed": exc.allowed,
+                "sop_instance_uid": sop_uid_cmd, "calling_ae": calling_ae}, mask_phi=True)
         except BadInstance as exc:
-            return STATUS_CANNOT_UNDERSTAND, {"reason": "bad_header", "detail": str(exc), "sop_instance_uid": sop_uid_cmd,
-                                              "calling_ae": calling_ae}, True
+            return _Refusal(STATUS_CANNOT_UNDERSTAND, {
+                "reason": "bad_header", "detail": str(exc), "sop_instance_uid": sop_uid_cmd,
+                "calling_ae": calling_ae}, mask_phi=True)
         if uids.sop_class_uid != str(abstract_syntax) or uids.sop_class_uid != clean_uid(command_sop_class):
-            return STATUS_SOP_CLASS_MISMATCH, {"reason": "sop_class_mismatch", "sop_class_uid": uids.sop_class_uid,
-                                               "abstract_syntax": str(abstract_syntax), "sop_instance_uid": sop_uid_cmd,
-                                               "calling_ae": calling_ae}, False
+            return _Refusal(STATUS_SOP_CLASS_MISMATCH, {
+                "reason": "sop_class_mismatch", "sop_class_uid": uids.sop_class_uid,
+                "abstract_syntax": str(abstract_syntax), "sop_instance_uid": sop_uid_cmd, "calling_ae": calling_ae})
         if uids.sop_instance_uid != sop_uid_cmd:
-            return STATUS_CANNOT_UNDERSTAND, {"reason": "sop_instance_uid_mismatch", "sop_instance_uid": sop_uid_cmd,
-                                              "calling_ae": calling_ae}, False
-        return None
+            return _Refusal(STATUS_CANNOT_UNDERSTAND, {
+                "reason": "sop_instance_uid_mismatch", "sop_instance_uid": sop_uid_cmd, "calling_ae": calling_ae})
+        return uids
 
     def _seal(self, entry: JournalEntry, ds: Dataset, study: str, series: str, sop: str, sop_class: str,
               transfer_syntax: str, calling_ae: str, own: bool) -> int:
@@ -362,12 +374,6 @@ class StorageSCP:
         code = errno.errorcode.get(getattr(exc, "errno", None) or 0, None)
         log.error("store_out_of_resources", stage=stage, error=type(exc).__name__, errno=code)
         return STATUS_OUT_OF_RESOURCES
-
-
-HANDLER_TAGS = frozenset(int(tag_for_keyword(k)) for k in  # type: ignore[arg-type]
-                         ("SpecificCharacterSet", *HEADER_KEYWORDS, *MARK_KEYWORDS, *META_KEYWORDS))
-"""The header elements the C-STORE handler reads (before it answers: its checks; after: the
-header record the materialiser builds from the same reading)."""
 
 
 __all__ = ["STATUS_CANNOT_UNDERSTAND", "STATUS_OUT_OF_RESOURCES", "STATUS_PROCESSING_FAILURE",

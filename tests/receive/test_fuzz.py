@@ -116,9 +116,6 @@ class _Service:
         self.stored += data is not None
         return 0x0000
 
-    def on_release(self, assoc) -> None:
-        pass
-
 
 def connection(data: bytes, chunk: int = 1 << 20) -> int:
     """Run a peer's byte stream through what the node does with it; the number of PDUs accepted."""
