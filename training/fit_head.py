@@ -65,9 +65,11 @@ def main() -> None:
     print(f"features {tuple(ftr.shape)} in {time.time() - t0:.0f} s", flush=True)
     mu, sd = ftr.mean(0), ftr.std(0).clamp(min=1e-3)
     if "--maps-only" in sys.argv:
-        # only the features measured on the predicted maps (the last 18): fewer inputs, less overfitting
+        # only the features measured on the predicted maps (after the pooled deep features):
+        # fewer inputs, less overfitting
+        c = net.config
         keep = torch.zeros(ftr.shape[1], dtype=torch.bool)
-        keep[-18:] = True
+        keep[2 * c["c3"] + c["c2"]:] = True
         sd = torch.where(keep, sd, torch.full_like(sd, 1e9))
         mu = torch.where(keep, mu, torch.zeros_like(mu))
     head = TypicalityNet(**net.config).cls.to("cpu")

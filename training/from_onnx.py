@@ -48,9 +48,10 @@ def rebuild(package: Path) -> tuple[TypicalityNet, dict]:
     if len(convs) != len(CONVS):
         raise SystemExit(f"{package}: {len(convs)} convolutions, expected {len(CONVS)} (another architecture?)")
     stem_w = init[convs[0].input[1]]
-    net = TypicalityNet(n_classes=int(init["net.cls.3.weight"].shape[0]), n_seg=int(init[convs[-1].input[1]].shape[0]),
-                        c1=int(stem_w.shape[0]), c2=int(init[convs[2].input[1]].shape[0]),
-                        c3=int(init[convs[4].input[1]].shape[0]))
+    n_seg, c2, c3 = (int(init[convs[i].input[1]].shape[0]) for i in (-1, 2, 4))
+    peaks = int(init["net.cls.0.weight"].shape[1] != TypicalityNet.head_inputs(c2, c3, n_seg, 0))
+    net = TypicalityNet(n_classes=int(init["net.cls.3.weight"].shape[0]), n_seg=n_seg,
+                        c1=int(stem_w.shape[0]), c2=c2, c3=c3, peaks=peaks)
     with torch.no_grad():
         for node, name in zip(convs, CONVS):
             conv, norm = _conv_and_norm(net, name)

@@ -10,7 +10,8 @@
 #                                                  # studies, results as $OUT/train_results.tgz
 #
 # A: ARCH_A (default: the 2.0.0 widths); B: ARCH_B (default: a full-resolution block and wider
-# levels).  Why two at once, each alone on its GPU: the 2026-11-30 attempt trained both on one
+# levels); POSW_A / POSW_B: their segmentation loss's positive weights (default: none; B: A's).
+# Why two at once, each alone on its GPU: the 2026-11-30 attempt trained both on one
 # GPU beside a benchmark and got 19 and 7 epochs (training/README.md).  The evaluation and
 # calibration studies never choose between A and B ('gpu_train.sh pick' uses validation).
 set -uo pipefail
@@ -19,6 +20,7 @@ export PYTHONPATH=/tmp/site:$PWD/.. PYTHONUNBUFFERED=1
 SEEDS=${SEEDS:-880}; VAL=${VAL:-800}; HARD=${HARD:-20000 20300}
 TRAIN_SECONDS=${TRAIN_SECONDS:-480}
 ARCH_A=${ARCH_A:-}; ARCH_B=${ARCH_B:-c0=4,c1=12,c2=24,c3=48}
+POSW_A=${POSW_A:-}; POSW_B=${POSW_B:-$POSW_A}  # BCE positive weights per channel (train.py --pos-weight)
 L=${LOGS:-/tmp/aenode-train-logs}
 OUT=${OUT:-/tmp/aenode-train-out}
 mkdir -p "$L" "$OUT"
@@ -47,9 +49,9 @@ case "${1:-}" in
     if [ ! -f "$L/train_a.out" ]; then
       half=$(( $(nproc) / 2 ))
       for r in a b; do
-        arch=$ARCH_A; gpu=0; cores="0-$((half - 1))"
-        [ $r = b ] && arch=$ARCH_B && gpu=1 && cores="$half-$(( $(nproc) - 1 ))"
-        setsid nohup bash -c "CUDA_VISIBLE_DEVICES=$gpu TRAIN_RUNS=runs_$r ARCH='$arch' AMP=1 SEEDS=$SEEDS VAL=$VAL \
+        arch=$ARCH_A; posw=$POSW_A; gpu=0; cores="0-$((half - 1))"
+        [ $r = b ] && arch=$ARCH_B && posw=$POSW_B && gpu=1 && cores="$half-$(( $(nproc) - 1 ))"
+        setsid nohup bash -c "CUDA_VISIBLE_DEVICES=$gpu TRAIN_RUNS=runs_$r ARCH='$arch' POSW='$posw' AMP=1 SEEDS=$SEEDS VAL=$VAL \
           HARD='$HARD' TRAIN_SECONDS=$TRAIN_SECONDS EPOCHS=200 OUT=$L taskset -c $cores bash gpu_train.sh train; \
           echo STEP-DONE" >"$L/train_$r.out" 2>&1 &
       done
@@ -69,7 +71,10 @@ case "${1:-}" in
     for m in covid-typicality lung-involvement; do
       cp "../models/$m/model.onnx" "$L/$m.onnx"; cp "../models/$m/model.toml" "$L/$m.toml"
     done
-    cp runs_a/calibration_fit.json "$L/fit_a.json"; cp runs_b/calibration_fit.json "$L/fit_b.json"
+    for r in a b; do
+      cp "runs_$r/calibration_fit.json" "$L/fit_$r.json"; cp "runs_$r/final.pt" "$L/final_$r.pt"
+      cp "runs_$r/domain_ref.pt" "$L/domain_ref_$r.pt"; cp "runs_$r/history_last.json" "$L/history_$r.json"
+    done
     tar -czf "$OUT/train_results.tgz" -C "$L" . && ls -la "$OUT"
     ;;
   *)

@@ -13,6 +13,7 @@
 # best epoch, head check, first temperature and the domain gate's threshold), HARD ("LO HI":
 # extra seeds of data.HARD_VARIANTS, none by default), EPOCHS (default 60), TRAIN_SECONDS (the
 # schedule's time budget), ARCH (net widths, e.g. "c0=4,c1=12,c2=24,c3=48"), AMP=1 (bfloat16),
+# POSW (BCE positive weight per segmentation channel, e.g. "nodule=20,cavity=10"),
 # TRAIN_RUNS (folder of the weights, default training/runs), PROCS (default: all cores), OUT
 # (where logs and the sealed packages are copied).
 set -euo pipefail
@@ -25,6 +26,7 @@ OUT=${OUT:-/tmp/aenode-train-out}
 VAL=${VAL:-$((SEEDS - 40))}
 HARD=${HARD:-}
 ARCH=${ARCH:-}
+POSW=${POSW:-}
 AMP=${AMP:-0}
 RUNS=${TRAIN_RUNS:-runs}
 mkdir -p "$OUT"
@@ -42,7 +44,7 @@ case "${1:-}" in
   train)
     log="$OUT/train_$(basename "$RUNS").log"
     TRAIN_RUNS=$RUNS python3 train.py --device cuda --epochs "$EPOCHS" --batch 16 --lr 2e-3 --threads 8 \
-      --max-seconds "$TRAIN_SECONDS" --arch "$ARCH" "${amp[@]}" "${hard_train[@]}" \
+      --max-seconds "$TRAIN_SECONDS" --arch "$ARCH" --pos-weight "$POSW" "${amp[@]}" "${hard_train[@]}" \
       --train-seeds 0 "$VAL" --val-seeds "$VAL" "$SEEDS" --out last.pt 2>&1 | tee "$log"
     TRAIN_RUNS=$RUNS python3 fit_head.py "$RUNS/best_last.pt" --seeds 0 "$VAL" "$VAL" "$SEEDS" "${hard_head[@]}" 2>&1 | tee -a "$log"
     if [ "$RUNS" = runs ]; then

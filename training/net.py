@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 N_FEATURES = 10  # distribution features of the lesion map
+PEAK_FEATURES = 2  # per segmentation channel after the lung, with ``peaks``: local peak, confident volume
 # Extra segmentation channels (after lung, lesion) whose log-volumes feed the classifier:
 # ggo, crazy-paving, consolidation, nodule, cavity, effusion, atelectasis, septal.
 
@@ -27,12 +28,20 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 class TypicalityNet(nn.Module):
     """``c0`` > 0 adds a 3x3x3 block at the input's full resolution before the 2x2x2 stem,
     so that structures of one or two voxels (centrilobular nodules, thin cavity walls) are
-    seen before the stem averages them away; ``c1``-``c3`` are the widths of the levels."""
+    seen before the stem averages them away; ``c1``-``c3`` are the widths of the levels.
+
+    ``peaks`` adds, for each segmentation channel after the lung, its local peak and its
+    confident volume (:meth:`peak_features`) to the classifier's input.  Why: 2.0.0 read only
+    each channel's summed probability, in which one 2 cm cavity (a few dozen half-resolution
+    voxels) is lost against the background's small probabilities over 130,000 voxels; its
+    cavity and nodule channels had learnt nothing (Dice 0.00 on the validation seeds), and
+    cavitation and tree-in-bud were its worst variants (training/README.md)."""
 
     def __init__(self, n_classes: int = 4, n_seg: int = 10, c1: int = 8, c2: int = 16, c3: int = 32,
-                 c0: int = 0):
+                 c0: int = 0, peaks: int = 0):
         super().__init__()
-        self.config = {"n_classes": n_classes, "n_seg": n_seg, "c1": c1, "c2": c2, "c3": c3, "c0": c0}
+        self.config = {"n_classes": n_classes, "n_seg": n_seg, "c1": c1, "c2": c2, "c3": c3, "c0": c0,
+                       "peaks": peaks}
         self.full = _block(1, c0) if c0 else nn.Identity()
         self.stem = nn.Sequential(nn.Conv3d(c0 or 1, c1, 2, stride=2, bias=False), nn.BatchNorm3d(c1),
                                   nn.ReLU(inplace=True))
@@ -47,19 +56,35 @@ class TypicalityNet(nn.Module):
         self.dec1 = _block(c1, c1)
         self.n_seg = n_seg
         self.seg = nn.Conv3d(c1, n_seg, 1)  # lung, lesion, lesion types: logits at half resolution
+        self.peaks = bool(peaks)
         self.cls = nn.Sequential(
-            nn.Linear(2 * c3 + c2 + N_FEATURES + (n_seg - 2), 48), nn.GELU(), nn.Dropout(0.1), nn.Linear(48, n_classes))
+            nn.Linear(self.head_inputs(c2, c3, n_seg, peaks), 48), nn.GELU(), nn.Dropout(0.1), nn.Linear(48, n_classes))
+
+    @staticmethod
+    def head_inputs(c2: int, c3: int, n_seg: int, peaks: int) -> int:
+        """Length of the classifier's input vector (:meth:`features`)."""
+        return 2 * c3 + c2 + N_FEATURES + (n_seg - 2) + (PEAK_FEATURES * (n_seg - 1) if peaks else 0)
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> TypicalityNet:
         """The network whose shapes match these weights (widths and ``c0`` read from the
         tensors), with the weights loaded: checkpoints stay plain state dicts."""
-        net = cls(n_classes=int(state["cls.3.weight"].shape[0]), n_seg=int(state["seg.weight"].shape[0]),
-                  c1=int(state["stem.0.weight"].shape[0]), c2=int(state["down2.0.weight"].shape[0]),
-                  c3=int(state["down3.0.weight"].shape[0]),
-                  c0=int(state["full.0.weight"].shape[0]) if "full.0.weight" in state else 0)
+        n_seg, c2, c3 = (int(state[k].shape[0]) for k in ("seg.weight", "down2.0.weight", "down3.0.weight"))
+        net = cls(n_classes=int(state["cls.3.weight"].shape[0]), n_seg=n_seg,
+                  c1=int(state["stem.0.weight"].shape[0]), c2=c2, c3=c3,
+                  c0=int(state["full.0.weight"].shape[0]) if "full.0.weight" in state else 0,
+                  peaks=int(state["cls.0.weight"].shape[1] != cls.head_inputs(c2, c3, n_seg, 0)))
         net.load_state_dict(state)
         return net
+
+    @staticmethod
+    def peak_features(probs: torch.Tensor) -> torch.Tensor:
+        """(N, 2 * C) for probability maps (N, C, d, h, w): the highest mean over any 3x3x3
+        block (a small lesion's presence, robust to one stray voxel) and the log volume
+        above 0.5 (how much is confidently there)."""
+        peak = F.avg_pool3d(probs, 3, stride=1, padding=1, count_include_pad=False).amax(dim=(2, 3, 4))
+        confident = torch.log1p(torch.relu(probs - 0.5).sum(dim=(2, 3, 4)) * 2.0) / 3.0
+        return torch.cat([peak, confident], dim=1)
 
     @staticmethod
     def map_features(x: torch.Tensor, lung: torch.Tensor, lesion: torch.Tensor) -> torch.Tensor:
@@ -108,8 +133,11 @@ class TypicalityNet(nn.Module):
         lung, lesion = probs[:, 0:1], probs[:, 1:2]
         feats = self.map_features(x, lung.detach(), lesion.detach())
         typed = torch.log1p(probs[:, 2:].detach().sum(dim=(2, 3, 4))) / 5.0
-        pooled = torch.cat([F.adaptive_avg_pool3d(e3, 1).flatten(1), F.adaptive_max_pool3d(e3, 1).flatten(1),
-                            F.adaptive_avg_pool3d(d2, 1).flatten(1), feats, typed], dim=1)
+        parts = [F.adaptive_avg_pool3d(e3, 1).flatten(1), F.adaptive_max_pool3d(e3, 1).flatten(1),
+                 F.adaptive_avg_pool3d(d2, 1).flatten(1), feats, typed]
+        if self.peaks:
+            parts.append(self.peak_features(probs[:, 1:].detach()))
+        pooled = torch.cat(parts, dim=1)
         return pooled, seg, probs
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
