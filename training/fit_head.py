@@ -11,6 +11,7 @@ standardisation is folded into the first linear layer so the exported graph is u
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -39,6 +40,56 @@ def feats(net, xs, segs, gen: torch.Generator, aug: bool) -> torch.Tensor:
                 xb, _ = augment_batch(xb, torch.from_numpy(segs[i:i + 8].astype(np.float32) / 255.0).to(dev), gen)
             out.append(net.features(xb)[0].cpu())
     return torch.cat(out)
+
+
+def _scores(head: torch.nn.Module, f: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    head.eval()
+    with torch.no_grad():
+        logits = head(f)
+    return float((logits.argmax(1) == y).float().mean()), float(F.cross_entropy(logits, y))
+
+
+def refit(net: TypicalityNet, ftr: torch.Tensor, ytr: torch.Tensor, fva: torch.Tensor, yva: torch.Tensor,
+          mu: torch.Tensor, sd: torch.Tensor, steps: int = 600, every: int = 10) -> dict[str, torch.Tensor]:
+    """The classification head (state dict, standardisation folded in) with the best
+    validation (accuracy, then log loss) among the network's own head and the refit's
+    checkpoints every ``every`` steps.  Why keep the best: on the 2026-11-30 peaks run the
+    full-batch refit overfitted after ~100 steps (validation 0.92 -> 0.91 while the
+    training accuracy rose), and the jointly trained head had been better still (0.94)."""
+    own = copy.deepcopy(net.cls).cpu()
+    best_key = _scores(own, fva, yva)
+    best = {k: v.clone() for k, v in own.state_dict().items()}
+    print(json.dumps({"step": 0, "head": "joint", "val_acc": best_key[0], "val_loss": round(best_key[1], 4)}), flush=True)
+    head = TypicalityNet(**net.config).cls.to("cpu")
+    opt = torch.optim.AdamW(head.parameters(), lr=5e-3, weight_decay=1e-2)
+    for step in range(1, steps + 1):
+        head.train()
+        loss = F.cross_entropy(head((ftr - mu) / sd), ytr, label_smoothing=0.05)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % every:
+            continue
+        folded = _folded(head, mu, sd)
+        acc, vloss = _scores(folded, fva, yva)
+        if (acc, -vloss) > (best_key[0], -best_key[1]):
+            best_key, best = (acc, vloss), folded.state_dict()
+        if step % 100 == 0:
+            print(json.dumps({"step": step, "loss": round(loss.item(), 4), "train_acc": _scores(folded, ftr, ytr)[0],
+                              "val_acc": acc, "val_loss": round(vloss, 4)}), flush=True)
+    print(json.dumps({"kept": {"val_acc": best_key[0], "val_loss": round(best_key[1], 4)}}), flush=True)
+    return best
+
+
+def _folded(head: torch.nn.Module, mu: torch.Tensor, sd: torch.Tensor) -> torch.nn.Module:
+    """A copy of ``head`` that reads raw features: the standardisation folded into its
+    first layer, so the exported graph is unchanged."""
+    out = copy.deepcopy(head)
+    with torch.no_grad():
+        lin = out[0]
+        lin.weight.copy_(head[0].weight / sd)
+        lin.bias.copy_(head[0].bias - (head[0].weight * (mu / sd)).sum(1))
+    return out.eval()
 
 
 def main() -> None:
@@ -72,32 +123,9 @@ def main() -> None:
         keep[2 * c["c3"] + c["c2"]:] = True
         sd = torch.where(keep, sd, torch.full_like(sd, 1e9))
         mu = torch.where(keep, mu, torch.zeros_like(mu))
-    head = TypicalityNet(**net.config).cls.to("cpu")
-    opt = torch.optim.AdamW(head.parameters(), lr=5e-3, weight_decay=1e-2)
-    for step in range(600):
-        head.train()
-        loss = F.cross_entropy(head((ftr - mu) / sd), ytr_t, label_smoothing=0.05)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 100 == 99:
-            head.eval()
-            with torch.no_grad():
-                acc_tr = float((head((ftr - mu) / sd).argmax(1) == ytr_t).float().mean())
-                lv = head((fva - mu) / sd)
-                acc = float((lv.argmax(1) == yva_t).float().mean())
-                vloss = float(F.cross_entropy(lv, yva_t))
-            print(json.dumps({"step": step + 1, "loss": round(loss.item(), 4), "train_acc": acc_tr,
-                              "val_acc": acc, "val_loss": round(vloss, 4)}), flush=True)
-    # fold the standardisation into the first layer
-    with torch.no_grad():
-        lin = head[0]
-        w = lin.weight / sd
-        b = lin.bias - (lin.weight * (mu / sd)).sum(1)
-        lin.weight.copy_(w)
-        lin.bias.copy_(b)
+    head = refit(net, ftr, ytr_t, fva, yva_t, mu, sd)
     net.cpu()
-    net.cls.load_state_dict(head.state_dict())
+    net.cls.load_state_dict(head)
     net.eval()
     with torch.no_grad():
         acc = float((net.cls(fva).argmax(1) == yva_t).float().mean())

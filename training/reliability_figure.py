@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tomllib
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +24,12 @@ import numpy as np  # noqa: E402
 from calibrate import PATTERNS, reliability, softmax_t  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+
+
+def _version() -> str:
+    """The package version the figure belongs to (models/covid-typicality/model.toml)."""
+    toml = HERE.parent / "models" / "covid-typicality" / "model.toml"
+    return tomllib.loads(toml.read_text())["version"]
 
 
 def main() -> None:
@@ -53,7 +60,7 @@ def main() -> None:
     ax.set_ylim(0.3, 1.02)
     ax.set_xlabel("confidence (top-class probability), bin mean")
     ax.set_ylabel("accuracy in bin")
-    ax.set_title(f"covid-typicality 2.0.0: held-out phantoms, n = {len(y)}\n(10 bins; labels: studies per bin)",
+    ax.set_title(f"covid-typicality {_version()}: held-out phantoms, n = {len(y)}\n(10 bins; labels: studies per bin)",
                  fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
