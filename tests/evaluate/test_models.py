@@ -21,12 +21,14 @@ from tests.export.conftest import MODELS_DIR, NodeData, ingest, node_data  # noq
 
 
 def _two_versions(root: Path) -> Path:
+    """The shipped package twice, labelled 2.0.0 and 2.1.0 whatever its own version is."""
     models = root / "models"
-    shutil.copytree(MODELS_DIR / "covid-typicality", models / "covid-typicality")
-    newer = models / "covid-typicality-2.1.0"
-    shutil.copytree(MODELS_DIR / "covid-typicality", newer)
-    toml = newer / "model.toml"
-    toml.write_text(re.sub(r'(?m)^version = "2.0.0"', 'version = "2.1.0"', toml.read_text()))
+    for folder, version in (("covid-typicality", "2.0.0"), ("covid-typicality-2.1.0", "2.1.0")):
+        shutil.copytree(MODELS_DIR / "covid-typicality", models / folder)
+        toml = models / folder / "model.toml"
+        text, n = re.subn(r'(?m)^version = "[^"]*"', f'version = "{version}"', toml.read_text(), count=1)
+        assert n == 1
+        toml.write_text(text)
     return models
 
 
