@@ -73,10 +73,25 @@ def rebuild(package: Path) -> tuple[TypicalityNet, dict]:
     net.eval()
     manifest = tomllib.loads((package / "model.toml").read_text())
     domain = manifest.get("domain", {})
-    ref = {"mean": init["mean"].view(-1), "whiten": init["whiten"],
+    ref = {"mean": _domain_mean(model, init).view(-1), "whiten": init["whiten"],
            "max": float(domain["feature_distance"]["max"]),
            "ranges": {k: domain[k] for k in ("lung_median_hu", "lung_volume_ml") if k in domain}}
     return net, ref
+
+
+def _domain_mean(model: onnx.ModelProto, init: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The training-feature mean sealed in the graph.  The exporter may fold the buffer's
+    ``view(1, -1)`` into an anonymous constant (2.1.0: ``onnx::Sub_497``), so it is found
+    by its place: the subtrahend of the Sub whose result is multiplied by ``whiten``."""
+    if "mean" in init:
+        return init["mean"]
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] == "whiten":
+            sub = producers.get(node.input[0])
+            if sub is not None and sub.op_type == "Sub" and sub.input[1] in init:
+                return init[sub.input[1]]
+    raise SystemExit("no domain reference (mean) in the graph: exported without domain_ref.pt?")
 
 
 def check(net: TypicalityNet, ref: dict, package: Path) -> float:

@@ -52,10 +52,13 @@ def _manifest_dict() -> dict:
 
 def test_shipped_manifest_declares_gate_seg_and_temperature():
     m = load_manifest(PACKAGE)
-    assert m.domain is not None and m.domain.lung_median_hu == [-897.0, -619.0]
-    assert m.domain.lung_volume_ml == [500.0, 8000.0] and m.domain.alert
+    # the ranges training/fit_head.py measured (its kept copy) are the ones export.py sealed
+    fit = json.loads((PACKAGE.parents[1] / "training" / "calibration_fit.json").read_text())
+    assert m.domain is not None and m.domain.lung_median_hu == fit["ranges"]["lung_median_hu"]
+    assert m.domain.lung_volume_ml == fit["ranges"]["lung_volume_ml"] == [500.0, 8000.0] and m.domain.alert
     assert m.domain.feature_distance is not None and m.domain.feature_distance.output == "domain_distance"
     assert 5.0 < m.domain.feature_distance.max < 50.0
+    assert m.domain.feature_distance.max == fit["domain_distance_max"]
     assert m.outputs.seg and m.outputs.scores == "probabilities" and 0.5 < m.outputs.temperature < 2.0
 
 
