@@ -4,7 +4,7 @@
 
 ``RUN_DIR`` holds ``final.pt`` and ``domain_ref.pt`` from a GPU run (``gpu_pair.sh pick``
 copies them out as ``final_a.pt`` / ``domain_ref_a.pt``: rename them into a folder).  Why
-this exists beside ``fit_head.py``: covid-typicality 2.1.0's head was refit here, on the
+this exists beside ``fit_head.py``: covid-typicality 2.1.0's head was refit by these steps, on the
 2-core VM, after the GPU run's refit had over-fitted and its device time was spent; only
 part of the training cache was on the VM, so the domain reference must stay the one
 measured on all training samples on the GPU machine (the head does not change the
@@ -12,8 +12,8 @@ features it measures), while ``fit_head.py`` recomputes it from the samples it i
 
 Features are computed as ``fit_head.py`` computes them (each training sample plain and
 once shifted/jittered; validation plain) and kept in ``DIR/features_*.pt``, so a second
-run only refits.  Each feature set starts from torch's default generator state, so the
-same command gives the same head.  Writes ``DIR/final.pt`` (the network with the kept
+run only refits.  Every random draw is seeded, so the same command on the same cache and
+weights gives the same head.  Writes ``DIR/final.pt`` (the network with the kept
 head), ``DIR/domain_ref.pt`` (copied) and ``DIR/calibration_fit.json`` (a first
 temperature from the validation samples; the shipped one comes from calibrate.py), which
 ``export.py DIR/final.pt`` seals into the package.
@@ -35,18 +35,16 @@ from calibrate import fit_temperature
 from fit_head import feats, refit
 from net import TypicalityNet
 
-DEFAULT_SEED = 67280421310721  # torch's CPU generator seed in a fresh process
-
 
 def features(state: dict[str, torch.Tensor], paths: list[Path], aug: bool, cache: Path) -> dict:
-    """Plain (and, with ``aug``, shifted/jittered) features of ``paths``, kept in ``cache``;
-    computed as a fresh process computes them (default seed, then the network built), so
-    the jitter's random draws are the same on every run."""
+    """Plain (and, with ``aug``, shifted/jittered) features of ``paths``, kept in ``cache``.
+    The global generator is seeded before the network is built: the jitter's noise is
+    drawn from it (train.augment_batch), so every run draws the same."""
     if cache.exists():
         kept = torch.load(cache)
         if kept["paths"] == [p.name for p in paths]:
             return kept
-    torch.manual_seed(DEFAULT_SEED)
+    torch.manual_seed(0)
     net = TypicalityNet.from_state_dict(state).eval()
     t = time.time()
     xs, segs, ys = data.load_arrays(paths)
