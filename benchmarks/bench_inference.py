@@ -35,7 +35,8 @@ from machine import describe  # noqa: E402
 from aenode.infer.engine import Model  # noqa: E402
 from aenode.infer.manifest import load_manifest  # noqa: E402
 from aenode.load import load_series  # noqa: E402
-from aenode.select import InstanceInfo, select_series  # noqa: E402
+from aenode.select import select_series  # noqa: E402
+from aenode.store.meta import read_meta  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -75,7 +76,7 @@ def main() -> int:
 
     manifest = load_manifest(args.model)
     files = sorted(p for p in study.rglob("*.dcm"))
-    infos = [InstanceInfo.from_dataset(pydicom.dcmread(f, stop_before_pixels=True), f) for f in files]
+    infos = [read_meta(f) for f in files]
     sel = select_series(infos, manifest.selection)
     assert sel.selected is not None, sel.reason
     series = list(sel.selected.instances)
@@ -95,8 +96,7 @@ def main() -> int:
         t_base.append(timed(baseline, 1)[0])
         t_load.append(timed(load, 1)[0])
     t_base_med, t_load_med = statistics.median(t_base), statistics.median(t_load)
-    t_headers, _ = timed(lambda: [InstanceInfo.from_dataset(pydicom.dcmread(p, stop_before_pixels=True), p)
-                                  for p in paths], 1)
+    t_headers, _ = timed(lambda: [read_meta(p) for p in paths], 1)
     volume = load()
 
     model = Model(args.model, providers=[args.provider] + (["cpu"] if args.provider != "cpu" else []),
@@ -105,7 +105,7 @@ def main() -> int:
     model.run(x)  # warm-up (CUDA: kernels, memory arena)
     model.run(x)
     t_inf, out = timed(lambda: model.run(x), args.model_repeats)
-    pred = model.interpret(out, grid, timings={})
+    pred = model.interpret(out, grid, timings={}, x=x)  # x: the domain gate measures the lung on it
     t_map, mask = timed(lambda: pred.lesion_mask_on_series(volume), 1)
     total = t_load_med + t_prep + t_inf
     res = {
