@@ -42,11 +42,19 @@ def feats(net, xs, segs, gen: torch.Generator, aug: bool) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _scores(head: torch.nn.Module, f: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def scores(head: torch.nn.Module, f: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, log loss) of ``head`` on features ``f`` with labels ``y``."""
     head.eval()
     with torch.no_grad():
         logits = head(f)
     return float((logits.argmax(1) == y).float().mean()), float(F.cross_entropy(logits, y))
+
+
+def confusion(y: np.ndarray, pred: np.ndarray) -> list[list[int]]:
+    """Counts by (truth, prediction) over the four patterns."""
+    cm = np.zeros((len(data.PATTERNS), len(data.PATTERNS)), int)
+    np.add.at(cm, (y, pred), 1)
+    return cm.tolist()
 
 
 def refit(net: TypicalityNet, ftr: torch.Tensor, ytr: torch.Tensor, fva: torch.Tensor, yva: torch.Tensor,
@@ -57,7 +65,7 @@ def refit(net: TypicalityNet, ftr: torch.Tensor, ytr: torch.Tensor, fva: torch.T
     full-batch refit overfitted after ~100 steps (validation 0.92 -> 0.91 while the
     training accuracy rose), and the jointly trained head had been better still (0.94)."""
     own = copy.deepcopy(net.cls).cpu()
-    best_key = _scores(own, fva, yva)
+    best_key = scores(own, fva, yva)
     best = {k: v.clone() for k, v in own.state_dict().items()}
     print(json.dumps({"step": 0, "head": "joint", "val_acc": best_key[0], "val_loss": round(best_key[1], 4)}), flush=True)
     head = TypicalityNet(**net.config).cls.to("cpu")
@@ -71,11 +79,11 @@ def refit(net: TypicalityNet, ftr: torch.Tensor, ytr: torch.Tensor, fva: torch.T
         if step % every:
             continue
         folded = _folded(head, mu, sd)
-        acc, vloss = _scores(folded, fva, yva)
+        acc, vloss = scores(folded, fva, yva)
         if (acc, -vloss) > (best_key[0], -best_key[1]):
             best_key, best = (acc, vloss), folded.state_dict()
         if step % 100 == 0:
-            print(json.dumps({"step": step, "loss": round(loss.item(), 4), "train_acc": _scores(folded, ftr, ytr)[0],
+            print(json.dumps({"step": step, "loss": round(loss.item(), 4), "train_acc": scores(folded, ftr, ytr)[0],
                               "val_acc": acc, "val_loss": round(vloss, 4)}), flush=True)
     print(json.dumps({"kept": {"val_acc": best_key[0], "val_loss": round(best_key[1], 4)}}), flush=True)
     return best
@@ -127,18 +135,13 @@ def main() -> None:
     net.cpu()
     net.cls.load_state_dict(head)
     net.eval()
-    with torch.no_grad():
-        acc = float((net.cls(fva).argmax(1) == yva_t).float().mean())
-        pred = net.cls(fva).argmax(1)
     torch.save(net.state_dict(), RUNS / "final.pt")
     with torch.no_grad():
-        val_loss = float(F.cross_entropy(net.cls(fva), yva_t))
-    reference(ftr[:len(ytr)], fva, net.cls(fva).detach(), yva_t, image_stats(net.to(dev), xva),
+        val_logits = net.cls(fva)
+    acc, val_loss = scores(net.cls, fva, yva_t)
+    reference(ftr[:len(ytr)], fva, val_logits, yva_t, image_stats(net.to(dev), xva),
               {"val_acc": acc, "val_loss": round(val_loss, 4)})
-    cm = np.zeros((4, 4), int)
-    for a, b in zip(yva, pred.numpy()):
-        cm[a, b] += 1
-    print("val confusion (rows truth):", cm.tolist())
+    print("val confusion (rows truth):", confusion(yva, val_logits.argmax(1).numpy()))
     print(f"final.pt written; val acc {acc:.3f}; {time.time() - t0:.0f} s", flush=True)
 
 

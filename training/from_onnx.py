@@ -49,7 +49,7 @@ def rebuild(package: Path) -> tuple[TypicalityNet, dict]:
         raise SystemExit(f"{package}: {len(convs)} convolutions, expected {len(CONVS)} (another architecture?)")
     stem_w = init[convs[0].input[1]]
     n_seg, c2, c3 = (int(init[convs[i].input[1]].shape[0]) for i in (-1, 2, 4))
-    peaks = int(init["net.cls.0.weight"].shape[1] != TypicalityNet.head_inputs(c2, c3, n_seg, 0))
+    peaks = TypicalityNet.peaks_of(int(init["net.cls.0.weight"].shape[1]), c2, c3, n_seg)
     net = TypicalityNet(n_classes=int(init["net.cls.3.weight"].shape[0]), n_seg=n_seg,
                         c1=int(stem_w.shape[0]), c2=c2, c3=c3, peaks=peaks)
     with torch.no_grad():

@@ -66,6 +66,12 @@ class TypicalityNet(nn.Module):
         return 2 * c3 + c2 + N_FEATURES + (n_seg - 2) + (PEAK_FEATURES * (n_seg - 1) if peaks else 0)
 
     @classmethod
+    def peaks_of(cls, head_width: int, c2: int, c3: int, n_seg: int) -> int:
+        """``peaks`` of trained weights, read from the width of the classifier's first layer
+        (a state dict or an ONNX graph holds no config)."""
+        return int(head_width != cls.head_inputs(c2, c3, n_seg, 0))
+
+    @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> TypicalityNet:
         """The network whose shapes match these weights (widths and ``c0`` read from the
         tensors), with the weights loaded: checkpoints stay plain state dicts."""
@@ -73,7 +79,7 @@ class TypicalityNet(nn.Module):
         net = cls(n_classes=int(state["cls.3.weight"].shape[0]), n_seg=n_seg,
                   c1=int(state["stem.0.weight"].shape[0]), c2=c2, c3=c3,
                   c0=int(state["full.0.weight"].shape[0]) if "full.0.weight" in state else 0,
-                  peaks=int(state["cls.0.weight"].shape[1] != cls.head_inputs(c2, c3, n_seg, 0)))
+                  peaks=cls.peaks_of(int(state["cls.0.weight"].shape[1]), c2, c3, n_seg))
         net.load_state_dict(state)
         return net
 

@@ -28,11 +28,9 @@ import time
 from pathlib import Path
 
 import data
-import numpy as np
 import torch
-import torch.nn.functional as F
 from calibrate import fit_temperature
-from fit_head import feats, refit
+from fit_head import confusion, feats, refit, scores
 from net import TypicalityNet
 
 
@@ -89,19 +87,16 @@ def main() -> None:
 
     with torch.no_grad():
         logits = net.cls(va["f"])
-    acc = float((logits.argmax(1) == va["y"]).float().mean())
+    acc, val_loss = scores(net.cls, va["f"], va["y"])
     ref = torch.load(args.run / "domain_ref.pt")
     info = {"temperature": round(fit_temperature(torch.softmax(logits.double(), 1).numpy(), va["y"].numpy()), 3),
             "domain_distance_max": round(float(ref["max"]), 2), "ranges": ref.get("ranges"),
             "n_train": int(len(tr["y"])), "n_val": int(len(va["y"])), "val_acc": acc,
-            "val_loss": round(float(F.cross_entropy(logits, va["y"])), 4),
+            "val_loss": round(val_loss, 4),
             "head": f"refit_head.py: train {args.train}, hard {args.hard}, validation {args.val}; "
                     f"domain reference kept from {args.run}"}
     (args.out / "calibration_fit.json").write_text(json.dumps(info, indent=1))
-    cm = np.zeros((4, 4), int)
-    for a, b in zip(va["y"].numpy(), logits.argmax(1).numpy()):
-        cm[a, b] += 1
-    print("val confusion (rows truth):", cm.tolist())
+    print("val confusion (rows truth):", confusion(va["y"].numpy(), logits.argmax(1).numpy()))
     print(f"{args.out}/final.pt written; validation accuracy {acc:.3f}", flush=True)
 
 
