@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import statistics
 import struct
@@ -239,6 +240,7 @@ def main() -> int:
               f" spool temp files left: {d['tmp_files_after']}")
     finally:
         rc = node.stop()
+        shutil.rmtree(root, ignore_errors=True)
     print(f"node exit code {rc}")
     return 0
 

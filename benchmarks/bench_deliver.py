@@ -11,6 +11,7 @@ two objects).  Methods are interleaved round by round so drift hits all of them 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -93,6 +94,7 @@ def main() -> int:
     finally:
         pacs.stop()
         plain.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -10,9 +10,11 @@ bound protects the receiver.  C-ECHO by DCMTK ``/usr/bin/echoscu`` (TCP_NODELAY=
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -94,6 +96,7 @@ def phase(key: str, echoes: int) -> None:
     name, flooding, web = PHASES[key]
     configure_logging("WARNING")
     root = Path(tempfile.mkdtemp(prefix="aenode-bench-flood-"))
+    atexit.register(shutil.rmtree, root, True)
     config = parse_config({
         "node": {"ae_title": "AENODE", "host": "127.0.0.1", "port": free_port(), "data_dir": str(root / "d")},
         "model": {"path": str(REPO_MODELS_DIR)},

@@ -4,6 +4,8 @@ header instance.  Run: ``python -m tests.web.bench_web [N]``."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import statistics
 import sys
 import tempfile
@@ -23,6 +25,7 @@ def main(n: int) -> None:
     from aenode.web.auth import hash_password
 
     root = Path(tempfile.mkdtemp(prefix="aenode-bench-web-"))
+    atexit.register(shutil.rmtree, root, True)
     data = root / "data"
     index = Index.for_data_dir(data)
     t0 = time.perf_counter()
